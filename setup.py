@@ -1,0 +1,37 @@
+"""transformer_jax: the Transformer of "Attention Is All You Need" in JAX / Flax NNX."""
+from setuptools import find_packages, setup
+
+JAX = '0.10.2'
+
+setup(
+    name='transformer_jax',
+    version='0.1.0',
+    description='The Transformer of "Attention Is All You Need": JAX/Flax NNX training '
+                'system for Cloud TPU and CPU',
+    long_description=open('README.md', encoding='utf-8').read(),
+    long_description_content_type='text/markdown',
+    python_requires='>=3.10',
+    packages=find_packages(include=['transformer_jax', 'transformer_jax.*']),
+    install_requires=[
+        f'jax=={JAX}',
+        f'jaxlib=={JAX}',
+        'flax==0.12.8',
+        'optax==0.2.8',
+        'orbax-checkpoint==0.12.8',
+        'tensorflow-datasets==4.9.10',
+        'importlib_resources==7.1.0',  # tfds needs it on Python 3.11 but does not declare it
+        'grain==0.2.18',
+        'array-record==0.8.6',
+        'sentencepiece==0.2.3',
+        'sacrebleu==2.6.0',
+        'absl-py==2.5.1',
+        'ml-collections==1.1.0',
+        'numpy>=2.0,<2.5',
+    ],
+    extras_require={
+        'test': ['pytest==9.2.0'],
+        'tf': ['tensorflow-cpu==2.21.0'],  # only for TFDS catalog builders (WMT)
+        'tpu': [f'jax[tpu]=={JAX}'],       # brings libtpu; also enables `aot` on a CPU host
+    },
+    entry_points={'console_scripts': ['transformer-jax=transformer_jax.cli:main']},
+)

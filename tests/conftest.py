@@ -1,0 +1,21 @@
+"""Run every test on 8 simulated CPU devices, so sharding is tested for real.
+
+XLA reads the flag when JAX initializes its backend, so it must be set before any test
+module imports jax.
+"""
+import os
+
+os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
+                           ' --xla_force_host_platform_device_count=8').strip()
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+
+import pathlib  # noqa: E402
+
+import pytest  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def repo():
+  return REPO

@@ -1,0 +1,82 @@
+"""Configs load, override from the command line, and reject bad input clearly."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from transformer_jax import config as config_lib
+from transformer_jax.errors import ConfigError
+
+
+@pytest.mark.parametrize('name', ['default', 'tiny', 'base', 'big'])
+def test_shipped_configs_are_valid(repo, name):
+  config_lib.load(str(repo / 'configs' / f'{name}.py'))
+
+
+def test_paper_hyperparameters(repo):
+  base = config_lib.load(str(repo / 'configs' / 'base.py'))
+  big = config_lib.load(str(repo / 'configs' / 'big.py'))
+  assert (base.model.num_encoder_layers, base.model.num_decoder_layers) == (6, 6)
+  assert (base.model.d_model, base.model.num_heads, base.model.d_ff) == (512, 8, 2048)
+  assert (big.model.d_model, big.model.num_heads, big.model.d_ff) == (1024, 16, 4096)
+  assert (base.model.dropout_rate, big.model.dropout_rate) == (0.1, 0.3)
+  for c in (base, big):
+    assert c.train.label_smoothing == 0.1 and c.train.warmup_steps == 4000
+    assert (c.train.adam_b1, c.train.adam_b2, c.train.adam_eps) == (0.9, 0.98, 1e-9)
+
+
+def test_validate_rejects_unknown_key():
+  c = config_lib.defaults()
+  c.unlock()
+  c.model.d_modle = 3
+  with pytest.raises(ConfigError, match=r"Unknown config key 'model.d_modle'.*'model.d_model'"):
+    config_lib.validate(c)
+
+
+def test_validate_rejects_wrong_type():
+  c = config_lib.defaults()
+  c.model.unlock()
+  del c.model['dropout_rate']
+  c.model.dropout_rate = 'high'
+  with pytest.raises(ConfigError, match=r"'model.dropout_rate' must be float"):
+    config_lib.validate(c)
+
+
+def test_validate_rejects_heads_not_dividing_d_model():
+  c = config_lib.defaults()
+  c.model.num_heads = 7
+  with pytest.raises(ConfigError, match=r'divisible by model.num_heads \(7\)'):
+    config_lib.validate(c)
+
+
+def test_missing_config_file():
+  with pytest.raises(ConfigError, match='does not exist'):
+    config_lib.load('configs/nope.py')
+
+
+def run_info(repo, *flags):
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  return subprocess.run([sys.executable, '-m', 'transformer_jax.info', *flags],
+                        cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_info_command_line_override(repo):
+  result = run_info(repo, '--config=configs/tiny.py', '--config.model.d_model=64')
+  assert result.returncode == 0, result.stderr
+  info = json.loads(result.stdout)
+  assert info['config']['model']['d_model'] == 64
+  assert info['params'] > 0 and info['flops_per_token_train'] > 0
+
+
+@pytest.mark.parametrize('flag, message', [
+    ('--config.model.d_modle=64', 'd_modle'),
+    ('--config.model.d_model=abc', 'd_model'),
+    ('--config.model.num_heads=5', 'divisible by model.num_heads'),
+])
+def test_info_bad_config_exits_with_clear_message(repo, flag, message):
+  result = run_info(repo, '--config=configs/tiny.py', flag)
+  assert result.returncode != 0
+  assert message in result.stderr
+  assert 'Traceback' not in result.stderr

@@ -1,0 +1,177 @@
+"""The model against the paper: shapes, masks, causality, positions, sizes, precision."""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from transformer_jax import config as config_lib
+from transformer_jax.info import count_params
+from transformer_jax.model import (PAD_ID, Transformer, attention_mask, attention_weights,
+                                   shift_right, sinusoidal_positions)
+
+
+def small_config(**changes):
+  c = config_lib.defaults().model
+  c.update(dict(vocab_size=50, d_model=32, num_heads=4, d_ff=48, num_encoder_layers=2,
+                num_decoder_layers=2, **changes))
+  return c
+
+
+def build(cfg, seed=0):
+  return Transformer(cfg, rngs=nnx.Rngs(params=seed))
+
+
+def random_tokens(seed, shape, vocab=50):
+  return jax.random.randint(jax.random.key(seed), shape, 3, vocab)
+
+
+@pytest.mark.parametrize('pre_norm', [False, True])
+def test_output_shapes(pre_norm):
+  model = build(small_config(pre_norm=pre_norm))
+  source, target = random_tokens(0, (3, 7)), random_tokens(1, (3, 5))
+  logits = model(source, shift_right(target))
+  assert logits.shape == (3, 5, 50) and logits.dtype == jnp.float32
+  assert model.encode(source).shape == (3, 7, 32)
+  assert np.isfinite(np.asarray(logits)).all()
+
+
+def test_attention_weights_sum_to_one_and_ignore_padded_keys():
+  q = jax.random.normal(jax.random.key(0), (2, 4, 3, 8))
+  k = jax.random.normal(jax.random.key(1), (2, 6, 3, 8))
+  segments = jnp.array([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]])
+  weights = attention_weights(q, k, attention_mask(jnp.ones((2, 4), jnp.int32), segments))
+  np.testing.assert_allclose(weights.sum(-1), 1.0, rtol=1e-6)
+  assert float(jnp.abs(weights[0, :, :, 4:]).max()) == 0.0  # padded keys get nothing
+  assert float(weights[1, :, :, 4:].min()) > 0.0
+
+
+def test_packed_segments_do_not_attend_across_sentences():
+  segments = jnp.array([[1, 1, 2, 2, 2, 0]])
+  mask = attention_mask(segments, segments, causal=True)[0, 0]
+  assert bool(mask[1, 0]) and not bool(mask[2, 1]) and not bool(mask[2, 3])
+  assert not mask[:, 5].any()
+
+
+def test_decoder_is_causal():
+  model = build(small_config())
+  source, target = random_tokens(0, (2, 6)), random_tokens(1, (2, 8))
+  t = 5
+  changed = target.at[:, t].set((target[:, t] + 7) % 47 + 3)
+  before, after = model(source, target), model(source, changed)
+  np.testing.assert_allclose(before[:, :t], after[:, :t], atol=1e-6)
+  assert float(jnp.abs(before[:, t:] - after[:, t:]).max()) > 1e-3
+
+
+def test_source_padding_changes_no_output():
+  model = build(small_config())
+  source, target = random_tokens(0, (2, 6)), random_tokens(1, (2, 5))
+  padded = jnp.pad(source, ((0, 0), (0, 4)), constant_values=PAD_ID)
+  np.testing.assert_allclose(model.encode(padded)[:, :6], model.encode(source), atol=1e-5)
+  np.testing.assert_allclose(model(padded, target), model(source, target), atol=1e-5)
+
+
+def test_target_padding_changes_no_real_output():
+  model = build(small_config())
+  source, target = random_tokens(0, (2, 6)), random_tokens(1, (2, 5))
+  padded = jnp.pad(target, ((0, 0), (0, 3)), constant_values=PAD_ID)
+  inputs = shift_right(padded)
+  np.testing.assert_allclose(model(source, inputs)[:, :5], model(source, shift_right(target)),
+                             atol=1e-5)
+
+
+def test_packed_row_equals_separate_rows():
+  """Two pairs packed in one row give the same logits as each pair alone."""
+  model = build(small_config())
+  s1, s2 = random_tokens(0, (1, 4)), random_tokens(1, (1, 3))
+  t1, t2 = random_tokens(2, (1, 3)), random_tokens(3, (1, 5))
+  def pack(a, b):
+    tokens = jnp.concatenate([a, b], 1)
+    segments = jnp.array([[1] * a.shape[1] + [2] * b.shape[1]])
+    positions = jnp.array([list(range(a.shape[1])) + list(range(b.shape[1]))])
+    return tokens, segments, positions
+  source, source_seg, source_pos = pack(s1, s2)
+  target, target_seg, target_pos = pack(shift_right(t1), shift_right(t2))
+  packed = model(source, target, source_positions=source_pos, source_segments=source_seg,
+                 target_positions=target_pos, target_segments=target_seg)
+  np.testing.assert_allclose(packed[:, :3], model(s1, shift_right(t1)), atol=1e-5)
+  np.testing.assert_allclose(packed[:, 3:], model(s2, shift_right(t2)), atol=1e-5)
+
+
+def test_positional_encoding_matches_the_paper():
+  d_model = 16
+  pe = np.asarray(sinusoidal_positions(jnp.arange(100), d_model))
+  for pos in (0, 1, 7, 63, 99):
+    for i in range(d_model // 2):
+      angle = pos / 10000 ** (2 * i / d_model)
+      assert pe[pos, 2 * i] == pytest.approx(math.sin(angle), abs=1e-5)
+      assert pe[pos, 2 * i + 1] == pytest.approx(math.cos(angle), abs=1e-5)
+
+
+def formula_params(m):
+  """Independent count from the paper's shapes (no attention-projection biases)."""
+  d, f, v = m.d_model, m.d_ff, m.vocab_size
+  ffn = 2 * d * f + f + d
+  norm = 2 * d
+  encoder = m.num_encoder_layers * (4 * d * d + ffn + 2 * norm)
+  decoder = m.num_decoder_layers * (8 * d * d + ffn + 3 * norm)
+  embeddings = v * d * (1 if m.share_embeddings else 2)
+  output = 0 if m.tie_output_embedding else v * d
+  final_norms = 2 * norm if m.pre_norm else 0
+  total = encoder + decoder + embeddings + output + final_norms
+  return total, total - embeddings - output
+
+
+@pytest.mark.parametrize('name', ['base', 'big'])
+def test_parameter_count_equals_formula(repo, name):
+  cfg = config_lib.load(str(repo / 'configs' / f'{name}.py')).model
+  counts = count_params(cfg)
+  total, non_embedding = formula_params(cfg)
+  assert counts == {'params': total, 'params_non_embedding': non_embedding}
+
+
+def test_base_is_the_papers_65m(repo):
+  cfg = config_lib.load(str(repo / 'configs' / 'base.py')).model
+  assert cfg.vocab_size == 37000
+  assert abs(count_params(cfg)['params'] - 65e6) / 65e6 < 0.05
+
+
+@pytest.mark.parametrize('changes', [dict(share_embeddings=False),
+                                     dict(tie_output_embedding=False),
+                                     dict(pre_norm=True)])
+def test_parameter_count_switches(changes):
+  cfg = small_config(**changes)
+  assert count_params(cfg)['params'] == formula_params(cfg)[0]
+
+
+def test_bfloat16_compute_stays_close_to_float32():
+  source, target = random_tokens(0, (2, 6)), random_tokens(1, (2, 5))
+  fp32 = build(small_config())(source, target)
+  bf16_model = build(small_config(dtype='bfloat16'))
+  leaves = jax.tree.leaves(nnx.state(bf16_model, nnx.Param))
+  assert all(x.dtype == jnp.float32 for x in leaves)  # parameters stay fp32
+  bf16 = bf16_model(source, target)
+  assert bf16.dtype == jnp.float32  # logits come back in fp32 for the loss
+  probs32, probs16 = jax.nn.softmax(fp32), jax.nn.softmax(bf16)
+  assert float(jnp.abs(probs32 - probs16).max()) < 0.02
+  assert float(jnp.abs(fp32 - bf16).max()) > 0  # the bf16 path really ran
+
+
+def test_dropout_only_with_rngs():
+  model = build(small_config(dropout_rate=0.3))
+  source, target = random_tokens(0, (2, 6)), random_tokens(1, (2, 5))
+  np.testing.assert_array_equal(model(source, target), model(source, target))
+  a = model(source, target, rngs=nnx.Rngs(dropout=1))
+  b = model(source, target, rngs=nnx.Rngs(dropout=2))
+  assert float(jnp.abs(a - b).max()) > 1e-3
+
+
+def test_every_parameter_has_logical_axes():
+  model = nnx.eval_shape(lambda: build(small_config(share_embeddings=False,
+                                                    tie_output_embedding=False)))
+  for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+    axes = var.get_metadata().get('out_sharding')
+    assert axes is not None and len(axes) == len(var.shape), path
+    assert set(axes) <= {'embed', 'heads', 'kv', 'mlp', 'vocab'}, path

@@ -1,0 +1,65 @@
+"""What every command shares: the --config flag, clean exits on user errors, and the
+`transformer-jax COMMAND ...` console script."""
+from __future__ import annotations
+
+import runpy
+import sys
+
+from absl import app
+from ml_collections import config_flags
+
+from transformer_jax import config as config_lib
+from transformer_jax.errors import UserError  # noqa: F401 (re-exported for commands)
+
+COMMANDS = ('train', 'info')  # grows as commands land
+
+
+def define_config_flag():
+  """`--config=FILE` plus `--config.KEY=VALUE` overrides (ml_collections)."""
+  return config_flags.DEFINE_config_file(
+      'config', None, 'Config file, e.g. configs/default.py. Override any key with '
+      '--config.KEY=VALUE, e.g. --config.model.d_model=256.', lock_config=True)
+
+
+def resolved_config(flag):
+  """The parsed --config, validated against the schema."""
+  if flag.value is None:
+    raise UserError('--config is required, e.g. --config=configs/default.py.')
+  return config_lib.validate(flag.value)
+
+
+def _fail(message: str):
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(2)
+
+
+def _parse_flags(argv):
+  """absl flag parsing, with --config.KEY overrides checked against the schema first
+  (ml_collections would otherwise raise a traceback for an unknown key)."""
+  try:
+    for arg in argv[1:]:
+      if arg.startswith('--config.'):
+        config_lib.check_key(arg[len('--config.'):].split('=', 1)[0])
+    return app.parse_flags_with_usage(argv)
+  except UserError as e:
+    _fail(str(e))
+
+
+def run(main):
+  """absl's app.run, but a UserError prints one line (no traceback) and exits 2."""
+  def guarded(argv):
+    try:
+      return main(argv)
+    except UserError as e:
+      _fail(str(e))
+  app.run(guarded, flags_parser=_parse_flags)
+
+
+def main():
+  """Console script: `transformer-jax train --config=...` == `python -m transformer_jax.train`."""
+  if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
+    print(f"usage: transformer-jax {{{','.join(COMMANDS)}}} [flags]", file=sys.stderr)
+    sys.exit(2)
+  command = sys.argv.pop(1)
+  sys.argv[0] = f'transformer-jax {command}'
+  runpy.run_module(f'transformer_jax.{command}', run_name='__main__', alter_sys=True)

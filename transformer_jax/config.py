@@ -1,0 +1,164 @@
+"""Experiment configs: the schema with its defaults, loading, and validation.
+
+`defaults()` is the one place every config key is declared, with its type and default.
+Config files under configs/ start from it and change values; the command line changes
+them further (`--config.model.d_model=256`). `validate` rejects unknown keys, wrong
+types and inconsistent values with one message that names the key and the fix.
+"""
+from __future__ import annotations
+
+import difflib
+import importlib.util
+from typing import Any
+
+from ml_collections import ConfigDict
+
+from transformer_jax.errors import ConfigError
+
+DTYPES = ('float32', 'bfloat16', 'float16')
+
+
+def defaults() -> ConfigDict:
+  """Every key, with a safe default. Names follow the paper where it names them."""
+  c = ConfigDict()
+  c.seed = 0
+
+  c.model = ConfigDict()
+  m = c.model
+  m.vocab_size = 8192            # shared source/target SentencePiece vocabulary
+  m.d_model = 512
+  m.num_heads = 8
+  m.d_ff = 2048
+  m.num_encoder_layers = 6       # N in the paper
+  m.num_decoder_layers = 6
+  m.dropout_rate = 0.1           # P_drop: residual and embedding dropout
+  m.attention_dropout_rate = 0.0 # dropout on attention weights (not in the paper)
+  m.share_embeddings = True      # one embedding table for source and target
+  m.tie_output_embedding = True  # pre-softmax linear = target embedding^T (section 3.4)
+  m.pre_norm = False             # the paper is post-norm
+  m.dtype = 'float32'            # compute dtype
+  m.param_dtype = 'float32'      # storage dtype of parameters and optimizer state
+
+  c.data = ConfigDict()
+  c.data.name = 'synthetic'      # synthetic | multi30k | parallel_text | a TFDS WMT name
+  c.data.data_dir = ''           # local corpus files, where the dataset reads them
+  c.data.max_len = 64            # tokens per sentence, EOS included
+  c.data.batch_size = 64         # sentence pairs per global batch
+
+  c.train = ConfigDict()
+  c.train.num_steps = 1000
+  c.train.label_smoothing = 0.1  # epsilon_ls (section 5.4)
+  c.train.learning_rate = 1.0    # scale on d_model^-0.5 * min(step^-0.5, step*warmup^-1.5)
+  c.train.warmup_steps = 4000
+  c.train.adam_b1 = 0.9
+  c.train.adam_b2 = 0.98
+  c.train.adam_eps = 1e-9
+
+  c.mesh = ConfigDict()          # device mesh axis sizes; -1 takes the remaining devices
+  c.mesh.data = -1
+  c.mesh.fsdp = 1
+  c.mesh.tensor = 1
+  return c
+
+
+def load(path: str) -> ConfigDict:
+  """Run a config file's `get_config()` and validate the result."""
+  spec = importlib.util.spec_from_file_location('_transformer_jax_config', path)
+  if spec is None or spec.loader is None:
+    raise ConfigError(f'Cannot load config file {path!r}: expected a Python file '
+                      'defining get_config(), e.g. configs/default.py.')
+  module = importlib.util.module_from_spec(spec)
+  try:
+    spec.loader.exec_module(module)
+  except FileNotFoundError:
+    raise ConfigError(f'Config file {path!r} does not exist; '
+                      'pick one under configs/, e.g. configs/default.py.') from None
+  return validate(module.get_config())
+
+
+def validate(config: ConfigDict) -> ConfigDict:
+  """Check keys and types against `defaults()`, then the values' consistency."""
+  _check_against(config, defaults(), prefix='')
+  _check_values(config)
+  return config
+
+
+def _check_against(config: ConfigDict, schema: ConfigDict, prefix: str) -> None:
+  for key in config.keys():
+    if key not in schema:
+      raise _unknown_key(key, schema, prefix)
+  for key, default in schema.items():
+    name = prefix + key
+    if key not in config:
+      raise ConfigError(f"Config is missing '{name}'. Build configs from "
+                        'transformer_jax.config.defaults() so every key is present.')
+    value = config[key]
+    if isinstance(default, ConfigDict):
+      if not isinstance(value, ConfigDict):
+        raise ConfigError(f"Config '{name}' must be a group of keys, got {value!r}.")
+      _check_against(value, default, name + '.')
+    elif not _same_type(value, default):
+      raise ConfigError(f"Config '{name}' must be {type(default).__name__}, got "
+                        f'{value!r} ({type(value).__name__}).')
+
+
+def _unknown_key(key: str, schema: ConfigDict, prefix: str) -> ConfigError:
+  close = difflib.get_close_matches(key, list(schema.keys()), n=1)
+  hint = f" Did you mean '{prefix}{close[0]}'?" if close else ''
+  return ConfigError(f"Unknown config key '{prefix}{key}'.{hint} Valid keys here: "
+                     f"{', '.join(sorted(schema.keys()))}.")
+
+
+def check_key(dotted: str) -> None:
+  """Raise ConfigError unless `dotted` (e.g. 'model.d_model') is a key of the schema."""
+  node, prefix = defaults(), ''
+  for key in dotted.split('.'):
+    if not isinstance(node, ConfigDict) or key not in node:
+      raise _unknown_key(key, node if isinstance(node, ConfigDict) else ConfigDict(), prefix)
+    node, prefix = node[key], prefix + key + '.'
+
+
+def _same_type(value: Any, default: Any) -> bool:
+  if isinstance(default, bool) or isinstance(value, bool):
+    return isinstance(value, bool) and isinstance(default, bool)
+  if isinstance(default, float):
+    return isinstance(value, (int, float))
+  return isinstance(value, type(default))
+
+
+def _check_values(c: ConfigDict) -> None:
+  m = c.model
+  _require(m.d_model % m.num_heads == 0,
+           f'model.d_model ({m.d_model}) must be divisible by model.num_heads '
+           f'({m.num_heads}); choose e.g. num_heads={_divisor_near(m.d_model, m.num_heads)}.')
+  _require(m.d_model % 2 == 0, f'model.d_model ({m.d_model}) must be even: the '
+           'sinusoidal positional encoding pairs sin and cos channels.')
+  for key in ('vocab_size', 'd_model', 'num_heads', 'd_ff', 'num_encoder_layers',
+              'num_decoder_layers'):
+    _require(m[key] >= 1, f'model.{key} must be at least 1, got {m[key]}.')
+  _require(m.vocab_size >= 4, 'model.vocab_size must be at least 4 '
+           f'(pad, eos and unk are reserved), got {m.vocab_size}.')
+  for key in ('dropout_rate', 'attention_dropout_rate'):
+    _require(0.0 <= m[key] < 1.0, f'model.{key} must be in [0, 1), got {m[key]}.')
+  _require(0.0 <= c.train.label_smoothing < 1.0,
+           f'train.label_smoothing must be in [0, 1), got {c.train.label_smoothing}.')
+  for key in ('dtype', 'param_dtype'):
+    _require(m[key] in DTYPES, f"model.{key} must be one of {', '.join(DTYPES)}, "
+             f'got {m[key]!r}.')
+  for key in ('max_len', 'batch_size'):
+    _require(c.data[key] >= 1, f'data.{key} must be at least 1, got {c.data[key]}.')
+  for key in ('num_steps', 'warmup_steps'):
+    _require(c.train[key] >= 1, f'train.{key} must be at least 1, got {c.train[key]}.')
+  for key in ('data', 'fsdp', 'tensor'):
+    _require(c.mesh[key] == -1 or c.mesh[key] >= 1,
+             f'mesh.{key} must be -1 (the remaining devices) or at least 1, '
+             f'got {c.mesh[key]}.')
+
+
+def _divisor_near(n: int, k: int) -> int:
+  return min((d for d in range(1, n + 1) if n % d == 0), key=lambda d: abs(d - k))
+
+
+def _require(ok: bool, message: str) -> None:
+  if not ok:
+    raise ConfigError(message)

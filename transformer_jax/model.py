@@ -1,0 +1,283 @@
+"""The Transformer of "Attention Is All You Need" (Vaswani et al., 2017), in Flax NNX.
+
+Each class is one idea of the paper (section numbers in the docstrings). Every
+parameter carries logical axis names; `sharding.py` maps them onto the device mesh,
+so the layers never mention the mesh.
+
+Shape letters: B batch, S source length, T target length, L any length,
+D d_model, H heads, K head dim (d_k = d_v = d_model / H), F d_ff, V vocab.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from ml_collections import ConfigDict
+
+PAD_ID = 0  # padding never collides with a real token (the vocabulary reserves 0)
+
+# Logical axis names (DESIGN.md); one rule table in sharding.py maps them to the mesh.
+BATCH, LENGTH, EMBED, HEADS, KV, MLP, VOCAB = (
+    'batch', 'length', 'embed', 'heads', 'kv', 'mlp', 'vocab')
+
+_xavier = nnx.initializers.xavier_uniform  # Glorot, as in tensor2tensor (the paper's code)
+
+
+def _init(initializer, *axes):
+  # Logical names only: the mesh placement happens in sharding.py, not at creation.
+  return nnx.with_partitioning(initializer, axes, eager_sharding=False)
+
+
+def sinusoidal_positions(positions: jax.Array, d_model: int) -> jax.Array:
+  """Section 3.5: PE(pos, 2i) = sin(pos / 10000^(2i/d_model)), PE(pos, 2i+1) = cos(...).
+
+  `positions` is an int array [..., L]; returns float32 [..., L, d_model].
+  """
+  two_i = jnp.arange(0, d_model, 2, dtype=jnp.float32)
+  angles = positions[..., None].astype(jnp.float32) / (10000.0 ** (two_i / d_model))
+  # Interleave so that even channels are sin and odd channels cos, as the formula says.
+  return jnp.stack([jnp.sin(angles), jnp.cos(angles)], axis=-1).reshape(
+      *positions.shape, d_model)
+
+
+def attention_mask(query_segments: jax.Array, key_segments: jax.Array,
+                   causal: bool = False) -> jax.Array:
+  """Boolean [B, 1, Lq, Lk]: True where a query may attend to a key.
+
+  Segment ids are 0 for padding and 1, 2, ... for the sentences in a row, so one rule
+  covers plain padding (segments = tokens != PAD) and rows packed with several pairs.
+  """
+  mask = (query_segments[:, :, None] == key_segments[:, None, :]) & (
+      key_segments[:, None, :] > 0)
+  if causal:  # the decoder may not look ahead (section 3.2.3)
+    lq, lk = query_segments.shape[1], key_segments.shape[1]
+    mask &= jnp.tril(jnp.ones((lq, lk), dtype=bool))
+  return mask[:, None, :, :]
+
+
+def attention_weights(query: jax.Array, key: jax.Array, mask: jax.Array) -> jax.Array:
+  """Section 3.2.1: softmax(Q K^T / sqrt(d_k)), masked positions excluded. [B, H, Lq, Lk].
+
+  Masked logits get the dtype's lowest value rather than -inf, so a fully masked row
+  (a padding query) yields finite uniform weights instead of NaN.
+  """
+  depth = query.shape[-1]
+  logits = jnp.einsum('bqhk,bshk->bhqs', query, key) / jnp.sqrt(depth).astype(query.dtype)
+  logits = jnp.where(mask, logits.astype(jnp.float32), jnp.finfo(jnp.float32).min)
+  return jax.nn.softmax(logits, axis=-1).astype(query.dtype)
+
+
+class MultiHeadAttention(nnx.Module):
+  """Section 3.2.2: h parallel scaled dot-product attentions over learned projections.
+
+  Projections have no bias, as in tensor2tensor. Keys and values are projected by
+  `project_kv` separately from the attention itself, so incremental decoding can cache
+  them (self-attention) or compute them once per sentence (encoder-decoder attention).
+  """
+
+  def __init__(self, cfg: ConfigDict, *, rngs: nnx.Rngs):
+    d, h = cfg.d_model, cfg.num_heads
+    dt = dict(dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype))
+    proj_in = _init(_xavier(in_axis=0, out_axis=(1, 2)), EMBED, HEADS, KV)
+
+    def projection():
+      return nnx.Einsum('bld,dhk->blhk', (d, h, d // h), kernel_init=proj_in,
+                        rngs=rngs, **dt)
+
+    self.query, self.key, self.value = projection(), projection(), projection()
+    self.output = nnx.Einsum(
+        'blhk,hkd->bld', (h, d // h, d),
+        kernel_init=_init(_xavier(in_axis=(0, 1), out_axis=2), HEADS, KV, EMBED),
+        rngs=rngs, **dt)
+    self.dropout = nnx.Dropout(cfg.attention_dropout_rate)
+
+  def project_kv(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return self.key(x), self.value(x)
+
+  def __call__(self, x: jax.Array, kv: tuple[jax.Array, jax.Array], mask: jax.Array,
+               rngs: nnx.Rngs | None = None) -> jax.Array:
+    weights = attention_weights(self.query(x), kv[0], mask)
+    weights = self.dropout(weights, deterministic=rngs is None, rngs=rngs)
+    return self.output(jnp.einsum('bhqs,bshk->bqhk', weights, kv[1]))
+
+
+class FeedForward(nnx.Module):
+  """Section 3.3: FFN(x) = max(0, x W1 + b1) W2 + b2."""
+
+  def __init__(self, cfg: ConfigDict, *, rngs: nnx.Rngs):
+    dt = dict(dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype))
+    self.w1 = nnx.Linear(cfg.d_model, cfg.d_ff, rngs=rngs,
+                         kernel_init=_init(_xavier(), EMBED, MLP),
+                         bias_init=_init(nnx.initializers.zeros_init(), MLP), **dt)
+    self.w2 = nnx.Linear(cfg.d_ff, cfg.d_model, rngs=rngs,
+                         kernel_init=_init(_xavier(), MLP, EMBED),
+                         bias_init=_init(nnx.initializers.zeros_init(), EMBED), **dt)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return self.w2(jax.nn.relu(self.w1(x)))
+
+
+def _layer_norm(cfg: ConfigDict, rngs: nnx.Rngs) -> nnx.LayerNorm:
+  return nnx.LayerNorm(
+      cfg.d_model, epsilon=1e-6, rngs=rngs,
+      dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype),
+      scale_init=_init(nnx.initializers.ones_init(), EMBED),
+      bias_init=_init(nnx.initializers.zeros_init(), EMBED))
+
+
+class SubLayer(nnx.Module):
+  """Section 5.4: residual dropout and LayerNorm around one sub-layer.
+
+  Post-norm, as in the paper: LayerNorm(x + Dropout(Sublayer(x))). With `pre_norm`:
+  x + Dropout(Sublayer(LayerNorm(x))), which trains deep stacks without warm-up tricks.
+  """
+
+  def __init__(self, cfg: ConfigDict, *, rngs: nnx.Rngs):
+    self.norm = _layer_norm(cfg, rngs)
+    self.dropout = nnx.Dropout(cfg.dropout_rate)
+    self.pre_norm = cfg.pre_norm
+
+  def __call__(self, x: jax.Array, sublayer, rngs: nnx.Rngs | None) -> jax.Array:
+    y = sublayer(self.norm(x) if self.pre_norm else x)
+    x = x + self.dropout(y, deterministic=rngs is None, rngs=rngs)
+    return x if self.pre_norm else self.norm(x)
+
+
+class EncoderLayer(nnx.Module):
+  """Section 3.1: self-attention, then the feed-forward network."""
+
+  def __init__(self, cfg: ConfigDict, *, rngs: nnx.Rngs):
+    self.self_attention = MultiHeadAttention(cfg, rngs=rngs)
+    self.attention_block = SubLayer(cfg, rngs=rngs)
+    self.feed_forward = FeedForward(cfg, rngs=rngs)
+    self.feed_forward_block = SubLayer(cfg, rngs=rngs)
+
+  def __call__(self, x, mask, rngs=None):
+    attend = lambda y: self.self_attention(y, self.self_attention.project_kv(y), mask, rngs)
+    x = self.attention_block(x, attend, rngs)
+    return self.feed_forward_block(x, self.feed_forward, rngs)
+
+
+class DecoderLayer(nnx.Module):
+  """Section 3.1: masked self-attention, encoder-decoder attention, feed-forward."""
+
+  def __init__(self, cfg: ConfigDict, *, rngs: nnx.Rngs):
+    self.self_attention = MultiHeadAttention(cfg, rngs=rngs)
+    self.self_attention_block = SubLayer(cfg, rngs=rngs)
+    self.cross_attention = MultiHeadAttention(cfg, rngs=rngs)
+    self.cross_attention_block = SubLayer(cfg, rngs=rngs)
+    self.feed_forward = FeedForward(cfg, rngs=rngs)
+    self.feed_forward_block = SubLayer(cfg, rngs=rngs)
+
+  def __call__(self, x, encoder_kv, self_mask, cross_mask, rngs=None):
+    """`encoder_kv` is this layer's (keys, values) of the encoder output."""
+    attend_self = lambda y: self.self_attention(
+        y, self.self_attention.project_kv(y), self_mask, rngs)
+    x = self.self_attention_block(x, attend_self, rngs)
+    attend_source = lambda y: self.cross_attention(y, encoder_kv, cross_mask, rngs)
+    x = self.cross_attention_block(x, attend_source, rngs)
+    return self.feed_forward_block(x, self.feed_forward, rngs)
+
+
+class Embedding(nnx.Module):
+  """Section 3.4 + 3.5: token embedding * sqrt(d_model) + positional encoding, dropout."""
+
+  def __init__(self, cfg: ConfigDict, *, rngs: nnx.Rngs):
+    self.table = nnx.Embed(
+        cfg.vocab_size, cfg.d_model, rngs=rngs,
+        dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype),
+        # N(0, d_model^-0.5): after the sqrt(d_model) scaling, inputs have unit scale.
+        embedding_init=_init(nnx.initializers.normal(cfg.d_model ** -0.5), VOCAB, EMBED))
+    self.dropout = nnx.Dropout(cfg.dropout_rate)
+    self.d_model = cfg.d_model
+
+  def __call__(self, tokens, positions, rngs=None):
+    x = self.table(tokens) * jnp.sqrt(self.d_model).astype(self.table.dtype)
+    x = x + sinusoidal_positions(positions, self.d_model).astype(x.dtype)
+    return self.dropout(x, deterministic=rngs is None, rngs=rngs)
+
+  def logits(self, x):
+    """Section 3.4: the pre-softmax linear shares its weights with the embedding."""
+    return self.table.attend(x)
+
+
+def _positions_and_segments(tokens, positions, segments):
+  """Defaults for unpacked rows: positions 0..L-1, segment 1 for tokens, 0 for padding."""
+  if segments is None:
+    segments = (tokens != PAD_ID).astype(jnp.int32)
+  if positions is None:
+    positions = jnp.broadcast_to(jnp.arange(tokens.shape[-1]), tokens.shape)
+  return positions, segments
+
+
+class Transformer(nnx.Module):
+  """Figure 1: an encoder stack and a decoder stack, then a linear + softmax.
+
+  `__call__(source, target_input)` returns float32 logits [B, T, V] for teacher forcing.
+  Dropout is active exactly when `rngs` (with a 'dropout' stream) is given.
+  Rows may be packed with several sentence pairs: pass segment ids and positions.
+  """
+
+  def __init__(self, cfg: ConfigDict, *, rngs: nnx.Rngs):
+    self.source_embedding = Embedding(cfg, rngs=rngs)
+    self.target_embedding = (self.source_embedding if cfg.share_embeddings
+                             else Embedding(cfg, rngs=rngs))
+    self.encoder_layers = nnx.List(
+        [EncoderLayer(cfg, rngs=rngs) for _ in range(cfg.num_encoder_layers)])
+    self.decoder_layers = nnx.List(
+        [DecoderLayer(cfg, rngs=rngs) for _ in range(cfg.num_decoder_layers)])
+    # Pre-norm stacks need a final LayerNorm; post-norm outputs are already normalized.
+    self.encoder_norm = _layer_norm(cfg, rngs) if cfg.pre_norm else None
+    self.decoder_norm = _layer_norm(cfg, rngs) if cfg.pre_norm else None
+    self.output_projection = None if cfg.tie_output_embedding else nnx.Linear(
+        cfg.d_model, cfg.vocab_size, use_bias=False, rngs=rngs,
+        dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype),
+        kernel_init=_init(_xavier(), EMBED, VOCAB))
+
+  def encode(self, source, source_positions=None, source_segments=None, rngs=None):
+    """Source tokens [B, S] -> encoder output [B, S, D]."""
+    positions, segments = _positions_and_segments(source, source_positions, source_segments)
+    x = self.source_embedding(source, positions, rngs)
+    mask = attention_mask(segments, segments)
+    for layer in self.encoder_layers:
+      x = layer(x, mask, rngs)
+    return self.encoder_norm(x) if self.encoder_norm is not None else x
+
+  def decode(self, encoded, source, target_input, *, source_segments=None,
+             target_positions=None, target_segments=None, rngs=None):
+    """Encoder output [B, S, D] and shifted target tokens [B, T] -> logits [B, T, V]."""
+    _, source_segments = _positions_and_segments(source, None, source_segments)
+    positions, segments = _positions_and_segments(
+        target_input, target_positions, target_segments)
+    if target_segments is None:
+      # Position 0 holds BOS, which equals the pad id: mark it real so it is attended.
+      segments = segments.at[:, 0].set(1)
+    x = self.target_embedding(target_input, positions, rngs)
+    self_mask = attention_mask(segments, segments, causal=True)
+    cross_mask = attention_mask(segments, source_segments)
+    for layer in self.decoder_layers:
+      x = layer(x, layer.cross_attention.project_kv(encoded), self_mask, cross_mask, rngs)
+    if self.decoder_norm is not None:
+      x = self.decoder_norm(x)
+    return self.output_logits(x)
+
+  def output_logits(self, x):
+    logits = (self.target_embedding.logits(x) if self.output_projection is None
+              else self.output_projection(x))
+    return logits.astype(jnp.float32)  # the softmax and loss run in fp32
+
+  def __call__(self, source, target_input, *, source_positions=None, source_segments=None,
+               target_positions=None, target_segments=None, rngs=None):
+    encoded = self.encode(source, source_positions, source_segments, rngs)
+    return self.decode(encoded, source, target_input, source_segments=source_segments,
+                       target_positions=target_positions,
+                       target_segments=target_segments, rngs=rngs)
+
+
+def shift_right(target: jax.Array) -> jax.Array:
+  """Decoder input: the target shifted one step right, starting from BOS (= PAD_ID).
+
+  Like tensor2tensor and the Flax WMT example, BOS reuses the pad id; the decoder
+  masks treat position 0 as real (see `Transformer.decode`).
+  """
+  return jnp.pad(target, ((0, 0), (1, 0)), constant_values=PAD_ID)[:, :-1]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import runpy
 import sys
 
-from absl import app
+from absl import app, flags
 from ml_collections import config_flags
 
 from transformer_jax import config as config_lib
@@ -14,18 +14,25 @@ from transformer_jax.errors import UserError  # noqa: F401 (re-exported for comm
 COMMANDS = ('train', 'info')  # grows as commands land
 
 
-def define_config_flag():
-  """`--config=FILE` plus `--config.KEY=VALUE` overrides (ml_collections)."""
-  return config_flags.DEFINE_config_file(
-      'config', None, 'Config file, e.g. configs/default.py. Override any key with '
-      '--config.KEY=VALUE, e.g. --config.model.d_model=256.', lock_config=True)
+# The flags every command shares, defined once (absl forbids defining a flag twice, and
+# tests import several command modules into one process).
+CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Config file, e.g. configs/default.py. Override any key with '
+    '--config.KEY=VALUE, e.g. --config.model.d_model=256.', lock_config=True)
+WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, vocabulary and logs.')
 
 
-def resolved_config(flag):
+def resolved_config():
   """The parsed --config, validated against the schema."""
-  if flag.value is None:
+  if CONFIG.value is None:
     raise UserError('--config is required, e.g. --config=configs/default.py.')
-  return config_lib.validate(flag.value)
+  return config_lib.validate(CONFIG.value)
+
+
+def required_workdir() -> str:
+  if WORKDIR.value is None:
+    raise UserError('--workdir is required: the directory for checkpoints and logs.')
+  return WORKDIR.value
 
 
 def _fail(message: str):

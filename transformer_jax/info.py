@@ -11,7 +11,6 @@ import math
 
 import jax
 import jax.numpy as jnp
-from absl import flags
 from flax import nnx
 from ml_collections import ConfigDict
 
@@ -71,10 +70,8 @@ def summary(config: ConfigDict) -> dict:
 
 def main(argv):
   del argv
-  print(json.dumps(summary(cli.resolved_config(_CONFIG)), indent=2))
+  print(json.dumps(summary(cli.resolved_config()), indent=2))
 
-
-_CONFIG = cli.define_config_flag()
 
 if __name__ == '__main__':
   cli.run(main)

@@ -13,14 +13,11 @@ import time
 import jax
 import jax.numpy as jnp
 import optax
-from absl import flags
 from flax import nnx
 
 from transformer_jax import cli
 from transformer_jax.model import PAD_ID, Transformer, shift_right
 
-_CONFIG = cli.define_config_flag()
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints and logs.')
 
 
 def cross_entropy(logits: jax.Array, targets: jax.Array, label_smoothing: float):
@@ -50,9 +47,8 @@ def forward_backward(model, source, target, label_smoothing, key):
 
 def main(argv):
   del argv
-  config = cli.resolved_config(_CONFIG)
-  if _WORKDIR.value is None:
-    raise cli.UserError('--workdir is required: the directory for checkpoints and logs.')
+  config = cli.resolved_config()
+  cli.required_workdir()
   key = jax.random.key(config.seed)
   model = Transformer(config.model, rngs=nnx.Rngs(params=key))
   shape = (config.data.batch_size, config.data.max_len)

@@ -5,7 +5,7 @@ from transformer_jax.config import defaults
 
 def get_config():
   c = defaults()
-  c.model.vocab_size = 2000
+  c.model.vocab_size = 512  # the synthetic corpus supports up to ~570 pieces
   c.model.d_model = 256
   c.model.num_heads = 4
   c.model.d_ff = 1024

@@ -93,7 +93,8 @@ def test_packed_row_equals_separate_rows():
     positions = jnp.array([list(range(a.shape[1])) + list(range(b.shape[1]))])
     return tokens, segments, positions
   source, source_seg, source_pos = pack(s1, s2)
-  target, target_seg, target_pos = pack(shift_right(t1), shift_right(t2))
+  target, target_seg, target_pos = pack(t1, t2)
+  target = shift_right(target, target_seg)  # each sentence starts from BOS
   packed = model(source, target, source_positions=source_pos, source_segments=source_seg,
                  target_positions=target_pos, target_segments=target_seg)
   np.testing.assert_allclose(packed[:, :3], model(s1, shift_right(t1)), atol=1e-5)

@@ -18,10 +18,12 @@ def run_train(repo, *flags):
 
 
 def test_train_command_runs(repo, tmp_path):
-  result = run_train(repo, '--config=configs/tiny.py', f'--workdir={tmp_path}')
+  result = run_train(repo, '--config=configs/tiny.py', f'--workdir={tmp_path}',
+                     f'--config.data.tfds_dir={tmp_path / "tfds"}')
   assert result.returncode == 0, result.stderr
   out = json.loads(result.stdout.strip().splitlines()[-1])
   assert math.isfinite(out['loss']) and out['grad_norm'] > 0
+  assert (tmp_path / 'vocab.model').exists() and out['example'].endswith('.')
 
 
 def test_train_requires_workdir(repo):

@@ -40,10 +40,16 @@ def defaults() -> ConfigDict:
   m.param_dtype = 'float32'      # storage dtype of parameters and optimizer state
 
   c.data = ConfigDict()
-  c.data.name = 'synthetic'      # synthetic | multi30k | parallel_text | a TFDS WMT name
-  c.data.data_dir = ''           # local corpus files, where the dataset reads them
+  c.data.name = 'synthetic'      # synthetic | multi30k | parallel_text | a TFDS catalog name
+  c.data.data_dir = ''           # local corpus files (multi30k, parallel_text)
+  c.data.tfds_dir = ''           # where TFDS builds live ('' = TFDS default, ~/tensorflow_datasets)
+  c.data.source_lang = 'en'      # the direction: source -> target
+  c.data.target_lang = 'de'
+  c.data.vocab_path = ''         # a SentencePiece model to use ('' = WORKDIR/vocab.model)
   c.data.max_len = 64            # tokens per sentence, EOS included
-  c.data.batch_size = 64         # sentence pairs per global batch
+  c.data.truncate = False        # training pairs over max_len: truncate (True) or drop
+  c.data.packing = True          # pack several pairs into each row (segment ids + positions)
+  c.data.batch_size = 64         # rows per global batch: a pair each, or max_len tokens if packed
 
   c.train = ConfigDict()
   c.train.num_steps = 1000

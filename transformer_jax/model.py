@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 from ml_collections import ConfigDict
 
-PAD_ID = 0  # padding never collides with a real token (the vocabulary reserves 0)
+from transformer_jax.data.tokenizer import PAD_ID  # the vocabulary reserves id 0 for padding
 
 # Logical axis names (DESIGN.md); one rule table in sharding.py maps them to the mesh.
 BATCH, LENGTH, EMBED, HEADS, KV, MLP, VOCAB = (
@@ -274,10 +274,15 @@ class Transformer(nnx.Module):
                        target_segments=target_segments, rngs=rngs)
 
 
-def shift_right(target: jax.Array) -> jax.Array:
+def shift_right(target: jax.Array, segments: jax.Array | None = None) -> jax.Array:
   """Decoder input: the target shifted one step right, starting from BOS (= PAD_ID).
 
-  Like tensor2tensor and the Flax WMT example, BOS reuses the pad id; the decoder
-  masks treat position 0 as real (see `Transformer.decode`).
+  Like tensor2tensor and the Flax WMT example, BOS reuses the pad id; the decoder masks
+  treat it as real (see `Transformer.decode`). In packed rows (`segments` given) every
+  sentence starts from BOS instead of the previous sentence's last token.
   """
-  return jnp.pad(target, ((0, 0), (1, 0)), constant_values=PAD_ID)[:, :-1]
+  shifted = jnp.pad(target, ((0, 0), (1, 0)), constant_values=PAD_ID)[:, :-1]
+  if segments is not None:
+    previous = jnp.pad(segments, ((0, 0), (1, 0)))[:, :-1]
+    shifted = jnp.where(segments == previous, shifted, PAD_ID)
+  return shifted

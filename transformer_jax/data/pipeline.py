@@ -1,0 +1,192 @@
+"""The Grain input pipeline: tokenize, append EOS, drop or truncate long pairs, pack or
+pad into fixed shapes, batch; each host reads only its own shard of the split.
+
+Training batches are dicts of int32 [rows, max_len] arrays: `source`, `target` and their
+`*_segment_ids` (0 = padding, 1, 2, ... = the pairs in a row) and `*_positions`. The
+training iterator is a Grain iterator whose `get_state()` / `set_state()` make a resumed
+run see exactly the batches an uninterrupted run would.
+"""
+from __future__ import annotations
+
+import math
+import os
+from typing import Iterator
+
+import grain
+import jax
+import numpy as np
+from ml_collections import ConfigDict
+
+from transformer_jax.data import datasets
+from transformer_jax.data import tokenizer as tokenizer_lib
+from transformer_jax.data.tokenizer import EOS_ID, PAD_ID, Tokenizer
+from transformer_jax.errors import UserError
+
+FIELDS = ('source', 'target')
+_VOCAB_SAMPLE = 1_000_000  # training pairs the vocabulary is learned from, at most
+
+
+def read(source, indices, chunk: int = 2048) -> Iterator[dict]:
+  """Examples of `source` at `indices`, read in chunks: TFDS array_record sources read a
+  batch of records many times faster than the same records one by one."""
+  indices = list(indices)
+  for start in range(0, len(indices), chunk):
+    yield from source.__getitems__(indices[start:start + chunk])
+
+
+def get_tokenizer(config: ConfigDict, workdir: str) -> Tokenizer:
+  """`data.vocab_path` if set, else WORKDIR/vocab.model, trained on the training split
+  (source and target jointly) the first time."""
+  data = config.data
+  path = data.vocab_path or os.path.join(workdir, tokenizer_lib.VOCAB_FILE)
+  if data.vocab_path and not os.path.exists(path):
+    raise UserError(f'data.vocab_path={path} does not exist.')
+
+  def training_text():
+    source = datasets.data_source(data, 'train')
+    sample = np.sort(np.random.default_rng(0).permutation(len(source))[:_VOCAB_SAMPLE])
+    for example in read(source, sample.tolist()):
+      yield example[data.source_lang].decode('utf-8')
+      yield example[data.target_lang].decode('utf-8')
+
+  return tokenizer_lib.load_or_train(path, config.model.vocab_size, training_text)
+
+
+class TokenizedSplit:
+  """This host's shard of a split, tokenized once with EOS appended; random access.
+
+  Tokenizing up front in large batches (SentencePiece's C++ batch encoder) keeps the
+  per-step pipeline to shuffling, packing and batching of small integer arrays. Token
+  ids are stored flat with offsets: about 2 bytes per token for vocabularies < 65,536.
+  """
+
+  def __init__(self, source, data: ConfigDict, tokenizer: Tokenizer, *,
+               process_index: int | None = None, process_count: int | None = None):
+    if process_index is None:
+      process_index, process_count = jax.process_index(), jax.process_count()
+    self.split_size = len(source)
+    if self.split_size == 0:
+      raise UserError(f"The split of dataset '{data.name}' is empty: nothing to read.")
+    dtype = np.uint16 if tokenizer.vocab_size <= 2 ** 16 else np.int32
+    ids = {field: [] for field in FIELDS}
+    index = []
+    for chunk in _chunks(read(source, range(process_index, len(source), process_count))):
+      index.extend(int(ex.get('index', -1)) for ex in chunk)
+      for field, lang in zip(FIELDS, (data.source_lang, data.target_lang)):
+        ids[field].extend(tokenizer.encode_batch([ex[lang].decode('utf-8') for ex in chunk]))
+    self.index = np.asarray(index, np.int64)
+    self._flat, self._offsets = {}, {}
+    for field in FIELDS:
+      lengths = np.fromiter((len(x) + 1 for x in ids[field]), np.int64, len(ids[field]))
+      self._offsets[field] = np.concatenate([[0], np.cumsum(lengths)])
+      flat = np.full(self._offsets[field][-1], EOS_ID, dtype)
+      starts = self._offsets[field][:-1]
+      for start, x in zip(starts, ids[field]):
+        flat[start:start + len(x)] = x
+      self._flat[field] = flat
+
+  def __len__(self) -> int:
+    return len(self.index)
+
+  def __getitem__(self, i: int) -> dict:
+    out = {field: self._flat[field][self._offsets[field][i]:self._offsets[field][i + 1]
+                                    ].astype(np.int32) for field in FIELDS}
+    out['index'] = int(self.index[i])
+    return out
+
+
+def _chunks(examples, size: int = 8192):
+  chunk = []
+  for example in examples:
+    chunk.append(example)
+    if len(chunk) == size:
+      yield chunk
+      chunk = []
+  if chunk:
+    yield chunk
+
+
+def _truncate(max_len: int):
+  def truncate(example):
+    # Keep EOS last, so a truncated sentence still ends like a sentence.
+    for field in FIELDS:
+      if len(example[field]) > max_len:
+        example[field] = np.append(example[field][:max_len - 1], EOS_ID).astype(np.int32)
+    return example
+  return truncate
+
+
+def _fits(max_len: int):
+  return lambda example: all(len(example[field]) <= max_len for field in FIELDS)
+
+
+def _pad_row(max_len: int):
+  """One pair per row: pad to max_len; segment 1 on tokens, positions 0..n-1."""
+  def pad(example):
+    out = {}
+    for field in FIELDS:
+      tokens = example[field]
+      n = len(tokens)
+      out[field] = np.pad(tokens, (0, max_len - n), constant_values=PAD_ID)
+      out[f'{field}_segment_ids'] = (np.arange(max_len) < n).astype(np.int32)
+      out[f'{field}_positions'] = np.where(np.arange(max_len) < n, np.arange(max_len), 0
+                                           ).astype(np.int32)
+    if 'index' in example:
+      out['index'] = example['index']
+    return out
+  return pad
+
+
+def _rows_per_host(global_rows: int, process_count: int) -> int:
+  if global_rows % process_count:
+    raise UserError(f'data.batch_size={global_rows} must be divisible by the number of '
+                    f'hosts ({process_count}).')
+  return global_rows // process_count
+
+
+def train_dataset(config: ConfigDict, split: TokenizedSplit, *,
+                  process_count: int | None = None) -> grain.IterDataset:
+  """Infinite, shuffled (reshuffled every epoch) batches of this host's shard."""
+  data = config.data
+  rows = _rows_per_host(data.batch_size, process_count or jax.process_count())
+  ds = grain.MapDataset.source(split).seed(config.seed).shuffle().repeat(None)
+  ds = ds.map(_truncate(data.max_len)) if data.truncate else ds.filter(_fits(data.max_len))
+  ds = ds.map(lambda ex: {field: ex[field] for field in FIELDS}).to_iter_dataset()
+  if data.packing:
+    ds = grain.experimental.FirstFitPackIterDataset(
+        ds, length_struct={field: data.max_len for field in FIELDS},
+        num_packing_bins=rows, shuffle_bins=True, seed=config.seed)
+    ds = ds.batch(rows, drop_remainder=True)
+    # Grain names the packed outputs x_segment_ids and x_positions, as the model expects.
+    return ds.map(lambda batch: {k: v.astype(np.int32) for k, v in batch.items()})
+  return ds.map(_pad_row(data.max_len)).batch(rows, drop_remainder=True)
+
+
+def eval_batches(config: ConfigDict, split: TokenizedSplit, *, batch_size: int,
+                 process_count: int | None = None) -> Iterator[dict]:
+  """Every example of this host's shard in order, one per row, truncated to max_len.
+
+  Every host yields the same number of full-size batches (multi-host steps stay in
+  lockstep); padding rows have all-zero tokens and `index` -1.
+  """
+  data = config.data
+  process_count = process_count or jax.process_count()
+  num_batches = math.ceil(math.ceil(split.split_size / process_count) / batch_size)
+  ds = grain.MapDataset.source(split).map(_truncate(data.max_len))
+  ds = ds.map(_pad_row(data.max_len)).batch(batch_size, drop_remainder=False)
+  batches = iter(ds)
+  for _ in range(num_batches):
+    batch = next(batches, None)
+    yield _pad_batch(batch, batch_size, data.max_len)
+
+
+def _pad_batch(batch: dict | None, batch_size: int, max_len: int) -> dict:
+  if batch is None:
+    batch = {'index': np.zeros((0,), np.int64)}
+    for field in FIELDS:
+      for suffix in ('', '_segment_ids', '_positions'):
+        batch[field + suffix] = np.zeros((0, max_len), np.int32)
+  missing = batch_size - len(batch['index'])
+  return {key: np.concatenate([value, np.full((missing, *value.shape[1:]),
+                                              -1 if key == 'index' else 0, value.dtype)])
+          for key, value in batch.items()}

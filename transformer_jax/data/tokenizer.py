@@ -1,0 +1,113 @@
+"""The shared source/target subword vocabulary (SentencePiece), stored in the workdir.
+
+Ids 0, 1, 2 are pad, eos and unk, so padding never collides with an unknown token; there
+is no BOS piece (the decoder starts from the pad id, see model.shift_right).
+"""
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from typing import Iterable
+
+import sentencepiece as spm
+
+from transformer_jax.errors import UserError
+
+PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
+VOCAB_FILE = 'vocab.model'
+_MAX_TRAINING_SENTENCES = 2_000_000  # SentencePiece samples this many; plenty for a vocab
+
+
+class Tokenizer:
+  """Text <-> ids. `encode` adds no EOS; the pipeline appends it."""
+
+  def __init__(self, model_proto: bytes, path: str):
+    self.path = path
+    self._sp = spm.SentencePieceProcessor(model_proto=model_proto)
+
+  @property
+  def vocab_size(self) -> int:
+    return self._sp.get_piece_size()
+
+  def encode(self, text: str) -> list[int]:
+    return self._sp.encode(text)
+
+  def encode_batch(self, texts: list[str]) -> list[list[int]]:
+    return self._sp.encode(texts)
+
+  def decode(self, ids: Iterable[int]) -> str:
+    """Ids up to the first EOS, padding dropped, back to detokenized text."""
+    out = []
+    for i in ids:
+      i = int(i)
+      if i == EOS_ID:
+        break
+      if i != PAD_ID:
+        out.append(i)
+    return self._sp.decode(out)
+
+
+def train(sentences: Iterable[str], vocab_size: int, path: str) -> Tokenizer:
+  """Train a unigram SentencePiece model on `sentences`; write it to `path` atomically."""
+  model = io.BytesIO()
+  try:
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(sentences), model_writer=model, vocab_size=vocab_size,
+        model_type='unigram', character_coverage=1.0, pad_id=PAD_ID, eos_id=EOS_ID,
+        unk_id=UNK_ID, bos_id=-1, input_sentence_size=_MAX_TRAINING_SENTENCES,
+        shuffle_input_sentence=True, num_threads=os.cpu_count() or 1,
+        minloglevel=2)
+  except RuntimeError as e:
+    if 'Vocabulary size is too high' in str(e) or 'vocab_size' in str(e):
+      raise UserError(f'model.vocab_size={vocab_size} is larger than this corpus supports '
+                      f'({e}); choose a smaller --config.model.vocab_size.') from None
+    raise
+  _write_atomically(path, model.getvalue())
+  return Tokenizer(model.getvalue(), path)
+
+
+def load(path: str, vocab_size: int) -> Tokenizer:
+  """Load a stored model; its size must equal the config's `model.vocab_size`."""
+  try:
+    with open(path, 'rb') as f:
+      proto = f.read()
+    tokenizer = Tokenizer(proto, path)
+  except OSError as e:
+    raise UserError(f'Cannot read the vocabulary {path}: {e.strerror}.') from None
+  except RuntimeError:
+    raise UserError(f'{path} is not a SentencePiece model (corrupt or another file). '
+                    'Point data.vocab_path at a .model file, or remove it to retrain.') from None
+  if tokenizer.vocab_size != vocab_size:
+    raise UserError(
+        f'The vocabulary {path} has {tokenizer.vocab_size} pieces but the config says '
+        f'model.vocab_size={vocab_size}. Use --config.model.vocab_size='
+        f'{tokenizer.vocab_size} to keep this vocabulary, or a new workdir to train one.')
+  if (tokenizer._sp.pad_id(), tokenizer._sp.eos_id()) != (PAD_ID, EOS_ID):
+    raise UserError(f'The vocabulary {path} does not use pad={PAD_ID}, eos={EOS_ID}; '
+                    'train it with transformer_jax (or those ids).')
+  return tokenizer
+
+
+def load_or_train(path: str, vocab_size: int, sentences) -> Tokenizer:
+  """The stored vocabulary if `path` exists (resume, decoding), else train one there.
+
+  `sentences` is a callable returning the training text, so nothing is read on resume.
+  """
+  if os.path.exists(path):
+    return load(path, vocab_size)
+  return train(sentences(), vocab_size, path)
+
+
+def _write_atomically(path: str, data: bytes) -> None:
+  """Write to a temporary file beside `path`, then rename: never a half-written model."""
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix='.vocab-')
+  try:
+    with os.fdopen(fd, 'wb') as f:
+      f.write(data)
+    os.replace(tmp, path)
+  except BaseException:
+    os.unlink(tmp)
+    raise

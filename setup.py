@@ -26,6 +26,7 @@ setup(
         'sacrebleu==2.6.0',
         'absl-py==2.5.1',
         'ml-collections==1.1.0',
+        'tensorboardX==2.6.5',  # TensorBoard event files without TensorFlow
         'numpy>=2.0,<2.5',
     ],
     extras_require={

@@ -16,6 +16,6 @@ import pytest  # noqa: E402
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
+@pytest.fixture(scope='session')
 def repo():
   return REPO

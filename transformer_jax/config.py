@@ -59,6 +59,15 @@ def defaults() -> ConfigDict:
   c.train.adam_b1 = 0.9
   c.train.adam_b2 = 0.98
   c.train.adam_eps = 1e-9
+  c.train.weight_decay = 0.0     # decoupled (AdamW); the paper uses none
+  c.train.clip_grad_norm = 0.0   # global-norm clipping; 0 = off, as in the paper
+  c.train.grad_accum_steps = 1   # micro-batches per update (data.batch_size is split)
+  c.train.skip_nonfinite = False # NaN/inf loss: skip that update (True) or stop (False)
+  c.train.log_every = 50         # console line + TensorBoard scalars
+  c.train.eval_every = 500       # validation loss/accuracy; 0 = only at the end
+  c.train.eval_batch_size = 64
+  c.train.checkpoint_every = 500
+  c.train.keep_checkpoints = 3   # the last N are kept
 
   c.mesh = ConfigDict()          # device mesh axis sizes; -1 takes the remaining devices
   c.mesh.data = -1
@@ -153,8 +162,12 @@ def _check_values(c: ConfigDict) -> None:
              f'got {m[key]!r}.')
   for key in ('max_len', 'batch_size'):
     _require(c.data[key] >= 1, f'data.{key} must be at least 1, got {c.data[key]}.')
-  for key in ('num_steps', 'warmup_steps'):
+  for key in ('num_steps', 'warmup_steps', 'grad_accum_steps', 'log_every',
+              'eval_batch_size', 'checkpoint_every', 'keep_checkpoints'):
     _require(c.train[key] >= 1, f'train.{key} must be at least 1, got {c.train[key]}.')
+  _require(c.data.batch_size % c.train.grad_accum_steps == 0,
+           f'data.batch_size ({c.data.batch_size}) must be divisible by '
+           f'train.grad_accum_steps ({c.train.grad_accum_steps}).')
   for key in ('data', 'fsdp', 'tensor'):
     _require(c.mesh[key] == -1 or c.mesh[key] >= 1,
              f'mesh.{key} must be -1 (the remaining devices) or at least 1, '

@@ -1,36 +1,52 @@
-"""`python -m transformer_jax.train --config=FILE --workdir=DIR`.
+"""`python -m transformer_jax.train --config=FILE --workdir=DIR`: train, resuming from DIR.
 
-Interim stage: the training loop (optimizer, checkpoints) lands with the training issue.
-Until then this command prepares the configured dataset and vocabulary (in the workdir),
-takes the first batch from the Grain pipeline and runs one jitted forward and backward
-pass of the label-smoothed loss, printing the loss and gradient norm.
+The loop reads as a short story: build the mesh, the vocabulary and the data; restore
+the latest checkpoint or initialize; then step, log, evaluate and checkpoint until done
+or preempted. The steps are pure jitted functions of (state, batch) with explicit
+shardings; the RNG for dropout is folded from the state's key and step, so a resumed run
+repeats an uninterrupted one exactly.
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
-import time
+import os
+import signal
+from typing import Any
 
+import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
+from absl import flags
+from jax.sharding import NamedSharding, PartitionSpec as P
+from ml_collections import ConfigDict
 
-from transformer_jax import cli
+from transformer_jax import checkpoint as checkpoint_lib
+from transformer_jax import cli, optim, sharding
+from transformer_jax import metrics as metrics_lib
 from transformer_jax.data import datasets, pipeline
-from transformer_jax.model import PAD_ID, Transformer, shift_right
+from transformer_jax.data.tokenizer import PAD_ID
+from transformer_jax.errors import UserError
+from transformer_jax.model import Transformer, shift_right
 
+
+# ----------------------------------------------------------------------------- loss
 
 
 def cross_entropy(logits: jax.Array, targets: jax.Array, label_smoothing: float):
-  """Label-smoothed cross-entropy (section 5.4), summed over non-padding targets.
+  """Per-token label-smoothed cross-entropy (section 5.4) and plain NLL.
 
-  Returns (loss sum, token count). Smoothing spreads epsilon uniformly over the
-  vocabulary, as `optax.smooth_labels` does.
+  Smoothing puts epsilon uniformly over the vocabulary (as `optax.smooth_labels`), so
+  loss = (1 - eps) * nll + eps * mean_v(-log p_v); no one-hot of the vocabulary is built.
   """
-  smoothed = optax.smooth_labels(jax.nn.one_hot(targets, logits.shape[-1]), label_smoothing)
-  per_token = optax.softmax_cross_entropy(logits, smoothed)
-  weights = (targets != PAD_ID).astype(jnp.float32)
-  return jnp.sum(per_token * weights), jnp.sum(weights)
+  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32))
+  nll = -jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
+  smooth = -jnp.mean(log_probs, axis=-1)
+  return (1.0 - label_smoothing) * nll + label_smoothing * smooth, nll
 
 
 def model_inputs(batch: dict) -> dict:
@@ -41,42 +57,273 @@ def model_inputs(batch: dict) -> dict:
               target_segments=batch['target_segment_ids'])
 
 
-def loss_fn(model: Transformer, batch: dict, label_smoothing: float, rngs: nnx.Rngs):
+def token_sums(model: Transformer, batch: dict, label_smoothing: float, rngs=None) -> dict:
+  """Sums over the batch's non-padding target tokens: loss, nll, correct, tokens."""
   decoder_input = shift_right(batch['target'], batch['target_segment_ids'])
   logits = model(batch['source'], decoder_input, rngs=rngs, **model_inputs(batch))
-  total, count = cross_entropy(logits, batch['target'], label_smoothing)
-  return total / jnp.maximum(count, 1.0)
+  loss, nll = cross_entropy(logits, batch['target'], label_smoothing)
+  weights = (batch['target'] != PAD_ID).astype(jnp.float32)
+  correct = (jnp.argmax(logits, -1) == batch['target']).astype(jnp.float32)
+  return {'loss': jnp.sum(loss * weights), 'nll': jnp.sum(nll * weights),
+          'correct': jnp.sum(correct * weights), 'tokens': jnp.sum(weights)}
 
 
-@nnx.jit(static_argnums=2)
-def forward_backward(model, batch, label_smoothing, key):
-  loss, grads = nnx.value_and_grad(loss_fn)(model, batch, label_smoothing,
-                                            nnx.Rngs(dropout=key))
-  return loss, optax.global_norm(grads)
+# ----------------------------------------------------------------------------- state
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array       # int32 scalar: updates applied so far
+  params: Any           # nested dict of arrays (nnx.to_pure_dict of the model's Params)
+  opt_state: Any
+  rng: jax.Array        # uint32 key data; dropout keys are folded from it and the step
+
+
+@dataclasses.dataclass
+class Setup:
+  """What the steps need besides the state: the model's structure, the optimizer and
+  where every array lives on the mesh."""
+  config: ConfigDict
+  mesh: jax.sharding.Mesh
+  graphdef: Any
+  tx: optax.GradientTransformation
+  state_shardings: TrainState
+  abstract_state: TrainState  # shapes + shardings, the target for restoring
+
+
+def build(config: ConfigDict, mesh) -> Setup:
+  abstract_model = nnx.eval_shape(lambda: Transformer(config.model, rngs=nnx.Rngs(0)))
+  graphdef, abstract_params = nnx.split(abstract_model)
+  replicated = NamedSharding(mesh, P())
+  param_shardings = sharding.named(mesh, nnx.to_pure_dict(sharding.state_specs(abstract_params)))
+  tx = optim.make_optimizer(config)
+  params_shape = nnx.to_pure_dict(abstract_params)
+  opt_shape = jax.eval_shape(tx.init, params_shape)
+  # Optimizer moments mirror the parameters, so they are sharded the same way.
+  opt_shardings = optax.tree_map_params(tx, lambda _, s: s, opt_shape, param_shardings,
+                                        transform_non_params=lambda _: replicated)
+  state_shardings = TrainState(step=replicated, params=param_shardings,
+                               opt_state=opt_shardings, rng=replicated)
+  abstract = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=params_shape,
+                        opt_state=opt_shape, rng=jax.ShapeDtypeStruct((2,), jnp.uint32))
+  abstract = checkpoint_lib.abstract_with_shardings(abstract, state_shardings)
+  return Setup(config, mesh, graphdef, tx, state_shardings, abstract)
+
+
+def init_state(setup: Setup) -> TrainState:
+  """Fresh parameters and optimizer state, created directly in their shards."""
+  config = setup.config
+
+  def init():
+    key = jax.random.key(config.seed)
+    model = Transformer(config.model, rngs=nnx.Rngs(params=jax.random.fold_in(key, 0)))
+    params = nnx.to_pure_dict(nnx.state(model))
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=setup.tx.init(params),
+                      rng=jax.random.key_data(jax.random.fold_in(key, 1)))
+
+  return jax.jit(init, out_shardings=setup.state_shardings)()
+
+
+# ----------------------------------------------------------------------------- steps
+
+
+def train_step(setup: Setup, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+  """One update: gradients summed over `grad_accum_steps` micro-batches, divided by
+  their total target tokens; a non-finite loss or gradient leaves the state unchanged."""
+  t = setup.config.train
+  rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+  # Micro-batch i takes rows i, i+k, i+2k, ...: each device's rows split evenly, so the
+  # reshape keeps the batch sharding instead of moving rows between devices.
+  micro = jax.tree.map(
+      lambda x: x.reshape(-1, t.grad_accum_steps, *x.shape[1:]).swapaxes(0, 1), batch)
+
+  def micro_step(grads_and_sums, inputs):
+    index, micro_batch = inputs
+    def loss(params):
+      model = nnx.merge(setup.graphdef, params)
+      sums = token_sums(model, micro_batch, t.label_smoothing,
+                        nnx.Rngs(dropout=jax.random.fold_in(rng, index)))
+      return sums['loss'], sums
+    grads, sums = jax.grad(loss, has_aux=True)(state.params)
+    return jax.tree.map(jnp.add, grads_and_sums, (grads, sums)), None
+
+  zeros = (jax.tree.map(jnp.zeros_like, state.params),
+           {k: jnp.zeros((), jnp.float32) for k in ('loss', 'nll', 'correct', 'tokens')})
+  (grads, sums), _ = jax.lax.scan(micro_step, zeros,
+                                  (jnp.arange(t.grad_accum_steps), micro))
+  grads = jax.tree.map(lambda g: g / jnp.maximum(sums['tokens'], 1.0), grads)
+  updates, opt_state = setup.tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  grad_norm = optax.tree.norm(grads)
+  finite = jnp.isfinite(sums['loss']) & jnp.isfinite(grad_norm)
+  keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+  new_state = TrainState(step=state.step + 1, params=keep(params, state.params),
+                         opt_state=keep(opt_state, state.opt_state), rng=state.rng)
+  schedule = optim.learning_rate_schedule(setup.config.model.d_model, t.warmup_steps,
+                                          t.learning_rate)
+  metrics = {**sums, 'grad_norm': grad_norm, 'learning_rate': schedule(state.step),
+             'finite': finite}
+  return new_state, metrics
+
+
+def eval_step(setup: Setup, params, batch: dict) -> dict:
+  model = nnx.merge(setup.graphdef, params)
+  return token_sums(model, batch, setup.config.train.label_smoothing)
+
+
+def compile_steps(setup: Setup):
+  """The jitted steps: explicit shardings in and out; the old state's buffers are donated."""
+  batch_sharding = sharding.batch_sharding(setup.mesh)
+  train = jax.jit(functools.partial(train_step, setup),
+                  in_shardings=(setup.state_shardings, batch_sharding),
+                  out_shardings=(setup.state_shardings, None), donate_argnums=0)
+  evaluate = jax.jit(functools.partial(eval_step, setup),
+                     in_shardings=(setup.state_shardings.params, batch_sharding))
+  return train, evaluate
+
+
+# ----------------------------------------------------------------------------- loop
+
+
+class Preemption:
+  """SIGTERM (the preemption notice of TPU VMs and schedulers) sets a flag; the loop
+  saves a checkpoint at the next step boundary and exits cleanly."""
+
+  def __init__(self):
+    self._requested = False
+    signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self._requested = True
+
+  def requested(self) -> bool:
+    if jax.process_count() == 1:
+      return self._requested
+    from jax.experimental import multihost_utils  # every host must stop at the same step
+    return bool(np.any(multihost_utils.process_allgather(np.asarray(self._requested))))
+
+
+def evaluate(config, eval_step, params, split, mesh) -> dict:
+  sums = []
+  for batch in pipeline.eval_batches(config, split, batch_size=config.train.eval_batch_size):
+    del batch['index']
+    sums.append(eval_step(params, sharding.place_batch(batch, mesh)))
+  return metrics_lib.device_sums(sums)
+
+
+def _validation_split(config, tokenizer):
+  try:
+    source = datasets.data_source(config.data, 'validation')
+  except UserError:
+    return None  # a corpus without a validation split trains without evaluation
+  return pipeline.TokenizedSplit(source, config.data, tokenizer)
+
+
+def restore_or_init(setup, checkpoints, vocab_path, data_iterator, reporter_message):
+  step = checkpoints.latest_step()
+  if step is None:
+    return init_state(setup)
+  checkpoints.check_compatible(step, vocab_path)
+  state = checkpoints.restore(step, setup.abstract_state, data_iterator)
+  reporter_message(f'resumed from the checkpoint at step {step} in {checkpoints.directory}')
+  return state
+
+
+def train(config: ConfigDict, workdir: str) -> dict:
+  """Train until `train.num_steps`, resuming from the workdir; returns the last metrics."""
+  checkpoint_lib.check_writable(workdir)
+  mesh = sharding.make_mesh(config.mesh)
+  sharding.check_batch(config.data.batch_size, mesh)
+  say = (lambda text: print(text, flush=True)) if jax.process_index() == 0 else (lambda _: 0)
+  tokenizer = pipeline.get_tokenizer(config, workdir)
+  train_split = pipeline.TokenizedSplit(datasets.data_source(config.data, 'train'),
+                                        config.data, tokenizer)
+  eval_split = _validation_split(config, tokenizer)
+  batches = iter(pipeline.train_dataset(config, train_split))
+  setup = build(config, mesh)
+  train_step_fn, eval_step_fn = compile_steps(setup)
+  checkpoints = checkpoint_lib.Checkpoints(workdir, config)
+  state = restore_or_init(setup, checkpoints, tokenizer.path, batches, say)
+  step = int(state.step)
+  reporter = metrics_lib.Reporter(workdir, config, step, config.train.num_steps)
+  preemption = Preemption()
+  t = config.train
+  history, last = [], {}
+  try:
+    while step < t.num_steps:
+      state, metrics = train_step_fn(state, sharding.place_batch(next(batches), mesh))
+      step += 1
+      history.append(metrics)
+      reporter.progress(step)
+      preempted = preemption.requested()
+      checkpoint_due = step % t.checkpoint_every == 0 or step == t.num_steps or preempted
+      if step % t.log_every == 0 or checkpoint_due:
+        last = _log_interval(reporter, step, history, checkpoints, t.skip_nonfinite)
+        history = []
+      if eval_split is not None and ((t.eval_every and step % t.eval_every == 0)
+                                     or step == t.num_steps):
+        last.update({f'eval_{k}': v for k, v in reporter.eval(
+            step, evaluate(config, eval_step_fn, state.params, eval_split, mesh)).items()})
+      if checkpoint_due:
+        checkpoints.save(step, state, batches, tokenizer.path, force=preempted)
+      if preempted:
+        checkpoints.wait()
+        say(f'SIGTERM: saved the checkpoint at step {step}; exiting. Run the same '
+            'command to resume.')
+        break
+  finally:
+    checkpoints.close()
+    reporter.close()
+  return last
+
+
+def _log_interval(reporter, step, history, checkpoints, skip_nonfinite) -> dict:
+  """Log the steps since the last line; stop on a non-finite loss unless told to skip."""
+  sums = metrics_lib.device_sums(history)
+  bad = int(len(history) - sums.pop('finite'))
+  if bad and not skip_nonfinite:
+    good = checkpoints.latest_step()
+    raise UserError(
+        f'Non-finite loss or gradient within steps {step - len(history) + 1}..{step}; '
+        f'stopped without saving (the update was not applied). Last good checkpoint: '
+        f'{"step " + str(good) if good is not None else "none"} in {checkpoints.directory}. '
+        'Lower train.learning_rate, set train.clip_grad_norm, or set '
+        'train.skip_nonfinite=True to skip such updates.')
+  extra = {'learning_rate': float(jax.device_get(history[-1]['learning_rate'])),
+           'grad_norm': sums.pop('grad_norm') / len(history), 'skipped_steps': bad}
+  sums.pop('learning_rate')
+  return reporter.train(step, sums, extra)
+
+
+def initialize_distributed() -> None:
+  """Multi-host runs: connect the processes before any other JAX call.
+
+  On a TPU pod slice every worker runs the same command and JAX finds its peers itself;
+  elsewhere (e.g. several CPU processes) the coordinator is given by flags or the
+  standard JAX environment variables.
+  """
+  if _COORDINATOR.value:
+    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  elif len(os.environ.get('TPU_WORKER_HOSTNAMES', '').split(',')) > 1:
+    jax.distributed.initialize()
 
 
 def main(argv):
   del argv
   config = cli.resolved_config()
   workdir = cli.required_workdir()
-  start = time.perf_counter()
-  tokenizer = pipeline.get_tokenizer(config, workdir)
-  split = pipeline.TokenizedSplit(datasets.data_source(config.data, 'train'), config.data,
-                                  tokenizer)
-  batch = next(iter(pipeline.train_dataset(config, split)))
-  prepared = time.perf_counter()
-  key = jax.random.key(config.seed)
-  model = Transformer(config.model, rngs=nnx.Rngs(params=key))
-  loss, grad_norm = forward_backward(model, batch, config.train.label_smoothing, key)
-  print(json.dumps({
-      'note': 'interim stage: one forward+backward pass on the first batch; '
-              'the training loop comes with the training issue',
-      'loss': float(loss), 'grad_norm': float(grad_norm),
-      'example': tokenizer.decode(batch['source'][0]),
-      'data_seconds': round(prepared - start, 2),
-      'step_seconds_with_compile': round(time.perf_counter() - prepared, 2),
-  }))
+  initialize_distributed()
+  last = train(config, workdir)
+  if jax.process_index() == 0:
+    print(json.dumps({'final': last}), flush=True)
 
+
+_COORDINATOR = flags.DEFINE_string('coordinator_address', None,
+                                   'host:port of process 0, for multi-process runs off TPU.')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Processes in a multi-process run.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process, 0..num_processes-1.')
 
 if __name__ == '__main__':
   cli.run(main)

@@ -1,0 +1,109 @@
+"""Orbax checkpoints: train state, data-iterator state, config and vocabulary.
+
+Each step directory holds three items: `state` (parameters, optimizer state, step, RNG;
+sharded arrays written by every host), `data` (the Grain iterator state of each host)
+and `meta` (the config and the SentencePiece model, so a checkpoint directory is
+self-contained). Orbax writes into a temporary directory and renames it when complete,
+so a checkpoint half-written by a kill is never listed, never loaded. Restoring takes the
+target shardings, so a checkpoint restores onto any mesh.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+from ml_collections import ConfigDict
+
+from transformer_jax.errors import UserError
+
+CHECKPOINT_DIR = 'checkpoints'
+
+
+def _vocab_fingerprint(vocab_path: str) -> tuple[str, str]:
+  with open(vocab_path, 'rb') as f:
+    data = f.read()
+  return hashlib.sha256(data).hexdigest(), base64.b64encode(data).decode('ascii')
+
+
+class Checkpoints:
+  """The workdir's checkpoints: save every N steps (async), keep the last N, restore."""
+
+  def __init__(self, workdir: str, config: ConfigDict, *, max_to_keep: int | None = None,
+               async_save: bool = True):
+    self.directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep or config.train.keep_checkpoints,
+        enable_async_checkpointing=async_save, create=True)
+    self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                          item_names=('state', 'data', 'meta'))
+    self.config = config
+
+  def steps(self) -> list[int]:
+    return sorted(self._manager.all_steps())
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def save(self, step: int, state, data_iterator, vocab_path: str, force=False) -> None:
+    """Start an asynchronous save; training continues while it is written."""
+    sha, model = _vocab_fingerprint(vocab_path)
+    meta = {'config': self.config.to_dict(), 'vocab_sha256': sha, 'vocab_model': model}
+    self._manager.save(step, force=force, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        data=grain.checkpoint.CheckpointSave(data_iterator),  # one file per host
+        meta=ocp.args.JsonSave(meta)))
+
+  def wait(self) -> None:
+    self._manager.wait_until_finished()
+
+  def meta(self, step: int) -> dict:
+    return self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+
+  def check_compatible(self, step: int, vocab_path: str) -> None:
+    """Refuse a checkpoint from another model shape or vocabulary, naming the fix."""
+    meta = self.meta(step)
+    saved, ours = meta['config']['model'], self.config.model.to_dict()
+    shape_keys = ('vocab_size', 'd_model', 'num_heads', 'd_ff', 'num_encoder_layers',
+                  'num_decoder_layers', 'share_embeddings', 'tie_output_embedding', 'pre_norm')
+    diffs = [f'{k}: checkpoint {saved.get(k)!r}, config {ours[k]!r}'
+             for k in shape_keys if saved.get(k) != ours[k]]
+    if diffs:
+      raise UserError(f'The checkpoint at step {step} in {self.directory} is of another '
+                      f'model ({"; ".join(diffs)}). Use a new --workdir, or a --config that '
+                      'matches the checkpoint.')
+    if meta['vocab_sha256'] != _vocab_fingerprint(vocab_path)[0]:
+      raise UserError(f'The checkpoint at step {step} was trained with another vocabulary '
+                      f'than {vocab_path}. Restore that vocabulary file or use a new --workdir.')
+
+  def restore(self, step: int, abstract_state, data_iterator=None):
+    """The state at `step`, placed as `abstract_state`'s shardings say (any mesh);
+    `data_iterator`, if given, is moved to where it was when the checkpoint was saved."""
+    items = {'state': ocp.args.StandardRestore(abstract_state)}
+    if data_iterator is not None:
+      items['data'] = grain.checkpoint.CheckpointRestore(data_iterator)
+    return self._manager.restore(step, args=ocp.args.Composite(**items))['state']
+
+  def close(self) -> None:
+    self._manager.wait_until_finished()
+    self._manager.close()
+
+
+def check_writable(workdir: str) -> None:
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, f'.write-test-{os.getpid()}')
+    with open(probe, 'w') as f:
+      f.write('ok')
+    os.remove(probe)
+  except OSError as e:
+    raise UserError(f'The workdir {workdir} is not writable ({e.strerror}); choose a '
+                    'directory you can write to.') from None
+
+
+def abstract_with_shardings(abstract_tree, shardings):
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                      abstract_tree, shardings)

@@ -1,0 +1,122 @@
+"""What the user sees of training: one console line per interval, a progress bar on a
+terminal, TensorBoard event files and a metrics.jsonl record in the workdir.
+
+Only process 0 writes. On resume, records past the restored step are dropped from
+metrics.jsonl, so the file reads as if the run had never been interrupted.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+
+import jax
+import numpy as np
+
+METRICS_FILE = 'metrics.jsonl'
+
+
+def summarize(sums: dict) -> dict:
+  """Token sums -> per-token loss, accuracy and perplexity."""
+  tokens = max(float(sums['tokens']), 1.0)
+  nll = float(sums['nll']) / tokens
+  return {'loss': float(sums['loss']) / tokens, 'nll': nll,
+          'perplexity': math.exp(min(nll, 50.0)), 'accuracy': float(sums['correct']) / tokens,
+          'tokens': float(sums['tokens'])}
+
+
+class Reporter:
+  def __init__(self, workdir: str, config, start_step: int, num_steps: int):
+    self.enabled = jax.process_index() == 0
+    self.path = os.path.join(workdir, METRICS_FILE)
+    self.num_steps, self.start_step = num_steps, start_step
+    self._interval_start = (time.perf_counter(), start_step)
+    self._run_start = time.perf_counter()
+    self._tty = sys.stderr.isatty()
+    self._writers = {}
+    if self.enabled:
+      self._truncate_after(start_step)
+      from tensorboardX import SummaryWriter  # noqa: PLC0415 (only process 0 needs it)
+      self._writers = {name: SummaryWriter(os.path.join(workdir, 'tensorboard', name))
+                       for name in ('train', 'eval')}
+      if start_step == 0:
+        self._writers['train'].add_text('config', '```\n' + str(config) + '\n```', 0)
+
+  def _truncate_after(self, step: int) -> None:
+    if not os.path.exists(self.path):
+      return
+    with open(self.path) as f:
+      kept = [line for line in f if line.strip() and json.loads(line)['step'] <= step]
+    tmp = self.path + '.tmp'
+    with open(tmp, 'w') as f:
+      f.writelines(kept)
+    os.replace(tmp, self.path)
+
+  def _record(self, kind: str, step: int, values: dict) -> None:
+    if not self.enabled:
+      return
+    with open(self.path, 'a') as f:
+      f.write(json.dumps({'kind': kind, 'step': step, **values}) + '\n')
+    for name, value in values.items():
+      self._writers[kind].add_scalar(name, value, step)
+    self._writers[kind].flush()
+
+  def train(self, step: int, sums: dict, extra: dict) -> dict:
+    """Log the interval that ends at `step`; returns what was logged."""
+    now = time.perf_counter()
+    start_time, start_step = self._interval_start
+    self._interval_start = (now, step)
+    step_time = (now - start_time) / max(step - start_step, 1)
+    values = {**summarize(sums), **extra, 'step_time': step_time,
+              'target_tokens_per_s': float(sums['tokens']) / max(now - start_time, 1e-9)}
+    self._record('train', step, values)
+    if self.enabled:
+      eta = step_time * (self.num_steps - step)
+      line = (f'step {step}/{self.num_steps}  loss {values["loss"]:.4f}  '
+              f'acc {values["accuracy"]:.3f}  lr {values["learning_rate"]:.2e}  '
+              f'{values["target_tokens_per_s"]:,.0f} tgt tok/s  {step_time:.3f} s/step  '
+              f'ETA {_duration(eta)}')
+      print(('\r' + ' ' * 100 + '\r' if self._tty else '') + line, flush=True)
+    return values
+
+  def progress(self, step: int) -> None:
+    if self.enabled and self._tty:
+      done = (step - self.start_step) / max(self.num_steps - self.start_step, 1)
+      bar = '#' * int(30 * done)
+      print(f'\r[{bar:<30}] {step}/{self.num_steps}', end='', file=sys.stderr, flush=True)
+
+  def eval(self, step: int, sums: dict) -> dict:
+    values = summarize(sums)
+    self._record('eval', step, values)
+    if self.enabled:
+      print(f'eval step {step}  loss {values["loss"]:.4f}  nll {values["nll"]:.4f}  '
+            f'ppl {values["perplexity"]:.2f}  acc {values["accuracy"]:.3f}', flush=True)
+    return values
+
+  def message(self, text: str) -> None:
+    if self.enabled:
+      print(text, flush=True)
+
+  def close(self) -> None:
+    for writer in self._writers.values():
+      writer.close()
+
+
+def _duration(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  return f'{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}'
+
+
+def read(workdir: str, kind: str = 'train') -> list[dict]:
+  """The records of metrics.jsonl of one kind, in step order."""
+  path = os.path.join(workdir, METRICS_FILE)
+  with open(path) as f:
+    return [r for r in map(json.loads, filter(str.strip, f)) if r['kind'] == kind]
+
+
+def device_sums(history: list[dict]) -> dict:
+  """Add up a list of per-step metric dicts (device arrays) in one transfer."""
+  fetched = jax.device_get(history)
+  return {k: float(np.sum([h[k] for h in fetched])) for k in fetched[0]}

@@ -1,0 +1,31 @@
+"""Section 5.3: Adam(beta1=0.9, beta2=0.98, eps=1e-9) with the paper's learning rate
+
+  lrate = scale * d_model^-0.5 * min(step^-0.5, step * warmup_steps^-1.5)
+
+(linear warm-up, then inverse square root decay), plus optional global-norm clipping and
+decoupled weight decay. Gradient accumulation lives in the train step, which averages
+over every micro-batch's tokens before one update.
+"""
+from __future__ import annotations
+
+import jax.numpy as jnp
+import optax
+from ml_collections import ConfigDict
+
+
+def learning_rate_schedule(d_model: int, warmup_steps: int, scale: float = 1.0):
+  def schedule(count):
+    step = jnp.maximum(count + 1, 1).astype(jnp.float32)  # optax counts updates from 0
+    return scale * d_model ** -0.5 * jnp.minimum(step ** -0.5, step * warmup_steps ** -1.5)
+  return schedule
+
+
+def make_optimizer(config: ConfigDict) -> optax.GradientTransformation:
+  t = config.train
+  schedule = learning_rate_schedule(config.model.d_model, t.warmup_steps, t.learning_rate)
+  steps = []
+  if t.clip_grad_norm > 0:
+    steps.append(optax.clip_by_global_norm(t.clip_grad_norm))
+  steps.append(optax.adamw(schedule, b1=t.adam_b1, b2=t.adam_b2, eps=t.adam_eps,
+                           weight_decay=t.weight_decay))
+  return optax.chain(*steps)

@@ -52,10 +52,10 @@ class Checkpoints:
     """Start an asynchronous save; training continues while it is written."""
     sha, model = _vocab_fingerprint(vocab_path)
     meta = {'config': self.config.to_dict(), 'vocab_sha256': sha, 'vocab_model': model}
-    self._manager.save(step, force=force, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
-        data=grain.checkpoint.CheckpointSave(data_iterator),  # one file per host
-        meta=ocp.args.JsonSave(meta)))
+    items = dict(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+    if data_iterator is not None:  # one file per host
+      items['data'] = grain.checkpoint.CheckpointSave(data_iterator)
+    self._manager.save(step, force=force, args=ocp.args.Composite(**items))
 
   def wait(self) -> None:
     self._manager.wait_until_finished()

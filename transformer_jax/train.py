@@ -221,13 +221,13 @@ def _validation_split(config, tokenizer):
   return pipeline.TokenizedSplit(source, config.data, tokenizer)
 
 
-def restore_or_init(setup, checkpoints, vocab_path, data_iterator, reporter_message):
+def restore_or_init(setup, checkpoints, data_iterator, say):
+  """The latest checkpoint (state and data position), or a fresh state."""
   step = checkpoints.latest_step()
   if step is None:
     return init_state(setup)
-  checkpoints.check_compatible(step, vocab_path)
   state = checkpoints.restore(step, setup.abstract_state, data_iterator)
-  reporter_message(f'resumed from the checkpoint at step {step} in {checkpoints.directory}')
+  say(f'resumed from the checkpoint at step {step} in {checkpoints.directory}')
   return state
 
 
@@ -238,14 +238,16 @@ def train(config: ConfigDict, workdir: str) -> dict:
   sharding.check_batch(config.data.batch_size, mesh)
   say = (lambda text: print(text, flush=True)) if jax.process_index() == 0 else (lambda _: 0)
   tokenizer = pipeline.get_tokenizer(config, workdir)
+  checkpoints = checkpoint_lib.Checkpoints(workdir, config)
+  if checkpoints.latest_step() is not None:  # a mismatch fails before any data is read
+    checkpoints.check_compatible(checkpoints.latest_step(), tokenizer.path)
   train_split = pipeline.TokenizedSplit(datasets.data_source(config.data, 'train'),
                                         config.data, tokenizer)
   eval_split = _validation_split(config, tokenizer)
   batches = iter(pipeline.train_dataset(config, train_split))
   setup = build(config, mesh)
   train_step_fn, eval_step_fn = compile_steps(setup)
-  checkpoints = checkpoint_lib.Checkpoints(workdir, config)
-  state = restore_or_init(setup, checkpoints, tokenizer.path, batches, say)
+  state = restore_or_init(setup, checkpoints, batches, say)
   step = int(state.step)
   reporter = metrics_lib.Reporter(workdir, config, step, config.train.num_steps)
   preemption = Preemption()

@@ -5,13 +5,13 @@ from __future__ import annotations
 import runpy
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from transformer_jax import config as config_lib
 from transformer_jax.errors import UserError  # noqa: F401 (re-exported for commands)
 
-COMMANDS = ('train', 'info')  # grows as commands land
+COMMANDS = ('train', 'translate', 'evaluate', 'average', 'info')
 
 
 # The flags every command shares, defined once (absl forbids defining a flag twice, and
@@ -55,6 +55,8 @@ def _parse_flags(argv):
 def run(main):
   """absl's app.run, but a UserError prints one line (no traceback) and exits 2."""
   def guarded(argv):
+    if flags.FLAGS['verbosity'].using_default_value:
+      logging.set_verbosity(logging.WARNING)  # Orbax and TFDS are chatty at INFO; -v 0 shows it
     try:
       return main(argv)
     except UserError as e:

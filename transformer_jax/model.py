@@ -178,6 +178,23 @@ class DecoderLayer(nnx.Module):
     x = self.cross_attention_block(x, attend_source, rngs)
     return self.feed_forward_block(x, self.feed_forward, rngs)
 
+  def step(self, x, cache: dict, index, encoder_kv, cross_mask):
+    """Incremental decoding: position `index` only ([B, 1, D]). Its self-attention keys
+    and values are written into `cache` ([B, max_len, H, K] each); returns (x, cache)."""
+    new_cache = {}
+
+    def attend_self(y):
+      key, value = self.self_attention.project_kv(y)
+      new_cache['key'] = jax.lax.dynamic_update_slice_in_dim(cache['key'], key, index, 1)
+      new_cache['value'] = jax.lax.dynamic_update_slice_in_dim(cache['value'], value, index, 1)
+      visible = (jnp.arange(cache['key'].shape[1]) <= index)[None, None, None, :]
+      return self.self_attention(y, (new_cache['key'], new_cache['value']), visible)
+
+    x = self.self_attention_block(x, attend_self, None)
+    x = self.cross_attention_block(
+        x, lambda y: self.cross_attention(y, encoder_kv, cross_mask), None)
+    return self.feed_forward_block(x, self.feed_forward, None), new_cache
+
 
 class Embedding(nnx.Module):
   """Section 3.4 + 3.5: token embedding * sqrt(d_model) + positional encoding, dropout."""
@@ -219,6 +236,8 @@ class Transformer(nnx.Module):
   """
 
   def __init__(self, cfg: ConfigDict, *, rngs: nnx.Rngs):
+    self.vocab_size, self.dtype = cfg.vocab_size, jnp.dtype(cfg.dtype)
+    self.num_heads, self.head_dim = cfg.num_heads, cfg.d_model // cfg.num_heads
     self.source_embedding = Embedding(cfg, rngs=rngs)
     self.target_embedding = (self.source_embedding if cfg.share_embeddings
                              else Embedding(cfg, rngs=rngs))
@@ -260,6 +279,27 @@ class Transformer(nnx.Module):
     if self.decoder_norm is not None:
       x = self.decoder_norm(x)
     return self.output_logits(x)
+
+  def init_cache(self, batch: int, max_len: int) -> list[dict]:
+    """Empty self-attention key/value caches, one per decoder layer."""
+    shape = (batch, max_len, self.num_heads, self.head_dim)
+    return [{'key': jnp.zeros(shape, self.dtype), 'value': jnp.zeros(shape, self.dtype)}
+            for _ in self.decoder_layers]
+
+  def decode_step(self, tokens, index, cache, cross_kv, source_segments):
+    """One decoder position for every hypothesis: tokens [B] at position `index` ->
+    (logits [B, V], updated cache). `cross_kv` holds each layer's projected encoder
+    output, computed once per sentence."""
+    positions = jnp.full((tokens.shape[0], 1), index)
+    x = self.target_embedding(tokens[:, None], positions)
+    cross_mask = (source_segments > 0)[:, None, None, :]
+    new_cache = []
+    for layer, layer_cache, kv in zip(self.decoder_layers, cache, cross_kv):
+      x, layer_cache = layer.step(x, layer_cache, index, kv, cross_mask)
+      new_cache.append(layer_cache)
+    if self.decoder_norm is not None:
+      x = self.decoder_norm(x)
+    return self.output_logits(x)[:, 0], new_cache
 
   def output_logits(self, x):
     logits = (self.target_embedding.logits(x) if self.output_projection is None

@@ -1,0 +1,136 @@
+"""Incremental decoding equals the full forward pass; beam search is exact where it can
+be checked by enumeration; beam 1 is greedy; the length penalty acts as its formula says."""
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from transformer_jax import config as config_lib
+from transformer_jax import decode
+from transformer_jax.data.tokenizer import EOS_ID, PAD_ID
+from transformer_jax.model import Transformer, shift_right
+
+
+def model_config(**changes):
+  m = config_lib.defaults().model
+  m.update({**dict(vocab_size=30, d_model=32, num_heads=4, d_ff=48, num_encoder_layers=2,
+                   num_decoder_layers=2), **changes})
+  return m
+
+
+def sources(seed=0, rows=3, vocab=30):
+  rng = np.random.default_rng(seed)
+  out = np.zeros((rows, 7), np.int32)
+  for r in range(rows):
+    n = rng.integers(2, 7)
+    out[r, :n - 1] = rng.integers(3, vocab, n - 1)
+    out[r, n - 1] = EOS_ID
+  return jnp.asarray(out)
+
+
+@pytest.mark.parametrize('changes', [{}, dict(pre_norm=True),
+                                     dict(share_embeddings=False, tie_output_embedding=False)])
+def test_cached_decoding_equals_full_forward(changes):
+  model = Transformer(model_config(**changes), rngs=nnx.Rngs(0))
+  source = sources()
+  target = jax.random.randint(jax.random.key(1), (3, 6), 3, 30)
+  full = model(source, shift_right(target))
+  cross_kv, source_segments, cache = decode._prepare(model, source, 1, 6)
+  inputs = shift_right(target)
+  steps = []
+  for t in range(6):
+    logits, cache = model.decode_step(inputs[:, t], t, cache, cross_kv, source_segments)
+    steps.append(logits)
+  np.testing.assert_allclose(np.stack(steps, 1), full, atol=2e-5)
+
+
+@pytest.mark.parametrize('seed', [0, 1, 2])
+def test_beam_size_one_is_greedy(seed):
+  model = Transformer(model_config(), rngs=nnx.Rngs(seed))
+  source = sources(seed, rows=4)
+  beam, _ = decode.beam_search(model, source, beam_size=1, max_len=12)
+  greedy, _ = decode.sample(model, source, max_len=12)
+  np.testing.assert_array_equal(beam, greedy)
+
+
+def enumerate_scores(model, source, max_len, alpha):
+  """Every output the decoder may produce (no PAD; EOS forced at max_len), scored with
+  the full forward pass: log p / ((5 + len) / 6)^alpha."""
+  vocab = model.vocab_size
+  words = [t for t in range(vocab) if t not in (PAD_ID, EOS_ID)]
+  candidates = [list(prefix) + [EOS_ID] for n in range(max_len)
+                for prefix in itertools.product(words, repeat=n)]
+  scores = []
+  for seq in candidates:
+    target = jnp.asarray([seq])
+    logp = jax.nn.log_softmax(model(source, shift_right(target)))[0]
+    total = float(sum(logp[i, tok] for i, tok in enumerate(seq)))
+    scores.append(total / decode.length_penalty(len(seq), alpha))
+  return candidates, np.asarray(scores)
+
+
+def as_list(tokens):
+  tokens = list(np.asarray(tokens))
+  return tokens[:tokens.index(EOS_ID) + 1]
+
+
+@pytest.mark.parametrize('seed', [0, 1])
+def test_beam_search_finds_the_best_of_all_candidates(seed):
+  model = Transformer(model_config(vocab_size=6), rngs=nnx.Rngs(seed))
+  source = sources(seed, rows=1, vocab=6)
+  candidates, scores = enumerate_scores(model, source, max_len=3, alpha=0.6)
+  assert len(candidates) == 1 + 4 + 16
+  tokens, score = decode.beam_search(model, source, beam_size=32, alpha=0.6, max_len=3)
+  assert as_list(tokens[0]) == candidates[int(np.argmax(scores))]
+  np.testing.assert_allclose(float(score[0]), scores.max(), rtol=1e-4)
+
+
+def test_length_penalty_changes_the_choice_as_the_formula_says():
+  """Find a model where alpha = 0 and alpha = 3 prefer outputs of different lengths;
+  beam search must pick each formula's winner."""
+  for seed in range(20):
+    model = Transformer(model_config(vocab_size=6), rngs=nnx.Rngs(seed))
+    source = sources(seed, rows=1, vocab=6)
+    winners = {}
+    for alpha in (0.0, 3.0):
+      candidates, scores = enumerate_scores(model, source, max_len=3, alpha=alpha)
+      winners[alpha] = candidates[int(np.argmax(scores))]
+    if len(winners[0.0]) != len(winners[3.0]):
+      break
+  else:
+    pytest.fail('no model among 20 seeds where the length penalty changes the winner')
+  assert len(winners[3.0]) > len(winners[0.0])  # a larger alpha favours longer outputs
+  for alpha, winner in winners.items():
+    tokens, _ = decode.beam_search(model, source, beam_size=32, alpha=alpha, max_len=3)
+    assert as_list(tokens[0]) == winner
+
+
+def test_outputs_end_within_the_length_limit_and_never_emit_padding():
+  model = Transformer(model_config(), rngs=nnx.Rngs(3))
+  source = sources(3, rows=4)
+  for tokens in (decode.beam_search(model, source, beam_size=3, max_len=5)[0],
+                 decode.sample(model, source, jax.random.key(0), max_len=5,
+                               temperature=1.0, top_k=5)[0]):
+    for row in np.asarray(tokens):
+      seq = as_list(row)
+      assert seq[-1] == EOS_ID and len(seq) <= 5 and PAD_ID not in seq
+
+
+def test_eos_can_be_ignored_for_fixed_length_decoding():
+  model = Transformer(model_config(), rngs=nnx.Rngs(0))
+  tokens, scores = decode.beam_search(model, sources(), beam_size=2, max_len=6, eos_id=-1)
+  assert (np.asarray(tokens) != PAD_ID).all() and np.isfinite(np.asarray(scores)).all()
+
+
+def test_sampling_depends_on_the_key_and_top_k_one_is_greedy():
+  model = Transformer(model_config(), rngs=nnx.Rngs(0))
+  source = sources(0, rows=4)
+  a = decode.sample(model, source, jax.random.key(1), max_len=10, temperature=2.0)[0]
+  b = decode.sample(model, source, jax.random.key(2), max_len=10, temperature=2.0)[0]
+  assert not np.array_equal(a, b)
+  top1 = decode.sample(model, source, jax.random.key(1), max_len=10, temperature=2.0,
+                       top_k=1)[0]
+  np.testing.assert_array_equal(top1, decode.sample(model, source, max_len=10)[0])

@@ -1,0 +1,78 @@
+"""`python -m transformer_jax.average --workdir=DIR --last=N`: checkpoint averaging.
+
+The paper averaged the last 5 checkpoints (base) or 20 (big). Parameters are restored
+sharded over this machine's devices (FSDP over all of them, so no device holds a whole
+model) and summed in place; the result is written as WORKDIR/averaged/checkpoints/STEP
+with the latest checkpoint's config and vocabulary, which `translate --averaged` and
+`evaluate --averaged` read.
+"""
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+from absl import flags
+from ml_collections import ConfigDict
+
+from transformer_jax import checkpoint as checkpoint_lib
+from transformer_jax import cli, config as config_lib, inference, sharding
+from transformer_jax.errors import UserError
+
+
+def average(workdir: str, last: int) -> tuple[int, list[int]]:
+  """Average the last `last` checkpoints; returns (the new checkpoint's step, the steps)."""
+  root = inference.checkpoint_root(workdir, averaged=False)
+  source = checkpoint_lib.Checkpoints(root, config_lib.defaults(), async_save=False)
+  steps = source.steps()
+  if len(steps) < last:
+    raise UserError(f'--last={last} but {source.directory} holds {len(steps)} checkpoints '
+                    f'({", ".join(map(str, steps)) or "none"}); raise train.keep_checkpoints '
+                    'before training to keep more.')
+  steps = steps[-last:]
+  meta = source.meta(steps[-1])
+  config = config_lib.validate(ConfigDict(meta['config']))
+  config.mesh.update(dict(data=1, fsdp=-1, tensor=1))  # shard parameters over every device
+  from transformer_jax.train import build  # noqa: PLC0415
+  setup = build(config, sharding.make_mesh(config.mesh))
+  source.config = config
+  total = None
+  for step in steps:
+    state = source.restore(step, setup.abstract_state)
+    total = state.params if total is None else jax.tree.map(jnp.add, total, state.params)
+  averaged = state.replace(params=jax.tree.map(lambda x: (x / last).astype(x.dtype), total))
+  source.check_compatible(steps[-1], _vocab_file(workdir, meta))
+  source.close()
+  target = checkpoint_lib.Checkpoints(os.path.join(workdir, inference.AVERAGED_DIR), config,
+                                      max_to_keep=1, async_save=False)
+  target.save(steps[-1], averaged, None, _vocab_file(workdir, meta), force=True)
+  target.close()
+  return steps[-1], steps
+
+
+def _vocab_file(workdir: str, meta: dict) -> str:
+  """The vocabulary to store beside the average: the workdir's (checked against the
+  checkpoint's) or, when absent, the copy inside the checkpoint."""
+  path = os.path.join(workdir, 'vocab.model')
+  if not os.path.exists(path):
+    import base64  # noqa: PLC0415
+    path = os.path.join(workdir, inference.AVERAGED_DIR, 'vocab.model')
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, 'wb') as f:
+      f.write(base64.b64decode(meta['vocab_model']))
+  return path
+
+
+def main(argv):
+  del argv
+  if _LAST.value < 1:
+    raise UserError(f'--last must be at least 1, got {_LAST.value}.')
+  step, steps = average(cli.required_workdir(), _LAST.value)
+  print(f'averaged checkpoints {", ".join(map(str, steps))} into '
+        f'{os.path.join(cli.WORKDIR.value, inference.AVERAGED_DIR)} (step {step})')
+
+
+_LAST = flags.DEFINE_integer('last', 5, 'How many of the latest checkpoints to average.')
+
+if __name__ == '__main__':
+  cli.run(main)

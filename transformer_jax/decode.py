@@ -1,0 +1,176 @@
+"""Incremental decoding over a key/value cache: beam search (section 6.1), greedy and
+sampling.
+
+The encoder runs once per batch, and each decoder layer projects the encoder output to
+cross-attention keys and values once per sentence (not at every step). Each step feeds
+one token per hypothesis through the decoder, appending its self-attention keys and
+values to the cache. Everything is one `lax.while_loop`, jit-compiled per source shape.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from transformer_jax.data.tokenizer import EOS_ID, PAD_ID
+from transformer_jax.model import Transformer
+
+NEG_INF = -1.0e9  # finite, so that 0 * NEG_INF and NEG_INF - NEG_INF stay defined
+
+
+def length_penalty(length, alpha: float):
+  """GNMT (Wu et al., 2016): ((5 + |Y|) / 6)^alpha; the paper used alpha = 0.6."""
+  return ((5.0 + length) / 6.0) ** alpha
+
+
+def output_limits(source: jax.Array, max_len: int, extra: int = 50) -> jax.Array:
+  """Per sentence: at most source length + `extra` target tokens (the paper's rule),
+  and never more than the `max_len` steps the loop runs."""
+  source_len = jnp.sum(source != PAD_ID, axis=-1)
+  return jnp.minimum(source_len + extra, max_len)
+
+
+def _gather_beams(x, indices):
+  """x [batch, beams, ...] -> x[b, indices[b, i], ...]: [batch, len(indices[b]), ...]."""
+  return jnp.take_along_axis(x, indices.reshape(*indices.shape, *([1] * (x.ndim - 2))), axis=1)
+
+
+def _gather_cache(cache, indices, batch: int):
+  """The same for the cache, whose leaves are [batch * beams, ...]."""
+  def gather(x):
+    y = _gather_beams(x.reshape(batch, -1, *x.shape[1:]), indices)
+    return y.reshape(-1, *x.shape[1:])
+  return jax.tree.map(gather, cache)
+
+
+def _repeat(x, times: int):
+  return jnp.repeat(x, times, axis=0)
+
+
+def _prepare(model: Transformer, source: jax.Array, copies: int, max_len: int):
+  """Encode once; cross-attention keys/values once; `copies` hypotheses per sentence."""
+  encoded = model.encode(source)
+  cross_kv = [jax.tree.map(lambda x: _repeat(x, copies), layer.cross_attention.project_kv(encoded))
+              for layer in model.decoder_layers]
+  source_segments = _repeat((source != PAD_ID).astype(jnp.int32), copies)
+  cache = model.init_cache(source.shape[0] * copies, max_len)
+  return cross_kv, source_segments, cache
+
+
+def _next_token_logp(logits, t, limits, eos_id: int):
+  """log p(next token) [B, V]: padding is never produced, and a sentence at its length
+  limit may only end."""
+  logp = jax.nn.log_softmax(logits)
+  vocab = jnp.arange(logp.shape[-1])
+  logp = jnp.where(vocab == PAD_ID, NEG_INF, logp)
+  if eos_id < 0:  # fixed-length decoding: nothing ends, every step is a real token
+    return logp
+  at_limit = (t + 1 >= limits)[:, None]
+  return jnp.where(at_limit & (vocab != eos_id), NEG_INF, logp)
+
+
+@functools.partial(nnx.jit, static_argnames=('beam_size', 'max_len', 'eos_id'))
+def beam_search(model: Transformer, source: jax.Array, *, beam_size: int = 4,
+                alpha: float = 0.6, max_len: int = 256, eos_id: int = EOS_ID):
+  """Best hypothesis per sentence: (tokens [B, max_len] ending in EOS then PAD, score [B]).
+
+  Each step extends every live hypothesis by every token and keeps the k best; those
+  that end (EOS) move to the finished pool, so the beam narrows as hypotheses end. Scores
+  are log p(Y|X) / length_penalty(|Y|). A sentence is done when no live hypothesis is
+  left or none can still beat its worst finished one; the loop ends when all are done.
+  With k = 1 this is exactly greedy decoding. `eos_id=-1` never ends a hypothesis
+  (benchmarks that decode a fixed number of steps).
+  """
+  batch = source.shape[0]
+  cross_kv, source_segments, cache = _prepare(model, source, beam_size, max_len)
+  limits = output_limits(source, max_len)
+  state = dict(
+      step=jnp.array(0),
+      tokens=jnp.full((batch * beam_size,), PAD_ID, jnp.int32),  # BOS = PAD
+      cache=cache,
+      live_seqs=jnp.full((batch, beam_size, max_len), PAD_ID, jnp.int32),
+      live_logp=jnp.tile(jnp.array([0.0] + [NEG_INF] * (beam_size - 1)), (batch, 1)),
+      done_seqs=jnp.full((batch, beam_size, max_len), PAD_ID, jnp.int32),
+      done_scores=jnp.full((batch, beam_size), NEG_INF),
+  )
+
+  def cond(s):
+    alive = s['live_logp'][:, 0] > NEG_INF / 2
+    # The best live hypothesis at its most favourable length vs the worst finished one.
+    best_live = s['live_logp'][:, 0] / length_penalty(limits.astype(jnp.float32), alpha)
+    can_improve = best_live > jnp.min(s['done_scores'], axis=1)
+    return (s['step'] < max_len) & jnp.any(alive & can_improve)
+
+  def body(s):
+    t = s['step']
+    logits, cache = model.decode_step(s['tokens'], t, s['cache'], cross_kv, source_segments)
+    logp = _next_token_logp(logits, t, jnp.repeat(limits, beam_size), eos_id)
+    vocab = logp.shape[-1]
+    candidates = s['live_logp'][:, :, None] + logp.reshape(batch, beam_size, vocab)
+    top_logp, top_ids = jax.lax.top_k(candidates.reshape(batch, -1), beam_size)
+    parent, token = top_ids // vocab, top_ids % vocab
+    seqs = _gather_beams(s['live_seqs'], parent).at[:, :, t].set(token)
+    ended = (token == eos_id) & (top_logp > NEG_INF / 2)
+    # Finished: merge those that ended now with the earlier ones; keep the best k.
+    ended_scores = jnp.where(ended, top_logp / length_penalty(t + 1.0, alpha), NEG_INF)
+    done_scores, done_idx = jax.lax.top_k(
+        jnp.concatenate([s['done_scores'], ended_scores], axis=1), beam_size)
+    done_seqs = _gather_beams(jnp.concatenate([s['done_seqs'], seqs], axis=1), done_idx)
+    return dict(step=t + 1, tokens=token.reshape(-1),
+                cache=_gather_cache(cache, parent, batch), live_seqs=seqs,
+                live_logp=jnp.where(ended, NEG_INF, top_logp),
+                done_seqs=done_seqs, done_scores=done_scores)
+
+  s = jax.lax.while_loop(cond, body, state)
+  # Without any finished hypothesis (only when EOS is never allowed): the best live one.
+  has_done = s['done_scores'][:, 0] > NEG_INF / 2
+  best_live = jnp.argmax(s['live_logp'], axis=1)
+  live_tokens = _gather_beams(s['live_seqs'], best_live[:, None])[:, 0]
+  live_scores = (jnp.max(s['live_logp'], axis=1)
+                 / length_penalty(s['step'].astype(jnp.float32), alpha))
+  tokens = jnp.where(has_done[:, None], s['done_seqs'][:, 0], live_tokens)
+  scores = jnp.where(has_done, s['done_scores'][:, 0], live_scores)
+  return tokens, scores
+
+
+@functools.partial(nnx.jit, static_argnames=('max_len', 'top_k', 'eos_id'))
+def sample(model: Transformer, source: jax.Array, key: jax.Array | None = None, *,
+           max_len: int = 256, temperature: float = 0.0, top_k: int = 0,
+           eos_id: int = EOS_ID):
+  """Greedy (temperature 0) or sampled decoding, optionally from the top k tokens.
+
+  Returns (tokens [B, max_len], log-probability [B] of the chosen tokens under the model).
+  """
+  batch = source.shape[0]
+  cross_kv, source_segments, cache = _prepare(model, source, 1, max_len)
+  limits = output_limits(source, max_len)
+  key = jax.random.key(0) if key is None else key
+
+  def cond(s):
+    return (s['step'] < max_len) & ~jnp.all(s['finished'])
+
+  def body(s):
+    t = s['step']
+    logits, cache = model.decode_step(s['tokens'], t, s['cache'], cross_kv, source_segments)
+    logp = _next_token_logp(logits, t, limits, eos_id)
+    if top_k:
+      kth = jax.lax.top_k(logp, top_k)[0][:, -1:]
+      logp = jnp.where(logp < kth, NEG_INF, logp)
+    greedy = jnp.argmax(logp, axis=-1)
+    sampled = jax.random.categorical(jax.random.fold_in(key, t),
+                                     logp / jnp.maximum(temperature, 1e-6))
+    token = jnp.where(temperature > 0, sampled, greedy).astype(jnp.int32)
+    token = jnp.where(s['finished'], PAD_ID, token)
+    chosen = jnp.take_along_axis(logp, token[:, None], axis=1)[:, 0]
+    return dict(step=t + 1, tokens=token, cache=cache,
+                seqs=s['seqs'].at[:, t].set(token),
+                logp=s['logp'] + jnp.where(s['finished'], 0.0, chosen),
+                finished=s['finished'] | (token == eos_id))
+
+  state = dict(step=jnp.array(0), tokens=jnp.full((batch,), PAD_ID, jnp.int32), cache=cache,
+               seqs=jnp.full((batch, max_len), PAD_ID, jnp.int32), logp=jnp.zeros((batch,)),
+               finished=jnp.zeros((batch,), bool))
+  s = jax.lax.while_loop(cond, body, state)
+  return s['seqs'], s['logp']

@@ -14,6 +14,7 @@ from transformer_jax import checkpoint as checkpoint_lib
 from transformer_jax import config as config_lib
 from transformer_jax import evaluate as evaluate_lib
 from transformer_jax import inference
+from transformer_jax import metrics as metrics_lib
 from transformer_jax import translate as translate_lib
 from transformer_jax.model import Transformer
 from transformer_jax.train import train
@@ -29,7 +30,8 @@ def trained(tmp_path_factory, repo):
   c.model.update(vocab_size=256, d_model=64, d_ff=128, dropout_rate=0.0)
   c.data.update(tfds_dir=str(workdir / 'tfds'), max_len=32, batch_size=32)
   c.train.update(num_steps=300, warmup_steps=100, learning_rate=1.0, log_every=50,
-                 eval_every=0, checkpoint_every=50, keep_checkpoints=3)
+                 eval_every=0, checkpoint_every=50, keep_checkpoints=3, bleu_every=100,
+                 bleu_sentences=100, keep_best=2)
   train(config_lib.validate(c), str(workdir))
   return workdir, c
 
@@ -112,6 +114,16 @@ def test_average_of_the_last_checkpoints(trained, repo):
   for e, g in zip(expected, got):
     np.testing.assert_allclose(e / 3, np.asarray(g), rtol=1e-5, atol=1e-7)
   result = run(repo, 'translate', f'--workdir={workdir}', '--averaged', stdin=b'The dog sleeps.\n')
+  assert result.returncode == 0 and result.stdout.decode().strip()
+
+
+def test_training_tracks_bleu_and_keeps_the_best_checkpoints(trained, repo):
+  workdir, config = trained
+  bleu = {r['step']: r['bleu'] for r in metrics_lib.read(str(workdir), 'eval') if 'bleu' in r}
+  assert sorted(bleu) == [100, 200, 300] and bleu[300] > bleu[100]
+  best = checkpoint_lib.Checkpoints(str(workdir / 'best'), config).steps()
+  assert best == sorted(sorted(bleu, key=bleu.get)[-2:])
+  result = run(repo, 'translate', f'--workdir={workdir / "best"}', stdin=b'The dog sleeps.\n')
   assert result.returncode == 0 and result.stdout.decode().strip()
 
 

@@ -33,11 +33,15 @@ class Checkpoints:
   """The workdir's checkpoints: save every N steps (async), keep the last N, restore."""
 
   def __init__(self, workdir: str, config: ConfigDict, *, max_to_keep: int | None = None,
-               async_save: bool = True):
+               async_save: bool = True, best_metric: str | None = None):
+    """`best_metric`: keep the `max_to_keep` checkpoints with its highest value instead
+    of the latest ones (save() then takes `metrics`)."""
     self.directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep or config.train.keep_checkpoints,
-        enable_async_checkpointing=async_save, create=True)
+        enable_async_checkpointing=async_save, create=True,
+        best_fn=(lambda metrics: metrics[best_metric]) if best_metric else None,
+        best_mode='max')
     self._manager = ocp.CheckpointManager(self.directory, options=options,
                                           item_names=('state', 'data', 'meta'))
     self.config = config
@@ -48,14 +52,16 @@ class Checkpoints:
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
-  def save(self, step: int, state, data_iterator, vocab_path: str, force=False) -> None:
+  def save(self, step: int, state, data_iterator, vocab_path: str, force=False,
+           metrics: dict | None = None) -> None:
     """Start an asynchronous save; training continues while it is written."""
     sha, model = _vocab_fingerprint(vocab_path)
     meta = {'config': self.config.to_dict(), 'vocab_sha256': sha, 'vocab_model': model}
     items = dict(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
     if data_iterator is not None:  # one file per host
       items['data'] = grain.checkpoint.CheckpointSave(data_iterator)
-    self._manager.save(step, force=force, args=ocp.args.Composite(**items))
+    self._manager.save(step, force=force, metrics=metrics,
+                       args=ocp.args.Composite(**items))
 
   def wait(self) -> None:
     self._manager.wait_until_finished()

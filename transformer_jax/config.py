@@ -68,6 +68,9 @@ def defaults() -> ConfigDict:
   c.train.eval_batch_size = 64
   c.train.checkpoint_every = 500
   c.train.keep_checkpoints = 3   # the last N are kept
+  c.train.bleu_every = 0         # validation BLEU (beam search) every N steps; 0 = off
+  c.train.bleu_sentences = 500   # how many validation sentences it translates
+  c.train.keep_best = 2          # checkpoints with the best BLEU, kept in WORKDIR/best
 
   c.mesh = ConfigDict()          # device mesh axis sizes; -1 takes the remaining devices
   c.mesh.data = -1
@@ -163,7 +166,8 @@ def _check_values(c: ConfigDict) -> None:
   for key in ('max_len', 'batch_size'):
     _require(c.data[key] >= 1, f'data.{key} must be at least 1, got {c.data[key]}.')
   for key in ('num_steps', 'warmup_steps', 'grad_accum_steps', 'log_every',
-              'eval_batch_size', 'checkpoint_every', 'keep_checkpoints'):
+              'eval_batch_size', 'checkpoint_every', 'keep_checkpoints', 'bleu_sentences',
+              'keep_best'):
     _require(c.train[key] >= 1, f'train.{key} must be at least 1, got {c.train[key]}.')
   _require(c.data.batch_size % c.train.grad_accum_steps == 0,
            f'data.batch_size ({c.data.batch_size}) must be divisible by '

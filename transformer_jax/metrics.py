@@ -87,12 +87,13 @@ class Reporter:
       bar = '#' * int(30 * done)
       print(f'\r[{bar:<30}] {step}/{self.num_steps}', end='', file=sys.stderr, flush=True)
 
-  def eval(self, step: int, sums: dict) -> dict:
-    values = summarize(sums)
+  def eval(self, step: int, sums: dict, extra: dict | None = None) -> dict:
+    """Validation token sums (loss, accuracy) and/or `extra` scores such as BLEU."""
+    values = {**(summarize(sums) if sums else {}), **(extra or {})}
     self._record('eval', step, values)
     if self.enabled:
-      print(f'eval step {step}  loss {values["loss"]:.4f}  nll {values["nll"]:.4f}  '
-            f'ppl {values["perplexity"]:.2f}  acc {values["accuracy"]:.3f}', flush=True)
+      print(f'eval step {step}  ' + '  '.join(f'{k} {v:.4f}' for k, v in values.items()
+                                              if k != 'tokens'), flush=True)
     return values
 
   def message(self, text: str) -> None:

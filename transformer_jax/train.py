@@ -213,6 +213,34 @@ def evaluate(config, eval_step, params, split, mesh) -> dict:
   return metrics_lib.device_sums(sums)
 
 
+class BleuTracker:
+  """Validation BLEU with the decoding code `evaluate` uses, and the best checkpoints by
+  it, kept in WORKDIR/best (translate and evaluate accept --workdir=WORKDIR/best)."""
+
+  def __init__(self, config, workdir, tokenizer, mesh):
+    from transformer_jax import evaluate as evaluate_lib  # noqa: PLC0415
+    from transformer_jax import translate as translate_lib  # noqa: PLC0415
+    self._evaluate, self._translate = evaluate_lib, translate_lib
+    sources, self.references = evaluate_lib.split_pairs(config, 'validation')
+    n = config.train.bleu_sentences
+    self.sources = translate_lib.encode_sources(tokenizer, sources[:n], 4 * config.data.max_len)
+    self.references = self.references[:n]
+    self.tokenizer, self.mesh = tokenizer, mesh
+    self.best = checkpoint_lib.Checkpoints(os.path.join(workdir, 'best'), config,
+                                           max_to_keep=config.train.keep_best,
+                                           best_metric='bleu')
+
+  def __call__(self, graphdef, params) -> float:
+    model = nnx.merge(graphdef, params)
+    outputs = self._translate.translate_ids(model, self.mesh, self.sources,
+                                            self._translate.Settings())
+    hypotheses = [self.tokenizer.decode(ids) for ids in outputs]
+    return self._evaluate.scores(hypotheses, self.references)['bleu']
+
+  def close(self):
+    self.best.close()
+
+
 def _validation_split(config, tokenizer):
   try:
     source = datasets.data_source(config.data, 'validation')
@@ -252,6 +280,7 @@ def train(config: ConfigDict, workdir: str) -> dict:
   reporter = metrics_lib.Reporter(workdir, config, step, config.train.num_steps)
   preemption = Preemption()
   t = config.train
+  bleu = BleuTracker(config, workdir, tokenizer, mesh) if t.bleu_every and eval_split else None
   history, last = [], {}
   try:
     while step < t.num_steps:
@@ -266,8 +295,12 @@ def train(config: ConfigDict, workdir: str) -> dict:
         history = []
       if eval_split is not None and ((t.eval_every and step % t.eval_every == 0)
                                      or step == t.num_steps):
-        last.update({f'eval_{k}': v for k, v in reporter.eval(
-            step, evaluate(config, eval_step_fn, state.params, eval_split, mesh)).items()})
+        sums = evaluate(config, eval_step_fn, state.params, eval_split, mesh)
+        last.update({f'eval_{k}': v for k, v in reporter.eval(step, sums).items()})
+      if bleu is not None and (step % t.bleu_every == 0 or step == t.num_steps):
+        last['eval_bleu'] = bleu(setup.graphdef, state.params)
+        reporter.eval(step, {}, {'bleu': last['eval_bleu']})
+        bleu.best.save(step, state, None, tokenizer.path, metrics={'bleu': last['eval_bleu']})
       if checkpoint_due:
         checkpoints.save(step, state, batches, tokenizer.path, force=preempted)
       if preempted:
@@ -278,6 +311,8 @@ def train(config: ConfigDict, workdir: str) -> dict:
   finally:
     checkpoints.close()
     reporter.close()
+    if bleu is not None:
+      bleu.close()
   return last
 
 

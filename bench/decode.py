@@ -1,0 +1,65 @@
+"""Beam-search decoding speed on the cpu-small workload (../shared/bench/cpu_small.json);
+prints JSON.
+
+Beam `beam` over `decode_batch` sources of `decode_src_len` tokens, exactly
+`decode_steps` target steps (end-of-sentence ignored), KV cache on. Reports sentences/s
+and target tokens/s (median over repeats) and the first call's compile time.
+
+  python bench/decode.py [--repeats=5]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import statistics
+import time
+
+import jax
+import numpy as np
+from flax import nnx
+
+from transformer_jax import decode
+from transformer_jax.model import Transformer
+
+ROOT = pathlib.Path(__file__).resolve().parent
+import sys  # noqa: E402
+sys.path.insert(0, str(ROOT))
+from train_step import WORKLOAD, workload_config  # noqa: E402  (one workload definition)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--repeats', type=int, default=5)
+  args = parser.parse_args()
+  w = json.loads(WORKLOAD.read_text())
+  config = workload_config(w, 'float32')
+  model = Transformer(config.model, rngs=nnx.Rngs(params=w['seed']))
+  rng = np.random.default_rng(w['seed'])
+  source = rng.integers(3, w['vocab_size'], (w['decode_batch'], w['decode_src_len']),
+                        dtype=np.int32)
+  run = lambda: decode.beam_search(model, source, beam_size=w['beam'],
+                                   max_len=w['decode_steps'], eos_id=-1)
+  start = time.perf_counter()
+  tokens, _ = run()
+  jax.block_until_ready(tokens)
+  first = time.perf_counter() - start
+  times = []
+  for _ in range(args.repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(run()[0])
+    times.append(time.perf_counter() - start)
+  median = statistics.median(times)
+  print(json.dumps({
+      'benchmark': 'decode', 'workload': w['name'], 'beam': w['beam'],
+      'sources': w['decode_batch'], 'steps': w['decode_steps'],
+      'seconds_median': median, 'seconds_min': min(times), 'seconds_max': max(times),
+      'sentences_per_s': w['decode_batch'] / median,
+      'target_tokens_per_s': w['decode_batch'] * w['decode_steps'] / median,
+      'first_call_s_including_compile': first,
+      'all_steps_decoded': bool((np.asarray(tokens) != 0).all()),
+  }, indent=2))
+
+
+if __name__ == '__main__':
+  main()

@@ -30,7 +30,8 @@ setup(
         'numpy>=2.0,<2.5',
     ],
     extras_require={
-        'test': ['pytest==9.2.0'],
+        # libtpu lets the tests compile for TPU topologies on a CPU host (`aot`).
+        'test': ['pytest==9.2.0', f'jax[tpu]=={JAX}'],
         'tf': ['tensorflow-cpu==2.21.0'],  # only for TFDS catalog builders (WMT)
         'tpu': [f'jax[tpu]=={JAX}'],       # brings libtpu; also enables `aot` on a CPU host
     },

@@ -11,7 +11,7 @@ from ml_collections import config_flags
 from transformer_jax import config as config_lib
 from transformer_jax.errors import UserError  # noqa: F401 (re-exported for commands)
 
-COMMANDS = ('train', 'translate', 'evaluate', 'average', 'info')
+COMMANDS = ('train', 'translate', 'evaluate', 'average', 'info', 'aot')
 
 
 # The flags every command shares, defined once (absl forbids defining a flag twice, and

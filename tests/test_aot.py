@@ -1,0 +1,51 @@
+"""`aot` compiles the real train step for TPU topologies on this CPU host (libtpu comes
+with the test extra) and reports memory, FLOPs and collectives; too big is an error."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from transformer_jax import config as config_lib
+from transformer_jax.info import train_flops
+
+SMALL = ['--config.model.d_model=256', '--config.model.d_ff=1024', '--config.model.vocab_size=512',
+         '--config.model.num_heads=4', '--config.data.batch_size=16', '--config.data.max_len=32']
+
+
+def run_aot(repo, *flags):
+  return subprocess.run([sys.executable, '-m', 'transformer_jax.aot', '--config=configs/tiny.py',
+                         *flags], cwd=repo, capture_output=True, text=True, timeout=900,
+                        env=dict(os.environ, JAX_PLATFORMS='cpu'))
+
+
+@pytest.mark.parametrize('topology, chips', [('v5e:2x2', 4), ('v4:2x2x1', 4)])
+def test_compiles_for_tpu_topologies_and_counts_flops_like_info(repo, topology, chips):
+  result = run_aot(repo, f'--topology={topology}', '--config.mesh.fsdp=2', *SMALL)
+  assert result.returncode == 0, result.stderr[-2000:]
+  report = json.loads(result.stdout)
+  assert report['chips'] == chips and report['mesh'] == {'data': 2, 'fsdp': 2, 'tensor': 1}
+  config = config_lib.load(str(repo / 'configs' / 'tiny.py'))
+  config.model.update(d_model=256, d_ff=1024, vocab_size=512, num_heads=4)
+  assert report['flops_per_step_analytic'] == train_flops(config.model, 16, 32, 32)
+  # Compiled FLOPs add softmax, LayerNorm and Adam to the matmuls `info` counts.
+  assert 0.95 < report['compiled_over_analytic'] < 1.3
+  memory = report['memory_per_chip_bytes']
+  assert report['fits'] and 0 < memory['total'] < report['hbm_per_chip_bytes']
+  assert memory['arguments'] > 0 and report['roofline_estimate']['step_s'] > 0
+  assert report['collectives']  # data and FSDP parallelism communicate
+
+
+def test_a_step_that_cannot_fit_is_reported_with_fixes(repo):
+  result = run_aot(repo, '--topology=v5e:2x2', '--config.model.vocab_size=32000',
+                   '--config.data.batch_size=4096', '--config.data.max_len=256')
+  assert result.returncode == 3, result.stderr[-2000:]
+  assert json.loads(result.stdout)['fits'] is False
+  assert 'but a v5e chip has 16 GiB' in result.stderr
+  assert 'mesh.fsdp' in result.stderr
+
+
+def test_unknown_topology_is_a_clear_error(repo):
+  result = run_aot(repo, '--topology=v9z:2x2')
+  assert result.returncode == 2 and 'expected CHIP:SHAPE' in result.stderr

@@ -1,0 +1,45 @@
+"""The TPU launcher's dry runs print the exact gcloud commands, single host and pod."""
+import shlex
+import subprocess
+import sys
+
+
+def dry_run(repo, *args):
+  result = subprocess.run([sys.executable, 'launch/tpu.py', '--dry_run', *args], cwd=repo,
+                          capture_output=True, text=True, timeout=60)
+  assert result.returncode == 0, result.stderr
+  return [shlex.split(line) for line in result.stdout.strip().splitlines()]
+
+
+def test_single_host_flow(repo):
+  common = ['--name=mt', '--zone=us-west4-a']
+  (create,) = dry_run(repo, 'create', *common)
+  assert create == ['gcloud', 'compute', 'tpus', 'tpu-vm', 'create', 'mt', '--zone=us-west4-a',
+                    '--accelerator-type=v5litepod-8', '--version=v2-alpha-tpuv5-lite']
+  archive, scp, setup = dry_run(repo, 'install', *common)
+  assert archive[:2] == ['git', '-C'] and 'archive' in archive
+  assert scp[:5] == ['gcloud', 'compute', 'tpus', 'tpu-vm', 'scp'] and '--worker=all' in scp
+  assert 'pip install' in setup[-1] and '[tpu]' in setup[-1]
+  (train,) = dry_run(repo, 'train', *common, '--config=configs/tpu_v5e_8_base.py',
+                     '--workdir=/data/run1', '--', '--config.train.num_steps=100')
+  assert train[:6] == ['gcloud', 'compute', 'tpus', 'tpu-vm', 'ssh', 'mt']
+  command = train[-1]
+  assert ('python -m transformer_jax.train --config="configs/tpu_v5e_8_base.py" '
+          '--workdir="/data/run1" --config.train.num_steps=100') in command
+  (logs,) = dry_run(repo, 'logs', *common)
+  assert '--worker=0' in logs and 'tail' in logs[-1]
+  (delete,) = dry_run(repo, 'delete', *common)
+  assert delete == ['gcloud', 'compute', 'tpus', 'tpu-vm', 'delete', 'mt', '--zone=us-west4-a',
+                    '--quiet']
+
+
+def test_pod_slice_on_spot_queued_resources(repo):
+  common = ['--name=pod', '--zone=us-east5-a', '--queued']
+  (create,) = dry_run(repo, 'create', *common, '--type=v5litepod-32', '--spot')
+  assert create == ['gcloud', 'compute', 'tpus', 'queued-resources', 'create', 'pod',
+                    '--node-id=pod', '--zone=us-east5-a', '--accelerator-type=v5litepod-32',
+                    '--runtime-version=v2-alpha-tpuv5-lite', '--spot']
+  (train,) = dry_run(repo, 'train', *common, '--config=configs/tpu_v5e_32_big.py')
+  assert '--worker=all' in train  # every host of the slice runs the same command
+  (delete,) = dry_run(repo, 'delete', *common)
+  assert delete[:5] == ['gcloud', 'compute', 'tpus', 'queued-resources', 'delete']

@@ -8,6 +8,7 @@ with the latest checkpoint's config and vocabulary, which `translate --averaged`
 """
 from __future__ import annotations
 
+import base64
 import os
 
 import jax
@@ -35,13 +36,12 @@ def average(workdir: str, last: int) -> tuple[int, list[int]]:
   config.mesh.update(dict(data=1, fsdp=-1, tensor=1))  # shard parameters over every device
   from transformer_jax.train import build  # noqa: PLC0415
   setup = build(config, sharding.make_mesh(config.mesh))
-  source.config = config
   total = None
   for step in steps:
     state = source.restore(step, setup.abstract_state)
     total = state.params if total is None else jax.tree.map(jnp.add, total, state.params)
+  # The latest state with averaged parameters (its Adam state and step are kept as-is).
   averaged = state.replace(params=jax.tree.map(lambda x: (x / last).astype(x.dtype), total))
-  source.check_compatible(steps[-1], _vocab_file(workdir, meta))
   source.close()
   target = checkpoint_lib.Checkpoints(os.path.join(workdir, inference.AVERAGED_DIR), config,
                                       max_to_keep=1, async_save=False)
@@ -51,11 +51,10 @@ def average(workdir: str, last: int) -> tuple[int, list[int]]:
 
 
 def _vocab_file(workdir: str, meta: dict) -> str:
-  """The vocabulary to store beside the average: the workdir's (checked against the
-  checkpoint's) or, when absent, the copy inside the checkpoint."""
+  """The vocabulary to store with the average: the workdir's or, when absent, the copy
+  inside the checkpoint (translate checks the workdir's against it)."""
   path = os.path.join(workdir, 'vocab.model')
   if not os.path.exists(path):
-    import base64  # noqa: PLC0415
     path = os.path.join(workdir, inference.AVERAGED_DIR, 'vocab.model')
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, 'wb') as f:

@@ -35,6 +35,8 @@ def test_compiles_for_tpu_topologies_and_counts_flops_like_info(repo, topology, 
   assert report['fits'] and 0 < memory['total'] < report['hbm_per_chip_bytes']
   assert memory['arguments'] > 0 and report['roofline_estimate']['step_s'] > 0
   assert report['collectives']  # data and FSDP parallelism communicate
+  decode = report['decode']  # beam search compiled for the same chips
+  assert decode['fits'] and decode['memory_per_chip_bytes']['total'] > 0
 
 
 def test_a_step_that_cannot_fit_is_reported_with_fixes(repo):

@@ -1,5 +1,5 @@
 """`python -m transformer_jax.aot --config=FILE --topology=v5e:4x4`: compile the real
-train step for a Cloud TPU topology on this CPU host, ahead of time.
+train step for a Cloud TPU topology on this CPU host, ahead of time, and the beam-search decoder too.
 
 With the `tpu` extra (libtpu) installed, JAX describes any TPU slice without one
 (`jax.experimental.topologies`). The config's mesh is laid over its chips and the same
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import sys
 
@@ -43,6 +44,9 @@ def topology_devices(name: str):
   if chip not in CHIPS or ':' not in name:
     raise UserError(f"--topology={name!r}: expected CHIP:SHAPE with CHIP one of "
                     f"{', '.join(CHIPS)}, e.g. v5e:4x4 or v4:2x2x1.")
+  # Compiling takes no TPU, so do not take libtpu's one-process-per-machine lock: aot may
+  # run beside training on a TPU VM, or beside another aot.
+  os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
   from jax.experimental import topologies  # noqa: PLC0415
   try:
     devices = topologies.get_topology_desc(platform='tpu', topology_name=name).devices
@@ -62,7 +66,33 @@ def compile_train_step(config, devices):
   shape = (config.data.batch_size, config.data.max_len)
   batch = {f + s: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=sharding.batch_sharding(mesh))
            for f in ('source', 'target') for s in ('', '_segment_ids', '_positions')}
-  return train_step.lower(setup.abstract_state, batch).compile(), mesh
+  return train_step.lower(setup.abstract_state, batch).compile(), setup
+
+
+def compile_decode(setup, batch_rows: int, source_len: int, beam_size: int = 4):
+  """Beam search (KV cache, the `translate` path) for one source-length bucket."""
+  from flax import nnx  # noqa: PLC0415
+  from transformer_jax import decode  # noqa: PLC0415
+
+  def search(params, source):
+    return decode.beam_search(nnx.merge(setup.graphdef, params), source,
+                              beam_size=beam_size, max_len=source_len + 50)
+
+  rows = batch_rows + (-batch_rows) % sharding.data_parallel_size(setup.mesh)
+  source = jax.ShapeDtypeStruct((rows, source_len), jnp.int32,
+                                sharding=sharding.batch_sharding(setup.mesh))
+  return jax.jit(search).lower(setup.abstract_state.params, source).compile()
+
+
+def _memory(compiled) -> dict:
+  m = compiled.memory_analysis()
+  out = {'arguments': m.argument_size_in_bytes, 'outputs': m.output_size_in_bytes,
+         'temporaries': m.temp_size_in_bytes, 'aliased': m.alias_size_in_bytes,
+         'generated_code': m.generated_code_size_in_bytes}
+  # Donated state aliases its outputs: count those bytes once.
+  out['total'] = (out['arguments'] + out['outputs'] - out['aliased'] + out['temporaries']
+                  + out['generated_code'])
+  return out
 
 
 def collectives(hlo_text: str) -> dict[str, int]:
@@ -85,7 +115,7 @@ def report(config, topology: str) -> dict:
   devices = topology_devices(topology)
   chip = CHIPS[topology.split(':')[0]]
   try:
-    compiled, mesh = compile_train_step(config, devices)
+    compiled, setup = compile_train_step(config, devices)
   except jax.errors.JaxRuntimeError as e:
     if 'RESOURCE_EXHAUSTED' not in str(e):
       raise
@@ -93,14 +123,7 @@ def report(config, topology: str) -> dict:
     return {'topology': topology, 'chips': len(devices), 'fits': False,
             'hbm_per_chip_bytes': chip['hbm'], 'compiler': str(e).splitlines()[0],
             'suggestions': SUGGESTIONS}
-  memory = compiled.memory_analysis()
-  per_chip = {
-      'arguments': memory.argument_size_in_bytes, 'outputs': memory.output_size_in_bytes,
-      'temporaries': memory.temp_size_in_bytes, 'aliased': memory.alias_size_in_bytes,
-      'generated_code': memory.generated_code_size_in_bytes}
-  # Donated state aliases its outputs: count those bytes once.
-  per_chip['total'] = (per_chip['arguments'] + per_chip['outputs'] - per_chip['aliased']
-                       + per_chip['temporaries'] + per_chip['generated_code'])
+  per_chip = _memory(compiled)
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   compiled_flops = float(cost.get('flops', 0.0))  # per chip
@@ -110,8 +133,8 @@ def report(config, topology: str) -> dict:
   step_s = max(compiled_flops / chip['peak_flops'], bytes_accessed / chip['hbm_bandwidth'])
   fits = per_chip['total'] <= chip['hbm']
   result = {
-      'topology': topology, 'chips': len(devices),
-      'mesh': dict(mesh.shape), 'per_chip_batch_rows': config.data.batch_size / len(devices),
+      'topology': topology, 'chips': len(devices), 'mesh': dict(setup.mesh.shape),
+      'per_chip_batch_rows': config.data.batch_size / len(devices),
       'memory_per_chip_bytes': per_chip, 'hbm_per_chip_bytes': chip['hbm'],
       'memory_fraction_of_hbm': per_chip['total'] / chip['hbm'], 'fits': fits,
       'flops_per_step_compiled_all_chips': compiled_flops * len(devices),
@@ -123,6 +146,15 @@ def report(config, topology: str) -> dict:
           'step_s': step_s, 'mfu': analytic / (len(devices) * chip['peak_flops'] * step_s),
           'target_tokens_per_s': config.data.batch_size * config.data.max_len / step_s},
   }
+  if _DECODE.value:
+    decode_memory = _memory(compile_decode(setup, config.train.eval_batch_size,
+                                           config.data.max_len))
+    result['decode'] = {'beam_size': 4, 'batch_rows': config.train.eval_batch_size,
+                        'source_len': config.data.max_len,
+                        'memory_per_chip_bytes': decode_memory,
+                        'fits': decode_memory['total'] <= chip['hbm']}
+    fits = fits and result['decode']['fits']
+    result['fits'] = fits
   if not fits:
     result['suggestions'] = SUGGESTIONS
   return result
@@ -145,6 +177,8 @@ def main(argv):
 
 
 _TOPOLOGY = flags.DEFINE_string('topology', None, 'TPU slice, e.g. v5e:4x4, v4:2x2x1, v5p:4x4x4.')
+_DECODE = flags.DEFINE_bool('decode', True, 'Also compile beam search (train.eval_batch_size '
+                            'sources of data.max_len tokens, beam 4).')
 
 if __name__ == '__main__':
   cli.run(main)

@@ -198,9 +198,11 @@ class Preemption:
     del signum, frame
     self._requested = True
 
-  def requested(self) -> bool:
+  def requested(self, step: int, every: int) -> bool:
     if jax.process_count() == 1:
       return self._requested
+    if step % every:  # agreeing costs a host sync: only every `every` steps
+      return False
     from jax.experimental import multihost_utils  # every host must stop at the same step
     return bool(np.any(multihost_utils.process_allgather(np.asarray(self._requested))))
 
@@ -288,7 +290,7 @@ def train(config: ConfigDict, workdir: str) -> dict:
       step += 1
       history.append(metrics)
       reporter.progress(step)
-      preempted = preemption.requested()
+      preempted = preemption.requested(step, t.log_every)
       checkpoint_due = step % t.checkpoint_every == 0 or step == t.num_steps or preempted
       if step % t.log_every == 0 or checkpoint_due:
         last = _log_interval(reporter, step, history, checkpoints, t.skip_nonfinite)

@@ -23,7 +23,8 @@ from transformer_jax.errors import UserError
 CHECKPOINT_DIR = 'checkpoints'
 
 
-def _vocab_fingerprint(vocab_path: str) -> tuple[str, str]:
+def vocab_fingerprint(vocab_path: str) -> tuple[str, str]:
+  """(sha256, base64) of a vocabulary file: what a checkpoint stores to identify it."""
   with open(vocab_path, 'rb') as f:
     data = f.read()
   return hashlib.sha256(data).hexdigest(), base64.b64encode(data).decode('ascii')
@@ -55,7 +56,7 @@ class Checkpoints:
   def save(self, step: int, state, data_iterator, vocab_path: str, force=False,
            metrics: dict | None = None) -> None:
     """Start an asynchronous save; training continues while it is written."""
-    sha, model = _vocab_fingerprint(vocab_path)
+    sha, model = vocab_fingerprint(vocab_path)
     meta = {'config': self.config.to_dict(), 'vocab_sha256': sha, 'vocab_model': model}
     items = dict(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
     if data_iterator is not None:  # one file per host
@@ -81,7 +82,7 @@ class Checkpoints:
       raise UserError(f'The checkpoint at step {step} in {self.directory} is of another '
                       f'model ({"; ".join(diffs)}). Use a new --workdir, or a --config that '
                       'matches the checkpoint.')
-    if meta['vocab_sha256'] != _vocab_fingerprint(vocab_path)[0]:
+    if meta['vocab_sha256'] != vocab_fingerprint(vocab_path)[0]:
       raise UserError(f'The checkpoint at step {step} was trained with another vocabulary '
                       f'than {vocab_path}. Restore that vocabulary file or use a new --workdir.')
 

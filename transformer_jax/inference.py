@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import hashlib
 import os
 
 import jax
@@ -70,11 +69,10 @@ def _checkpoint_vocabulary(workdir, meta, config) -> tokenizer_lib.Tokenizer:
   proto = base64.b64decode(meta['vocab_model'])
   local = os.path.join(workdir, tokenizer_lib.VOCAB_FILE)
   if os.path.exists(local):
-    with open(local, 'rb') as f:
-      if hashlib.sha256(f.read()).hexdigest() != meta['vocab_sha256']:
-        raise UserError(f'{local} does not match the vocabulary the checkpoint was trained '
-                        'with. Restore the original file, or remove it to use the copy '
-                        'stored in the checkpoint.')
+    if checkpoint_lib.vocab_fingerprint(local)[0] != meta['vocab_sha256']:
+      raise UserError(f'{local} does not match the vocabulary the checkpoint was trained '
+                      'with. Restore the original file, or remove it to use the copy '
+                      'stored in the checkpoint.')
   tokenizer = tokenizer_lib.Tokenizer(proto, local)
   if tokenizer.vocab_size != config.model.vocab_size:
     raise UserError('The checkpoint is inconsistent: its vocabulary has '

@@ -16,6 +16,7 @@ import numpy as np
 from absl import flags, logging
 
 from transformer_jax import cli, decode, inference, sharding
+from transformer_jax.data import datasets
 from transformer_jax.data.tokenizer import EOS_ID, PAD_ID, Tokenizer
 from transformer_jax.errors import UserError
 
@@ -35,17 +36,10 @@ class Settings:
 
 def read_lines(path: str | None) -> list[str]:
   """Lines of a file (or stdin), decoded strictly: bad bytes name their line."""
-  stream = sys.stdin.buffer if path in (None, '-') else _open(path)
-  lines = []
-  for number, raw in enumerate(stream.read().split(b'\n'), 1):
-    try:
-      lines.append(raw.decode('utf-8').rstrip('\r'))
-    except UnicodeDecodeError as e:
-      raise UserError(f'{path or "stdin"}, line {number}: bytes that are not UTF-8 '
-                      f'({e.reason} at byte {e.start}); convert the input to UTF-8.') from None
-  if lines and lines[-1] == '':
-    lines.pop()  # the newline that ends the last line
-  return lines
+  if path in (None, '-'):
+    return datasets.decode_lines(sys.stdin.buffer.read(), 'stdin')
+  with _open(path) as f:
+    return datasets.decode_lines(f.read(), path)
 
 
 def _open(path: str):

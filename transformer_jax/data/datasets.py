@@ -128,17 +128,21 @@ def _read_lines(path: str) -> list[str]:
     raise UserError(f'Missing corpus file {path}.')
   opener = gzip.open if path.endswith('.gz') else open
   with opener(path, 'rb') as f:
-    raw = f.read()
+    return decode_lines(f.read(), path)
+
+
+def decode_lines(raw: bytes, name: str) -> list[str]:
+  """Text lines of `raw`, decoded strictly: bytes that are not UTF-8 name their line."""
   lines = raw.split(b'\n')
   if lines and lines[-1] == b'':
-    lines.pop()
+    lines.pop()  # the newline that ends the last line
   out = []
   for number, line in enumerate(lines, 1):
     try:
       out.append(line.decode('utf-8').rstrip('\r'))
     except UnicodeDecodeError as e:
-      raise UserError(f'{path}, line {number}: bytes that are not UTF-8 ({e.reason} at '
-                      f'byte {e.start}); convert the file to UTF-8, e.g. with iconv.') from None
+      raise UserError(f'{name}, line {number}: bytes that are not UTF-8 ({e.reason} at '
+                      f'byte {e.start}); convert it to UTF-8, e.g. with iconv.') from None
   return out
 
 

@@ -2,6 +2,9 @@
 from setuptools import find_packages, setup
 
 JAX = '0.10.2'
+# A workdir in a GCS bucket: gcsfs is etils.epath's gs:// backend (vocabulary, metrics),
+# google-cloud-storage tensorboardX's; Orbax reaches GCS through tensorstore itself.
+GCS = ['gcsfs==2026.10.1', 'google-cloud-storage==3.17.1']
 
 setup(
     name='transformer_jax',
@@ -27,13 +30,16 @@ setup(
         'absl-py==2.5.1',
         'ml-collections==1.1.0',
         'tensorboardX==2.6.5',  # TensorBoard event files without TensorFlow
+        'etils[epath]==1.15.0',  # one file API for local disks and buckets
         'numpy>=2.0,<2.5',
     ],
     extras_require={
         # libtpu lets the tests compile for TPU topologies on a CPU host (`aot`).
-        'test': ['pytest==9.2.0', f'jax[tpu]=={JAX}'],
+        # the GCS emulator lets the tests run a workdir in a bucket without a network.
+        'test': ['pytest==9.2.0', f'jax[tpu]=={JAX}', 'gcp-storage-emulator==2026.7.19', *GCS],
         'tf': ['tensorflow-cpu==2.21.0'],  # only for TFDS catalog builders (WMT)
-        'tpu': [f'jax[tpu]=={JAX}'],       # brings libtpu; also enables `aot` on a CPU host
+        'gcs': GCS,
+        'tpu': [f'jax[tpu]=={JAX}', *GCS],  # libtpu (also `aot` on a CPU host) and GCS
     },
     entry_points={'console_scripts': ['transformer-jax=transformer_jax.cli:main']},
 )

@@ -4,12 +4,13 @@ through `gcloud()`, and `--dry_run` prints the exact commands instead of running
   python launch/tpu.py create  --name=mt --zone=us-west4-a --type=v5litepod-8 [--spot] [--queued]
   python launch/tpu.py install --name=mt --zone=us-west4-a
   python launch/tpu.py train   --name=mt --zone=us-west4-a --config=configs/tpu_v5e_8_base.py \\
-                               --workdir=/home/$USER/run1 [-- --config.train.num_steps=100000]
+                               --workdir=gs://BUCKET/run1 [-- --config.train.num_steps=100000]
   python launch/tpu.py logs    --name=mt --zone=us-west4-a
   python launch/tpu.py delete  --name=mt --zone=us-west4-a [--queued]
 
 On a pod slice (e.g. --type=v5litepod-32) `install` and `train` run on every worker
-(`--worker=all`); JAX connects the hosts itself and each reads its own data shard.
+(`--worker=all`); JAX connects the hosts itself and each reads its own data shard. Their
+checkpoints must meet in one place, so a pod slice's workdir must be a bucket (gs://).
 """
 from __future__ import annotations
 
@@ -75,7 +76,18 @@ def install(a) -> None:
          f'python3 -m venv {VENV} && {VENV}/bin/pip install -q -e "{REMOTE_DIR}[tpu]"')
 
 
+def is_pod_slice(accelerator: str) -> bool:
+  """More than one host: every family's single-host VMs stop at the '-8' types."""
+  return int(accelerator.rsplit('-', 1)[1]) > 8
+
+
 def train(a) -> None:
+  if not a.workdir:
+    sys.exit('error: train needs --workdir, e.g. --workdir=gs://BUCKET/run1.')
+  if is_pod_slice(a.type) and not a.workdir.startswith('gs://'):
+    sys.exit(f'error: --workdir={a.workdir} is on each worker\'s own disk, but the '
+             f'{a.type} slice has several workers and their checkpoints must meet: use '
+             '--workdir=gs://BUCKET/DIR.')
   flags = ' '.join(shlex.quote(f) for f in a.extra)
   ssh(a, f'cd {REMOTE_DIR} && nohup {VENV}/bin/python -m transformer_jax.train '
          f'--config="{a.config}" --workdir="{a.workdir}" {flags} > $HOME/train.log 2>&1 &')
@@ -103,7 +115,7 @@ def main(argv=None) -> None:
   parser.add_argument('--spot', action='store_true')
   parser.add_argument('--queued', action='store_true', help='use a queued resource')
   parser.add_argument('--config', default='configs/tpu_v5e_8_base.py')
-  parser.add_argument('--workdir', default='$HOME/transformer_jax_run')
+  parser.add_argument('--workdir', default='', help='gs://BUCKET/DIR (any path on one host)')
   parser.add_argument('--dry_run', action='store_true', help='print the commands only')
   argv = sys.argv[1:] if argv is None else argv
   split = argv.index('--') if '--' in argv else len(argv)

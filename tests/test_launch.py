@@ -39,7 +39,16 @@ def test_pod_slice_on_spot_queued_resources(repo):
   assert create == ['gcloud', 'compute', 'tpus', 'queued-resources', 'create', 'pod',
                     '--node-id=pod', '--zone=us-east5-a', '--accelerator-type=v5litepod-32',
                     '--runtime-version=v2-alpha-tpuv5-lite', '--spot']
-  (train,) = dry_run(repo, 'train', *common, '--config=configs/tpu_v5e_32_big.py')
+  (train,) = dry_run(repo, 'train', *common, '--type=v5litepod-32',
+                     '--config=configs/tpu_v5e_32_big.py', '--workdir=gs://bucket/big')
   assert '--worker=all' in train  # every host of the slice runs the same command
+  assert '--workdir="gs://bucket/big"' in train[-1]
   (delete,) = dry_run(repo, 'delete', *common)
   assert delete[:5] == ['gcloud', 'compute', 'tpus', 'queued-resources', 'delete']
+
+
+def test_pod_slice_refuses_a_workdir_on_local_disks(repo):
+  result = subprocess.run([sys.executable, 'launch/tpu.py', '--dry_run', 'train', '--name=pod',
+                           '--zone=us-east5-a', '--type=v5litepod-32', '--workdir=/data/run'],
+                          cwd=repo, capture_output=True, text=True, timeout=60)
+  assert result.returncode != 0 and 'gs://' in result.stderr and not result.stdout

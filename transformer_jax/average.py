@@ -17,7 +17,7 @@ from absl import flags
 from ml_collections import ConfigDict
 
 from transformer_jax import checkpoint as checkpoint_lib
-from transformer_jax import cli, config as config_lib, inference, sharding
+from transformer_jax import cli, config as config_lib, files, inference, sharding
 from transformer_jax.errors import UserError
 
 
@@ -54,11 +54,9 @@ def _vocab_file(workdir: str, meta: dict) -> str:
   """The vocabulary to store with the average: the workdir's or, when absent, the copy
   inside the checkpoint (translate checks the workdir's against it)."""
   path = os.path.join(workdir, 'vocab.model')
-  if not os.path.exists(path):
+  if not files.path(path).exists():
     path = os.path.join(workdir, inference.AVERAGED_DIR, 'vocab.model')
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, 'wb') as f:
-      f.write(base64.b64decode(meta['vocab_model']))
+    files.write_atomically(path, base64.b64decode(meta['vocab_model']))
   return path
 
 

@@ -18,6 +18,7 @@ import jax
 import orbax.checkpoint as ocp
 from ml_collections import ConfigDict
 
+from transformer_jax import files
 from transformer_jax.errors import UserError
 
 CHECKPOINT_DIR = 'checkpoints'
@@ -25,8 +26,7 @@ CHECKPOINT_DIR = 'checkpoints'
 
 def vocab_fingerprint(vocab_path: str) -> tuple[str, str]:
   """(sha256, base64) of a vocabulary file: what a checkpoint stores to identify it."""
-  with open(vocab_path, 'rb') as f:
-    data = f.read()
+  data = files.path(vocab_path).read_bytes()
   return hashlib.sha256(data).hexdigest(), base64.b64encode(data).decode('ascii')
 
 
@@ -37,7 +37,7 @@ class Checkpoints:
                async_save: bool = True, best_metric: str | None = None):
     """`best_metric`: keep the `max_to_keep` checkpoints with its highest value instead
     of the latest ones (save() then takes `metrics`)."""
-    self.directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+    self.directory = files.path(workdir) / CHECKPOINT_DIR
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep or config.train.keep_checkpoints,
         enable_async_checkpointing=async_save, create=True,
@@ -101,14 +101,14 @@ class Checkpoints:
 
 def check_writable(workdir: str) -> None:
   try:
-    os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, f'.write-test-{os.getpid()}')
-    with open(probe, 'w') as f:
-      f.write('ok')
-    os.remove(probe)
-  except OSError as e:
-    raise UserError(f'The workdir {workdir} is not writable ({e.strerror}); choose a '
-                    'directory you can write to.') from None
+    probe = files.path(workdir) / f'.write-test-{os.getpid()}'
+    probe.parent.mkdir(parents=True, exist_ok=True)
+    probe.write_text('ok')
+    probe.unlink()
+  except Exception as e:  # noqa: BLE001 (local disks raise OSError, buckets their own)
+    reason = getattr(e, 'strerror', None) or str(e).splitlines()[0]
+    raise UserError(f'The workdir {workdir} is not writable ({reason}); choose a '
+                    'directory (or bucket) you can write to.') from None
 
 
 def abstract_with_shardings(abstract_tree, shardings):

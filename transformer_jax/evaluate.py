@@ -14,7 +14,7 @@ import time
 import sacrebleu
 from absl import flags
 
-from transformer_jax import cli, inference
+from transformer_jax import cli, files, inference
 from transformer_jax import translate as translate_lib
 from transformer_jax.data import datasets, pipeline
 from transformer_jax.errors import UserError
@@ -71,8 +71,7 @@ def main(argv):
         f'  chrF {result["chrf"]:.2f} ({result["chrf_signature"]})', flush=True)
   out = _JSON.value or os.path.join(
       workdir, f'eval_{what.replace("/", "_")}_step{restored.step}.json')
-  with open(out, 'w') as f:
-    json.dump(result, f, indent=2)
+  files.write_atomically(out, json.dumps(result, indent=2).encode())
   if _HYPOTHESES.value:
     with open(_HYPOTHESES.value, 'w', encoding='utf-8') as f:
       f.writelines(h + '\n' for h in hypotheses)

@@ -12,6 +12,7 @@ from ml_collections import ConfigDict
 
 from transformer_jax import checkpoint as checkpoint_lib
 from transformer_jax import config as config_lib
+from transformer_jax import files
 from transformer_jax import sharding
 from transformer_jax.data import tokenizer as tokenizer_lib
 from transformer_jax.errors import UserError
@@ -31,7 +32,7 @@ class Restored:
 
 def checkpoint_root(workdir: str, averaged: bool) -> str:
   root = os.path.join(workdir, AVERAGED_DIR) if averaged else workdir
-  if not os.path.isdir(os.path.join(root, checkpoint_lib.CHECKPOINT_DIR)):
+  if not (files.path(root) / checkpoint_lib.CHECKPOINT_DIR).is_dir():
     what = 'an averaged checkpoint (run transformer_jax.average first)' if averaged else \
         'checkpoints (train first, or point --workdir at a training run)'
     raise UserError(f'{workdir} holds no {what}.')
@@ -68,7 +69,7 @@ def _checkpoint_vocabulary(workdir, meta, config) -> tokenizer_lib.Tokenizer:
   """The vocabulary stored in the checkpoint; a vocab.model beside it must be the same."""
   proto = base64.b64decode(meta['vocab_model'])
   local = os.path.join(workdir, tokenizer_lib.VOCAB_FILE)
-  if os.path.exists(local):
+  if files.path(local).exists():
     if checkpoint_lib.vocab_fingerprint(local)[0] != meta['vocab_sha256']:
       raise UserError(f'{local} does not match the vocabulary the checkpoint was trained '
                       'with. Restore the original file, or remove it to use the copy '

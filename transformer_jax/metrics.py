@@ -2,18 +2,21 @@
 terminal, TensorBoard event files and a metrics.jsonl record in the workdir.
 
 Only process 0 writes. On resume, records past the restored step are dropped from
-metrics.jsonl, so the file reads as if the run had never been interrupted.
+metrics.jsonl, so the file reads as if the run had never been interrupted. The workdir
+may be a bucket, where files cannot be appended to, so the (small) file is rewritten
+whole at each record.
 """
 from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import time
 
 import jax
 import numpy as np
+
+from transformer_jax import files
 
 METRICS_FILE = 'metrics.jsonl'
 
@@ -30,7 +33,8 @@ def summarize(sums: dict) -> dict:
 class Reporter:
   def __init__(self, workdir: str, config, start_step: int, num_steps: int):
     self.enabled = jax.process_index() == 0
-    self.path = os.path.join(workdir, METRICS_FILE)
+    self.path = files.path(workdir) / METRICS_FILE
+    self._lines: list[str] = []
     self.num_steps, self.start_step = num_steps, start_step
     self._interval_start = (time.perf_counter(), start_step)
     self._run_start = time.perf_counter()
@@ -39,26 +43,22 @@ class Reporter:
     if self.enabled:
       self._truncate_after(start_step)
       from tensorboardX import SummaryWriter  # noqa: PLC0415 (only process 0 needs it)
-      self._writers = {name: SummaryWriter(os.path.join(workdir, 'tensorboard', name))
+      self._writers = {name: SummaryWriter(str(files.path(workdir) / 'tensorboard' / name))
                        for name in ('train', 'eval')}
       if start_step == 0:
         self._writers['train'].add_text('config', '```\n' + str(config) + '\n```', 0)
 
   def _truncate_after(self, step: int) -> None:
-    if not os.path.exists(self.path):
-      return
-    with open(self.path) as f:
-      kept = [line for line in f if line.strip() and json.loads(line)['step'] <= step]
-    tmp = self.path + '.tmp'
-    with open(tmp, 'w') as f:
-      f.writelines(kept)
-    os.replace(tmp, self.path)
+    if self.path.exists():
+      self._lines = [line + '\n' for line in self.path.read_text().splitlines()
+                     if line.strip() and json.loads(line)['step'] <= step]
+      files.write_atomically(self.path, ''.join(self._lines).encode())
 
   def _record(self, kind: str, step: int, values: dict) -> None:
     if not self.enabled:
       return
-    with open(self.path, 'a') as f:
-      f.write(json.dumps({'kind': kind, 'step': step, **values}) + '\n')
+    self._lines.append(json.dumps({'kind': kind, 'step': step, **values}) + '\n')
+    files.write_atomically(self.path, ''.join(self._lines).encode())
     for name, value in values.items():
       self._writers[kind].add_scalar(name, value, step)
     self._writers[kind].flush()
@@ -112,9 +112,8 @@ def _duration(seconds: float) -> str:
 
 def read(workdir: str, kind: str = 'train') -> list[dict]:
   """The records of metrics.jsonl of one kind, in step order."""
-  path = os.path.join(workdir, METRICS_FILE)
-  with open(path) as f:
-    return [r for r in map(json.loads, filter(str.strip, f)) if r['kind'] == kind]
+  text = (files.path(workdir) / METRICS_FILE).read_text()
+  return [r for r in map(json.loads, filter(str.strip, text.splitlines())) if r['kind'] == kind]
 
 
 def device_sums(history: list[dict]) -> dict:

@@ -17,6 +17,7 @@ import jax
 import numpy as np
 from ml_collections import ConfigDict
 
+from transformer_jax import files
 from transformer_jax.data import datasets
 from transformer_jax.data import tokenizer as tokenizer_lib
 from transformer_jax.data.tokenizer import EOS_ID, PAD_ID, Tokenizer
@@ -39,7 +40,7 @@ def get_tokenizer(config: ConfigDict, workdir: str) -> Tokenizer:
   (source and target jointly) the first time."""
   data = config.data
   path = data.vocab_path or os.path.join(workdir, tokenizer_lib.VOCAB_FILE)
-  if data.vocab_path and not os.path.exists(path):
+  if data.vocab_path and not files.path(path).exists():
     raise UserError(f'data.vocab_path={path} does not exist.')
 
   def training_text():

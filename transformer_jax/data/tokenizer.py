@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 from typing import Iterable
 
 import sentencepiece as spm
 
+from transformer_jax import files
 from transformer_jax.errors import UserError
 
 PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
@@ -63,15 +63,14 @@ def train(sentences: Iterable[str], vocab_size: int, path: str) -> Tokenizer:
       raise UserError(f'model.vocab_size={vocab_size} is larger than this corpus supports '
                       f'({e}); choose a smaller --config.model.vocab_size.') from None
     raise
-  _write_atomically(path, model.getvalue())
+  files.write_atomically(path, model.getvalue())
   return Tokenizer(model.getvalue(), path)
 
 
 def load(path: str, vocab_size: int) -> Tokenizer:
   """Load a stored model; its size must equal the config's `model.vocab_size`."""
   try:
-    with open(path, 'rb') as f:
-      proto = f.read()
+    proto = files.path(path).read_bytes()
     tokenizer = Tokenizer(proto, path)
   except OSError as e:
     raise UserError(f'Cannot read the vocabulary {path}: {e.strerror}.') from None
@@ -94,20 +93,7 @@ def load_or_train(path: str, vocab_size: int, sentences) -> Tokenizer:
 
   `sentences` is a callable returning the training text, so nothing is read on resume.
   """
-  if os.path.exists(path):
+  if files.path(path).exists():
     return load(path, vocab_size)
   return train(sentences(), vocab_size, path)
 
-
-def _write_atomically(path: str, data: bytes) -> None:
-  """Write to a temporary file beside `path`, then rename: never a half-written model."""
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix='.vocab-')
-  try:
-    with os.fdopen(fd, 'wb') as f:
-      f.write(data)
-    os.replace(tmp, path)
-  except BaseException:
-    os.unlink(tmp)
-    raise

@@ -39,8 +39,8 @@ def test_output_shapes(pre_norm):
 
 
 def test_attention_weights_sum_to_one_and_ignore_padded_keys():
-  q = jax.random.normal(jax.random.key(0), (2, 4, 3, 8))
-  k = jax.random.normal(jax.random.key(1), (2, 6, 3, 8))
+  q = jax.random.normal(jax.random.key(0), (2, 3, 4, 8))  # [B, H, L, K]
+  k = jax.random.normal(jax.random.key(1), (2, 3, 6, 8))
   segments = jnp.array([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]])
   weights = attention_weights(q, k, attention_mask(jnp.ones((2, 4), jnp.int32), segments))
   np.testing.assert_allclose(weights.sum(-1), 1.0, rtol=1e-6)

@@ -58,11 +58,14 @@ def attention_mask(query_segments: jax.Array, key_segments: jax.Array,
 def attention_weights(query: jax.Array, key: jax.Array, mask: jax.Array) -> jax.Array:
   """Section 3.2.1: softmax(Q K^T / sqrt(d_k)), masked positions excluded. [B, H, Lq, Lk].
 
+  Queries and keys are head-major, [B, H, L, K], so both products are plain batched
+  matrix products: no transpose of a key/value cache at every decoding step.
+
   Masked logits get the dtype's lowest value rather than -inf, so a fully masked row
   (a padding query) yields finite uniform weights instead of NaN.
   """
   depth = query.shape[-1]
-  logits = jnp.einsum('bqhk,bshk->bhqs', query, key) / jnp.sqrt(depth).astype(query.dtype)
+  logits = jnp.einsum('bhqk,bhsk->bhqs', query, key) / jnp.sqrt(depth).astype(query.dtype)
   logits = jnp.where(mask, logits.astype(jnp.float32), jnp.finfo(jnp.float32).min)
   return jax.nn.softmax(logits, axis=-1).astype(query.dtype)
 
@@ -80,13 +83,13 @@ class MultiHeadAttention(nnx.Module):
     dt = dict(dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype))
     proj_in = _init(_xavier(in_axis=0, out_axis=(1, 2)), EMBED, HEADS, KV)
 
-    def projection():
-      return nnx.Einsum('bld,dhk->blhk', (d, h, d // h), kernel_init=proj_in,
+    def projection():  # to head-major [B, H, L, K]
+      return nnx.Einsum('bld,dhk->bhlk', (d, h, d // h), kernel_init=proj_in,
                         rngs=rngs, **dt)
 
     self.query, self.key, self.value = projection(), projection(), projection()
     self.output = nnx.Einsum(
-        'blhk,hkd->bld', (h, d // h, d),
+        'bhlk,hkd->bld', (h, d // h, d),
         kernel_init=_init(_xavier(in_axis=(0, 1), out_axis=2), HEADS, KV, EMBED),
         rngs=rngs, **dt)
     self.dropout = nnx.Dropout(cfg.attention_dropout_rate)
@@ -96,9 +99,30 @@ class MultiHeadAttention(nnx.Module):
 
   def __call__(self, x: jax.Array, kv: tuple[jax.Array, jax.Array], mask: jax.Array,
                rngs: nnx.Rngs | None = None) -> jax.Array:
-    weights = attention_weights(self.query(x), kv[0], mask)
+    query = self.query(x)
+    copies = query.shape[0] // kv[0].shape[0]
+    if copies > 1:  # beam search: one query per hypothesis, [B*c, H, 1, K]
+      query = _copies_as_rows(query, copies)
+    weights = attention_weights(query, kv[0], mask)
     weights = self.dropout(weights, deterministic=rngs is None, rngs=rngs)
-    return self.output(jnp.einsum('bhqs,bshk->bqhk', weights, kv[1]))
+    context = jnp.einsum('bhqs,bhsk->bhqk', weights, kv[1])
+    if copies > 1:
+      context = _rows_as_copies(context)
+    return self.output(context)
+
+
+def _copies_as_rows(query: jax.Array, copies: int) -> jax.Array:
+  """[B*c, H, 1, K] -> [B, H, c, K]: the c hypotheses of a sentence attend to its one set
+  of encoder keys/values as the rows of one product, so those are neither repeated per
+  hypothesis nor read c times per step."""
+  _, heads, _, depth = query.shape
+  return query.reshape(-1, copies, heads, depth).transpose(0, 2, 1, 3)
+
+
+def _rows_as_copies(context: jax.Array) -> jax.Array:
+  """[B, H, c, K] -> [B*c, H, 1, K], the inverse of `_copies_as_rows`."""
+  _, heads, _, depth = context.shape
+  return context.transpose(0, 2, 1, 3).reshape(-1, heads, 1, depth)
 
 
 class FeedForward(nnx.Module):
@@ -180,14 +204,14 @@ class DecoderLayer(nnx.Module):
 
   def step(self, x, cache: dict, index, encoder_kv, cross_mask):
     """Incremental decoding: position `index` only ([B, 1, D]). Its self-attention keys
-    and values are written into `cache` ([B, max_len, H, K] each); returns (x, cache)."""
+    and values are written into `cache` ([B, H, max_len, K] each); returns (x, cache)."""
     new_cache = {}
 
     def attend_self(y):
       key, value = self.self_attention.project_kv(y)
-      new_cache['key'] = jax.lax.dynamic_update_slice_in_dim(cache['key'], key, index, 1)
-      new_cache['value'] = jax.lax.dynamic_update_slice_in_dim(cache['value'], value, index, 1)
-      visible = (jnp.arange(cache['key'].shape[1]) <= index)[None, None, None, :]
+      new_cache['key'] = jax.lax.dynamic_update_slice_in_dim(cache['key'], key, index, 2)
+      new_cache['value'] = jax.lax.dynamic_update_slice_in_dim(cache['value'], value, index, 2)
+      visible = (jnp.arange(cache['key'].shape[2]) <= index)[None, None, None, :]
       return self.self_attention(y, (new_cache['key'], new_cache['value']), visible)
 
     x = self.self_attention_block(x, attend_self, None)
@@ -282,14 +306,15 @@ class Transformer(nnx.Module):
 
   def init_cache(self, batch: int, max_len: int) -> list[dict]:
     """Empty self-attention key/value caches, one per decoder layer."""
-    shape = (batch, max_len, self.num_heads, self.head_dim)
+    shape = (batch, self.num_heads, max_len, self.head_dim)
     return [{'key': jnp.zeros(shape, self.dtype), 'value': jnp.zeros(shape, self.dtype)}
             for _ in self.decoder_layers]
 
   def decode_step(self, tokens, index, cache, cross_kv, source_segments):
-    """One decoder position for every hypothesis: tokens [B] at position `index` ->
-    (logits [B, V], updated cache). `cross_kv` holds each layer's projected encoder
-    output, computed once per sentence."""
+    """One decoder position for every hypothesis: tokens [B*c] at position `index` ->
+    (logits [B*c, V], updated cache), c hypotheses per sentence. `cross_kv` holds each
+    layer's projected encoder output, computed once per sentence ([B, H, S, K]), and
+    `source_segments` [B, S] marks its real tokens."""
     positions = jnp.full((tokens.shape[0], 1), index)
     x = self.target_embedding(tokens[:, None], positions)
     cross_mask = (source_segments > 0)[:, None, None, :]

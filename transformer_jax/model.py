@@ -237,10 +237,6 @@ class Embedding(nnx.Module):
     x = x + sinusoidal_positions(positions, self.d_model).astype(x.dtype)
     return self.dropout(x, deterministic=rngs is None, rngs=rngs)
 
-  def logits(self, x):
-    """Section 3.4: the pre-softmax linear shares its weights with the embedding."""
-    return self.table.attend(x)
-
 
 def _positions_and_segments(tokens, positions, segments):
   """Defaults for unpacked rows: positions 0..L-1, segment 1 for tokens, 0 for padding."""
@@ -288,7 +284,8 @@ class Transformer(nnx.Module):
 
   def decode(self, encoded, source, target_input, *, source_segments=None,
              target_positions=None, target_segments=None, rngs=None):
-    """Encoder output [B, S, D] and shifted target tokens [B, T] -> logits [B, T, V]."""
+    """Encoder output [B, S, D] and shifted target tokens [B, T] -> the decoder's output
+    states [B, T, D] (`output_logits` turns them into logits [B, T, V])."""
     _, source_segments = _positions_and_segments(source, None, source_segments)
     positions, segments = _positions_and_segments(
         target_input, target_positions, target_segments)
@@ -300,9 +297,7 @@ class Transformer(nnx.Module):
     cross_mask = attention_mask(segments, source_segments)
     for layer in self.decoder_layers:
       x = layer(x, layer.cross_attention.project_kv(encoded), self_mask, cross_mask, rngs)
-    if self.decoder_norm is not None:
-      x = self.decoder_norm(x)
-    return self.output_logits(x)
+    return self.decoder_norm(x) if self.decoder_norm is not None else x
 
   def init_cache(self, batch: int, max_len: int) -> list[dict]:
     """Empty self-attention key/value caches, one per decoder layer."""
@@ -326,17 +321,24 @@ class Transformer(nnx.Module):
       x = self.decoder_norm(x)
     return self.output_logits(x)[:, 0], new_cache
 
+  def output_kernel(self) -> jax.Array:
+    """The pre-softmax linear, [D, V]: the shared embedding's transpose (section 3.4)
+    or a separate projection."""
+    kernel = (self.target_embedding.table.embedding[...].T if self.output_projection is None
+              else self.output_projection.kernel[...])
+    return kernel.astype(self.dtype)
+
   def output_logits(self, x):
-    logits = (self.target_embedding.logits(x) if self.output_projection is None
-              else self.output_projection(x))
-    return logits.astype(jnp.float32)  # the softmax and loss run in fp32
+    return jnp.dot(x, self.output_kernel()).astype(jnp.float32)  # softmax/loss in fp32
 
   def __call__(self, source, target_input, *, source_positions=None, source_segments=None,
-               target_positions=None, target_segments=None, rngs=None):
+               target_positions=None, target_segments=None, rngs=None, logits=True):
+    """Logits [B, T, V] (or, with `logits=False`, the decoder's output states)."""
     encoded = self.encode(source, source_positions, source_segments, rngs)
-    return self.decode(encoded, source, target_input, source_segments=source_segments,
-                       target_positions=target_positions,
-                       target_segments=target_segments, rngs=rngs)
+    states = self.decode(encoded, source, target_input, source_segments=source_segments,
+                         target_positions=target_positions,
+                         target_segments=target_segments, rngs=rngs)
+    return self.output_logits(states) if logits else states
 
 
 def shift_right(target: jax.Array, segments: jax.Array | None = None) -> jax.Array:

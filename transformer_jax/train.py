@@ -27,6 +27,7 @@ from ml_collections import ConfigDict
 
 from transformer_jax import checkpoint as checkpoint_lib
 from transformer_jax import cli, optim, sharding
+from transformer_jax import loss as loss_lib
 from transformer_jax import metrics as metrics_lib
 from transformer_jax.data import datasets, pipeline
 from transformer_jax.data.tokenizer import PAD_ID
@@ -35,18 +36,6 @@ from transformer_jax.model import Transformer, shift_right
 
 
 # ----------------------------------------------------------------------------- loss
-
-
-def cross_entropy(logits: jax.Array, targets: jax.Array, label_smoothing: float):
-  """Per-token label-smoothed cross-entropy (section 5.4) and plain NLL.
-
-  Smoothing puts epsilon uniformly over the vocabulary (as `optax.smooth_labels`), so
-  loss = (1 - eps) * nll + eps * mean_v(-log p_v); no one-hot of the vocabulary is built.
-  """
-  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32))
-  nll = -jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
-  smooth = -jnp.mean(log_probs, axis=-1)
-  return (1.0 - label_smoothing) * nll + label_smoothing * smooth, nll
 
 
 def model_inputs(batch: dict) -> dict:
@@ -60,10 +49,11 @@ def model_inputs(batch: dict) -> dict:
 def token_sums(model: Transformer, batch: dict, label_smoothing: float, rngs=None) -> dict:
   """Sums over the batch's non-padding target tokens: loss, nll, correct, tokens."""
   decoder_input = shift_right(batch['target'], batch['target_segment_ids'])
-  logits = model(batch['source'], decoder_input, rngs=rngs, **model_inputs(batch))
-  loss, nll = cross_entropy(logits, batch['target'], label_smoothing)
-  weights = (batch['target'] != PAD_ID).astype(jnp.float32)
-  correct = (jnp.argmax(logits, -1) == batch['target']).astype(jnp.float32)
+  states = model(batch['source'], decoder_input, rngs=rngs, logits=False, **model_inputs(batch))
+  targets = batch['target'].reshape(-1)
+  loss, nll, correct = loss_lib.projected_cross_entropy(
+      states.reshape(targets.shape[0], -1), model.output_kernel(), targets, label_smoothing)
+  weights = (targets != PAD_ID).astype(jnp.float32)
   return {'loss': jnp.sum(loss * weights), 'nll': jnp.sum(nll * weights),
           'correct': jnp.sum(correct * weights), 'tokens': jnp.sum(weights)}
 

@@ -1,0 +1,71 @@
+"""Section 5.4's label-smoothed cross-entropy, fused with the pre-softmax linear.
+
+Smoothing puts epsilon uniformly over the vocabulary (as `optax.smooth_labels`), so per
+token, with logits z, target t and lse = log sum_v exp(z_v):
+
+  nll  = lse - z_t
+  loss = (1 - eps) * nll + eps * (lse - mean_v z_v)
+  d loss / d z = softmax(z) - (1 - eps) * onehot(t) - eps / V
+
+The output layer is the widest op of the model (a quarter of the cpu-small FLOPs).
+XLA's autodiff of logits -> log_softmax -> smoothing writes [tokens, vocab] arrays
+several times (log-probabilities, a one-hot, the gradient, and a transposed copy of it
+for the kernel's gradient). The custom VJP below writes the gradient once, with the
+one-hot as a comparison fused into it, and orders the kernel's gradient product so no
+[vocab, tokens] copy is made: about a fifth of a cpu-small train step.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+
+def cross_entropy(logits: jax.Array, targets: jax.Array, label_smoothing: float):
+  """Per token: (smoothed loss, nll, correct) from fp32 logits [..., V]."""
+  return _terms(logits, targets, label_smoothing)[:3]
+
+
+def _terms(logits, targets, label_smoothing):
+  top = jnp.max(logits, axis=-1)
+  lse = top + jnp.log(jnp.sum(jnp.exp(logits - top[..., None]), axis=-1))
+  target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+  nll = lse - target_logit
+  loss = (1.0 - label_smoothing) * nll + label_smoothing * (lse - jnp.mean(logits, axis=-1))
+  # The target is the argmax (ties aside): no separate argmax pass over the vocabulary.
+  return loss, nll, (target_logit >= top).astype(jnp.float32), lse
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def projected_cross_entropy(x: jax.Array, kernel: jax.Array, targets: jax.Array,
+                            label_smoothing: float):
+  """`cross_entropy(x @ kernel)` for hidden states x [N, D] and the pre-softmax kernel
+  [D, V], with a gradient that touches the [N, V] logits once."""
+  return cross_entropy(_logits(x, kernel), targets, label_smoothing)
+
+
+def _logits(x, kernel):
+  return jnp.dot(x, kernel).astype(jnp.float32)  # the softmax and loss run in fp32
+
+
+def _forward(x, kernel, targets, label_smoothing):
+  logits = _logits(x, kernel)
+  *outputs, lse = _terms(logits, targets, label_smoothing)
+  return tuple(outputs), (x, kernel, targets, logits, lse)
+
+
+def _backward(label_smoothing, residuals, cotangents):
+  x, kernel, targets, logits, lse = residuals
+  g_loss, g_nll, _ = cotangents
+  vocab = logits.shape[-1]
+  onehot = jnp.arange(vocab) == targets[:, None]  # fused into the expression below
+  d_logits = ((g_loss + g_nll)[:, None] * jnp.exp(logits - lse[:, None])
+              - ((1.0 - label_smoothing) * g_loss + g_nll)[:, None] * onehot
+              - (label_smoothing / vocab) * g_loss[:, None]).astype(x.dtype)
+  d_x = jnp.dot(d_logits, kernel.T)
+  d_kernel = jnp.dot(x.T, d_logits)  # [D, N] @ [N, V]: no [V, N] transpose of d_logits
+  return d_x, d_kernel, None
+
+
+projected_cross_entropy.defvjp(_forward, _backward)

@@ -6,7 +6,7 @@ step time, target tokens/s, model FLOPs per step (the analytic count of `info`, 
 against the workload's), achieved FLOP/s as a fraction of a 2048x2048 fp32 `jnp.dot`
 peak measured in the same process, compile time and peak resident memory.
 
-  python bench/train_step.py [--steps=10] [--dtype=float32]
+  python bench/train_step.py [--steps=10] [--dtype=float32] [--matmul_dtype=bfloat16]
 """
 from __future__ import annotations
 
@@ -32,12 +32,13 @@ from transformer_jax.train import build, compile_steps, init_state
 WORKLOAD = pathlib.Path(__file__).resolve().parents[2] / 'shared' / 'bench' / 'cpu_small.json'
 
 
-def workload_config(w: dict, dtype: str):
+def workload_config(w: dict, dtype: str, matmul_dtype: str = ''):
   c = config_lib.defaults()
   c.model.update(vocab_size=w['vocab_size'], d_model=w['d_model'], num_heads=w['num_heads'],
                  d_ff=w['d_ff'], num_encoder_layers=w['encoder_layers'],
                  num_decoder_layers=w['decoder_layers'], dropout_rate=w['dropout_rate'],
-                 share_embeddings=w['shared_embeddings'], dtype=dtype)
+                 share_embeddings=w['shared_embeddings'], dtype=dtype,
+                 matmul_dtype=matmul_dtype)
   c.train.update(label_smoothing=w['label_smoothing'], adam_b1=w['adam']['b1'],
                  adam_b2=w['adam']['b2'], adam_eps=w['adam']['eps'])
   c.data.update(batch_size=w['batch'], max_len=max(w['src_len'], w['tgt_len']))
@@ -72,9 +73,11 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--steps', type=int, default=10)
   parser.add_argument('--dtype', default='float32', choices=config_lib.DTYPES)
+  parser.add_argument('--matmul_dtype', default='', choices=('', *config_lib.DTYPES),
+                      help='operands of matrix products (model.matmul_dtype)')
   args = parser.parse_args()
   w = json.loads(WORKLOAD.read_text())
-  config = workload_config(w, args.dtype)
+  config = workload_config(w, args.dtype, args.matmul_dtype)
   mesh = sharding.make_mesh(config.mesh)
   start = time.perf_counter()
   setup = build(config, mesh)
@@ -96,6 +99,7 @@ def main():
   peak = matmul_peak()
   result = {
       'benchmark': 'train_step', 'workload': w['name'], 'dtype': args.dtype,
+      'matmul_dtype': args.matmul_dtype or args.dtype,
       'devices': [str(d) for d in jax.devices()],
       'step_s_median': step, 'step_s_min': min(times), 'step_s_max': max(times),
       'target_tokens_per_s': w['batch'] * w['tgt_len'] / step,

@@ -35,6 +35,17 @@ def test_validate_rejects_unknown_key():
     config_lib.validate(c)
 
 
+def test_checkpoint_config_from_an_older_schema_restores():
+  saved = config_lib.defaults().to_dict()
+  del saved['model']['matmul_dtype']  # a key added after this checkpoint was written
+  saved['model']['d_model'] = 64
+  config = config_lib.from_checkpoint(saved)
+  assert config.model.d_model == 64 and config.model.matmul_dtype == ''
+  saved['model']['no_such_key'] = 1
+  with pytest.raises(ConfigError, match='no_such_key'):
+    config_lib.from_checkpoint(saved)
+
+
 def test_validate_rejects_wrong_type():
   c = config_lib.defaults()
   c.model.unlock()

@@ -8,6 +8,7 @@ import pytest
 from flax import nnx
 
 from transformer_jax import config as config_lib
+from transformer_jax import precision
 from transformer_jax.info import count_params
 from transformer_jax.model import (PAD_ID, Transformer, attention_mask, attention_weights,
                                    shift_right, sinusoidal_positions)
@@ -158,6 +159,43 @@ def test_bfloat16_compute_stays_close_to_float32():
   probs32, probs16 = jax.nn.softmax(fp32), jax.nn.softmax(bf16)
   assert float(jnp.abs(probs32 - probs16).max()) < 0.02
   assert float(jnp.abs(fp32 - bf16).max()) > 0  # the bf16 path really ran
+
+
+def test_bfloat16_products_stay_close_to_float32_and_keep_fp32_activations():
+  source, target = random_tokens(0, (2, 6)), random_tokens(1, (2, 5))
+  fp32 = build(small_config())(source, target)
+  mixed = build(small_config(matmul_dtype='bfloat16'))(source, target)
+  assert mixed.dtype == jnp.float32
+  probs32, probs16 = jax.nn.softmax(fp32), jax.nn.softmax(mixed)
+  assert float(jnp.abs(probs32 - probs16).max()) < 0.02
+  assert float(jnp.abs(fp32 - mixed).max()) > 0  # the bf16 products really ran
+
+
+@pytest.mark.parametrize('spec, a_shape, b_shape', [
+    ('bld,dhk->bhlk', (2, 5, 8), (8, 2, 4)), ('bhqk,bhsk->bhqs', (2, 3, 4, 5), (2, 3, 6, 5))])
+def test_mixed_products_round_operands_and_gradients_to_bf16_and_sum_in_fp32(
+    spec, a_shape, b_shape):
+  """Forward and both gradients equal fp32 products of bf16-rounded operands (and of the
+  bf16-rounded incoming gradient), which is what the custom VJP promises."""
+  keys = jax.random.split(jax.random.key(0), 3)
+  a, b = jax.random.normal(keys[0], a_shape), jax.random.normal(keys[1], b_shape)
+  rounded = lambda x: x.astype(jnp.bfloat16).astype(jnp.float32)
+  out, vjp = jax.vjp(lambda a, b: precision.einsum(spec, a, b, 'bfloat16'), a, b)
+  g = jax.random.normal(keys[2], out.shape)
+  np.testing.assert_allclose(out, jnp.einsum(spec, rounded(a), rounded(b)), rtol=1e-5, atol=1e-6)
+  _, vjp32 = jax.vjp(lambda a, b: jnp.einsum(spec, a, b), rounded(a), rounded(b))
+  for ours, expected in zip(vjp(g), vjp32(rounded(g))):
+    assert ours.dtype == jnp.float32
+    np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_mixed_dot_general_is_the_linear_product():
+  x, w = jax.random.normal(jax.random.key(0), (2, 3, 8)), jax.random.normal(jax.random.key(1), (8, 5))
+  dims = (((2,), (0,)), ((), ()))
+  ours = precision.dot_general_op('bfloat16')(x, w, dims)
+  expected = jax.lax.dot_general(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16), dims,
+                                 preferred_element_type=jnp.float32)
+  np.testing.assert_allclose(ours, expected, rtol=1e-6)
 
 
 def test_dropout_only_with_rngs():

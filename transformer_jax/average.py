@@ -14,7 +14,6 @@ import os
 import jax
 import jax.numpy as jnp
 from absl import flags
-from ml_collections import ConfigDict
 
 from transformer_jax import checkpoint as checkpoint_lib
 from transformer_jax import cli, config as config_lib, files, inference, sharding
@@ -32,7 +31,7 @@ def average(workdir: str, last: int) -> tuple[int, list[int]]:
                     'before training to keep more.')
   steps = steps[-last:]
   meta = source.meta(steps[-1])
-  config = config_lib.validate(ConfigDict(meta['config']))
+  config = config_lib.from_checkpoint(meta['config'])
   config.mesh.update(dict(data=1, fsdp=-1, tensor=1))  # shard parameters over every device
   from transformer_jax.train import build  # noqa: PLC0415
   setup = build(config, sharding.make_mesh(config.mesh))

@@ -37,6 +37,8 @@ def defaults() -> ConfigDict:
   m.tie_output_embedding = True  # pre-softmax linear = target embedding^T (section 3.4)
   m.pre_norm = False             # the paper is post-norm
   m.dtype = 'float32'            # compute dtype
+  m.matmul_dtype = ''            # operands of matrix products ('' = dtype); bfloat16 with
+                                 # dtype float32: bf16 products, fp32 all else (precision.py)
   m.param_dtype = 'float32'      # storage dtype of parameters and optimizer state
 
   c.data = ConfigDict()
@@ -92,6 +94,24 @@ def load(path: str) -> ConfigDict:
     raise ConfigError(f'Config file {path!r} does not exist; '
                       'pick one under configs/, e.g. configs/default.py.') from None
   return validate(module.get_config())
+
+
+def from_checkpoint(saved: dict) -> ConfigDict:
+  """The config stored in a checkpoint, validated. Keys added to the schema since it was
+  saved take their defaults (which keep the old behaviour), so old checkpoints restore."""
+  config = defaults()
+
+  def merge(node: ConfigDict, values: dict, prefix: str) -> None:
+    for key, value in values.items():
+      if key not in node:
+        raise _unknown_key(key, node, prefix)
+      if isinstance(value, dict):
+        merge(node[key], value, prefix + key + '.')
+      else:
+        node[key] = value
+
+  merge(config, saved, '')
+  return validate(config)
 
 
 def validate(config: ConfigDict) -> ConfigDict:
@@ -160,6 +180,8 @@ def _check_values(c: ConfigDict) -> None:
     _require(0.0 <= m[key] < 1.0, f'model.{key} must be in [0, 1), got {m[key]}.')
   _require(0.0 <= c.train.label_smoothing < 1.0,
            f'train.label_smoothing must be in [0, 1), got {c.train.label_smoothing}.')
+  _require(m.matmul_dtype in ('', *DTYPES), f"model.matmul_dtype must be '' or one of "
+           f"{', '.join(DTYPES)}, got {m.matmul_dtype!r}.")
   for key in ('dtype', 'param_dtype'):
     _require(m[key] in DTYPES, f"model.{key} must be one of {', '.join(DTYPES)}, "
              f'got {m[key]!r}.')

@@ -52,7 +52,7 @@ def restore(workdir: str, step: int | None = None, averaged: bool = False) -> Re
                     f'{", ".join(map(str, steps))}.')
   meta = probe.meta(step)
   probe.close()
-  config = config_lib.validate(ConfigDict(meta['config']))
+  config = config_lib.from_checkpoint(meta['config'])
   config.mesh.update(dict(data=-1, fsdp=1, tensor=1))  # whatever devices this machine has
   tokenizer = _checkpoint_vocabulary(workdir, meta, config)
   mesh = sharding.make_mesh(config.mesh)

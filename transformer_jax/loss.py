@@ -21,6 +21,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from transformer_jax import precision
+
 
 def cross_entropy(logits: jax.Array, targets: jax.Array, label_smoothing: float):
   """Per token: (smoothed loss, nll, correct) from fp32 logits [..., V]."""
@@ -37,25 +39,27 @@ def _terms(logits, targets, label_smoothing):
   return loss, nll, (target_logit >= top).astype(jnp.float32), lse
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
 def projected_cross_entropy(x: jax.Array, kernel: jax.Array, targets: jax.Array,
-                            label_smoothing: float):
+                            label_smoothing: float, matmul_dtype: str | None = None):
   """`cross_entropy(x @ kernel)` for hidden states x [N, D] and the pre-softmax kernel
-  [D, V], with a gradient that touches the [N, V] logits once."""
-  return cross_entropy(_logits(x, kernel), targets, label_smoothing)
+  [D, V], with a gradient that touches the [N, V] logits once. Products take operands
+  in `matmul_dtype` when given (precision.py)."""
+  return cross_entropy(_logits(x, kernel, matmul_dtype), targets, label_smoothing)
 
 
-def _logits(x, kernel):
-  return jnp.dot(x, kernel).astype(jnp.float32)  # the softmax and loss run in fp32
+def _logits(x, kernel, matmul_dtype):
+  # The softmax and loss run in fp32.
+  return precision.einsum('nd,dv->nv', x, kernel, matmul_dtype).astype(jnp.float32)
 
 
-def _forward(x, kernel, targets, label_smoothing):
-  logits = _logits(x, kernel)
+def _forward(x, kernel, targets, label_smoothing, matmul_dtype):
+  logits = _logits(x, kernel, matmul_dtype)
   *outputs, lse = _terms(logits, targets, label_smoothing)
   return tuple(outputs), (x, kernel, targets, logits, lse)
 
 
-def _backward(label_smoothing, residuals, cotangents):
+def _backward(label_smoothing, matmul_dtype, residuals, cotangents):
   x, kernel, targets, logits, lse = residuals
   g_loss, g_nll, _ = cotangents
   vocab = logits.shape[-1]
@@ -63,8 +67,9 @@ def _backward(label_smoothing, residuals, cotangents):
   d_logits = ((g_loss + g_nll)[:, None] * jnp.exp(logits - lse[:, None])
               - ((1.0 - label_smoothing) * g_loss + g_nll)[:, None] * onehot
               - (label_smoothing / vocab) * g_loss[:, None]).astype(x.dtype)
-  d_x = jnp.dot(d_logits, kernel.T)
-  d_kernel = jnp.dot(x.T, d_logits)  # [D, N] @ [N, V]: no [V, N] transpose of d_logits
+  d_x = precision.einsum('nv,dv->nd', d_logits, kernel, matmul_dtype)
+  # [D, N] @ [N, V]: no [V, N] transpose of d_logits is made.
+  d_kernel = precision.einsum('nd,nv->dv', x, d_logits, matmul_dtype)
   return d_x, d_kernel, None
 
 

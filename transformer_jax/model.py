@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 from ml_collections import ConfigDict
 
+from transformer_jax import precision
 from transformer_jax.data.tokenizer import PAD_ID  # the vocabulary reserves id 0 for padding
 
 # Logical axis names (DESIGN.md); one rule table in sharding.py maps them to the mesh.
@@ -26,6 +27,22 @@ _xavier = nnx.initializers.xavier_uniform  # Glorot, as in tensor2tensor (the pa
 def _init(initializer, *axes):
   # Logical names only: the mesh placement happens in sharding.py, not at creation.
   return nnx.with_partitioning(initializer, axes, eager_sharding=False)
+
+
+def _matmul_dtype(cfg: ConfigDict) -> str | None:
+  """The dtype of matrix-product operands when it differs from the compute dtype."""
+  return cfg.matmul_dtype if cfg.matmul_dtype not in ('', cfg.dtype) else None
+
+
+def _dtypes(cfg: ConfigDict, product_arg: str | None = None) -> dict:
+  """Module dtype arguments; `product_arg` names the module's injectable product
+  ('einsum_op' or 'dot_general'), given precision.py's when matmul_dtype is in force."""
+  kwargs = dict(dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype))
+  matmul_dtype = _matmul_dtype(cfg)
+  if product_arg and matmul_dtype:
+    op = precision.einsum_op if product_arg == 'einsum_op' else precision.dot_general_op
+    kwargs[product_arg] = op(matmul_dtype)
+  return kwargs
 
 
 def sinusoidal_positions(positions: jax.Array, d_model: int) -> jax.Array:
@@ -55,7 +72,8 @@ def attention_mask(query_segments: jax.Array, key_segments: jax.Array,
   return mask[:, None, :, :]
 
 
-def attention_weights(query: jax.Array, key: jax.Array, mask: jax.Array) -> jax.Array:
+def attention_weights(query: jax.Array, key: jax.Array, mask: jax.Array,
+                      matmul_dtype: str | None = None) -> jax.Array:
   """Section 3.2.1: softmax(Q K^T / sqrt(d_k)), masked positions excluded. [B, H, Lq, Lk].
 
   Queries and keys are head-major, [B, H, L, K], so both products are plain batched
@@ -65,7 +83,8 @@ def attention_weights(query: jax.Array, key: jax.Array, mask: jax.Array) -> jax.
   (a padding query) yields finite uniform weights instead of NaN.
   """
   depth = query.shape[-1]
-  logits = jnp.einsum('bhqk,bhsk->bhqs', query, key) / jnp.sqrt(depth).astype(query.dtype)
+  logits = precision.einsum('bhqk,bhsk->bhqs', query, key, matmul_dtype)
+  logits = logits / jnp.sqrt(depth).astype(query.dtype)
   logits = jnp.where(mask, logits.astype(jnp.float32), jnp.finfo(jnp.float32).min)
   return jax.nn.softmax(logits, axis=-1).astype(query.dtype)
 
@@ -80,7 +99,8 @@ class MultiHeadAttention(nnx.Module):
 
   def __init__(self, cfg: ConfigDict, *, rngs: nnx.Rngs):
     d, h = cfg.d_model, cfg.num_heads
-    dt = dict(dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype))
+    dt = _dtypes(cfg, 'einsum_op')
+    self.matmul_dtype = _matmul_dtype(cfg)
     proj_in = _init(_xavier(in_axis=0, out_axis=(1, 2)), EMBED, HEADS, KV)
 
     def projection():  # to head-major [B, H, L, K]
@@ -103,9 +123,9 @@ class MultiHeadAttention(nnx.Module):
     copies = query.shape[0] // kv[0].shape[0]
     if copies > 1:  # beam search: one query per hypothesis, [B*c, H, 1, K]
       query = _copies_as_rows(query, copies)
-    weights = attention_weights(query, kv[0], mask)
+    weights = attention_weights(query, kv[0], mask, self.matmul_dtype)
     weights = self.dropout(weights, deterministic=rngs is None, rngs=rngs)
-    context = jnp.einsum('bhqs,bhsk->bhqk', weights, kv[1])
+    context = precision.einsum('bhqs,bhsk->bhqk', weights, kv[1], self.matmul_dtype)
     if copies > 1:
       context = _rows_as_copies(context)
     return self.output(context)
@@ -129,7 +149,7 @@ class FeedForward(nnx.Module):
   """Section 3.3: FFN(x) = max(0, x W1 + b1) W2 + b2."""
 
   def __init__(self, cfg: ConfigDict, *, rngs: nnx.Rngs):
-    dt = dict(dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype))
+    dt = _dtypes(cfg, 'dot_general')
     self.w1 = nnx.Linear(cfg.d_model, cfg.d_ff, rngs=rngs,
                          kernel_init=_init(_xavier(), EMBED, MLP),
                          bias_init=_init(nnx.initializers.zeros_init(), MLP), **dt)
@@ -144,7 +164,7 @@ class FeedForward(nnx.Module):
 def _layer_norm(cfg: ConfigDict, rngs: nnx.Rngs) -> nnx.LayerNorm:
   return nnx.LayerNorm(
       cfg.d_model, epsilon=1e-6, rngs=rngs,
-      dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype),
+      **_dtypes(cfg),
       scale_init=_init(nnx.initializers.ones_init(), EMBED),
       bias_init=_init(nnx.initializers.zeros_init(), EMBED))
 
@@ -226,7 +246,7 @@ class Embedding(nnx.Module):
   def __init__(self, cfg: ConfigDict, *, rngs: nnx.Rngs):
     self.table = nnx.Embed(
         cfg.vocab_size, cfg.d_model, rngs=rngs,
-        dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype),
+        **_dtypes(cfg),
         # N(0, d_model^-0.5): after the sqrt(d_model) scaling, inputs have unit scale.
         embedding_init=_init(nnx.initializers.normal(cfg.d_model ** -0.5), VOCAB, EMBED))
     self.dropout = nnx.Dropout(cfg.dropout_rate)
@@ -257,6 +277,7 @@ class Transformer(nnx.Module):
 
   def __init__(self, cfg: ConfigDict, *, rngs: nnx.Rngs):
     self.vocab_size, self.dtype = cfg.vocab_size, jnp.dtype(cfg.dtype)
+    self.matmul_dtype = _matmul_dtype(cfg)
     self.num_heads, self.head_dim = cfg.num_heads, cfg.d_model // cfg.num_heads
     self.source_embedding = Embedding(cfg, rngs=rngs)
     self.target_embedding = (self.source_embedding if cfg.share_embeddings
@@ -270,7 +291,7 @@ class Transformer(nnx.Module):
     self.decoder_norm = _layer_norm(cfg, rngs) if cfg.pre_norm else None
     self.output_projection = None if cfg.tie_output_embedding else nnx.Linear(
         cfg.d_model, cfg.vocab_size, use_bias=False, rngs=rngs,
-        dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype),
+        **_dtypes(cfg),
         kernel_init=_init(_xavier(), EMBED, VOCAB))
 
   def encode(self, source, source_positions=None, source_segments=None, rngs=None):
@@ -329,7 +350,8 @@ class Transformer(nnx.Module):
     return kernel.astype(self.dtype)
 
   def output_logits(self, x):
-    return jnp.dot(x, self.output_kernel()).astype(jnp.float32)  # softmax/loss in fp32
+    logits = precision.einsum('bld,dv->blv', x, self.output_kernel(), self.matmul_dtype)
+    return logits.astype(jnp.float32)  # the softmax and loss run in fp32
 
   def __call__(self, source, target_input, *, source_positions=None, source_segments=None,
                target_positions=None, target_segments=None, rngs=None, logits=True):

@@ -52,7 +52,8 @@ def token_sums(model: Transformer, batch: dict, label_smoothing: float, rngs=Non
   states = model(batch['source'], decoder_input, rngs=rngs, logits=False, **model_inputs(batch))
   targets = batch['target'].reshape(-1)
   loss, nll, correct = loss_lib.projected_cross_entropy(
-      states.reshape(targets.shape[0], -1), model.output_kernel(), targets, label_smoothing)
+      states.reshape(targets.shape[0], -1), model.output_kernel(), targets, label_smoothing,
+      model.matmul_dtype)
   weights = (targets != PAD_ID).astype(jnp.float32)
   return {'loss': jnp.sum(loss * weights), 'nll': jnp.sum(nll * weights),
           'correct': jnp.sum(correct * weights), 'tokens': jnp.sum(weights)}

@@ -342,15 +342,17 @@ class Transformer(nnx.Module):
       x = self.decoder_norm(x)
     return self.output_logits(x)[:, 0], new_cache
 
-  def output_kernel(self) -> jax.Array:
-    """The pre-softmax linear, [D, V]: the shared embedding's transpose (section 3.4)
-    or a separate projection."""
-    kernel = (self.target_embedding.table.embedding[...].T if self.output_projection is None
-              else self.output_projection.kernel[...])
-    return kernel.astype(self.dtype)
+  def output_kernel(self) -> tuple[jax.Array, str]:
+    """The pre-softmax linear and its layout: the shared embedding, [V, D] ('vd',
+    section 3.4), or a separate projection, [D, V] ('dv'). Used as stored, so its
+    gradient needs no transpose."""
+    if self.output_projection is None:
+      return self.target_embedding.table.embedding[...].astype(self.dtype), 'vd'
+    return self.output_projection.kernel[...].astype(self.dtype), 'dv'
 
   def output_logits(self, x):
-    logits = precision.einsum('bld,dv->blv', x, self.output_kernel(), self.matmul_dtype)
+    kernel, layout = self.output_kernel()
+    logits = precision.einsum(f'bld,{layout}->blv', x, kernel, self.matmul_dtype)
     return logits.astype(jnp.float32)  # the softmax and loss run in fp32
 
   def __call__(self, source, target_input, *, source_positions=None, source_segments=None,

@@ -67,8 +67,42 @@ def _mixed_einsum(spec: str, matmul_dtype: str, a_dtype: str, b_dtype: str,
 
 
 def _product(spec, matmul_dtype, a, b, out_dtype):
-  return jnp.einsum(spec, a.astype(matmul_dtype), b.astype(matmul_dtype),
+  inputs, out = spec.split('->')
+  a_spec, b_spec = inputs.split(',')
+  a, a_spec, b, b_spec = *_canonical(a, a_spec, b_spec, out), *_canonical_rhs(b, b_spec, a_spec, out)
+  return jnp.einsum(f'{a_spec},{b_spec}->{out}', a.astype(matmul_dtype), b.astype(matmul_dtype),
                     preferred_element_type=out_dtype)
+
+
+# XLA's CPU library for bf16 products (YNNPACK) takes only a left operand laid out as
+# [batch..., free..., contracted...]; any other product falls back to an fp32 one. XLA
+# folds a plain transpose into the product's dimension numbers, so the operand is
+# reordered through a flat copy it cannot see through. The copy costs a fraction of what
+# the fp32 fallback would (gradients of the weights contract over the token axes).
+
+
+def _canonical(a, a_spec, b_spec, out):
+  batch = [i for i in a_spec if i in b_spec and i in out]
+  order = ''.join(batch + [i for i in a_spec if i not in b_spec]
+                  + [i for i in a_spec if i in b_spec and i not in out])
+  return (a, a_spec) if order == a_spec else (_reordered(a, a_spec, order), order)
+
+
+def _canonical_rhs(b, b_spec, a_spec, out):
+  """The right operand may be [batch..., contracted..., free...] or [batch..., free...,
+  contracted...]; anything else is reordered to the first."""
+  batch = [i for i in b_spec if i in a_spec and i in out]
+  contracted = [i for i in b_spec if i in a_spec and i not in out]
+  free = [i for i in b_spec if i not in a_spec]
+  if b_spec in (''.join(batch + contracted + free), ''.join(batch + free + contracted)):
+    return b, b_spec
+  order = ''.join(batch + contracted + free)
+  return _reordered(b, b_spec, order), order
+
+
+def _reordered(x, spec, order):
+  moved = jnp.einsum(f'{spec}->{order}', x)
+  return jax.lax.optimization_barrier(moved.reshape(-1)).reshape(moved.shape)
 
 
 def _forward(spec, matmul_dtype, a_dtype, b_dtype, a, b):

@@ -51,8 +51,9 @@ def token_sums(model: Transformer, batch: dict, label_smoothing: float, rngs=Non
   decoder_input = shift_right(batch['target'], batch['target_segment_ids'])
   states = model(batch['source'], decoder_input, rngs=rngs, logits=False, **model_inputs(batch))
   targets = batch['target'].reshape(-1)
+  kernel, layout = model.output_kernel()
   loss, nll, correct = loss_lib.projected_cross_entropy(
-      states.reshape(targets.shape[0], -1), model.output_kernel(), targets, label_smoothing,
+      states.reshape(targets.shape[0], -1), kernel, targets, label_smoothing, layout,
       model.matmul_dtype)
   weights = (targets != PAD_ID).astype(jnp.float32)
   return {'loss': jnp.sum(loss * weights), 'nll': jnp.sum(nll * weights),

@@ -142,8 +142,11 @@ def train_step(setup: Setup, state: TrainState, batch: dict) -> tuple[TrainState
 
   zeros = (jax.tree.map(jnp.zeros_like, state.params),
            {k: jnp.zeros((), jnp.float32) for k in ('loss', 'nll', 'correct', 'tokens')})
-  (grads, sums), _ = jax.lax.scan(micro_step, zeros,
-                                  (jnp.arange(t.grad_accum_steps), micro))
+  if t.grad_accum_steps == 1:  # no loop: its carry would copy every gradient once more
+    (grads, sums), _ = micro_step(zeros, (0, jax.tree.map(lambda x: x[0], micro)))
+  else:
+    (grads, sums), _ = jax.lax.scan(micro_step, zeros,
+                                    (jnp.arange(t.grad_accum_steps), micro))
   grads = jax.tree.map(lambda g: g / jnp.maximum(sums['tokens'], 1.0), grads)
   updates, opt_state = setup.tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)

@@ -5,7 +5,7 @@ Beam `beam` over `decode_batch` sources of `decode_src_len` tokens, exactly
 `decode_steps` target steps (end-of-sentence ignored), KV cache on. Reports sentences/s
 and target tokens/s (median over repeats) and the first call's compile time.
 
-  python bench/decode.py [--repeats=5]
+  python bench/decode.py [--repeats=5] [--matmul_dtype=bfloat16]
 """
 from __future__ import annotations
 
@@ -34,9 +34,11 @@ from train_step import WORKLOAD, matmul_peak, workload_config  # noqa: E402  (on
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--repeats', type=int, default=5)
+  parser.add_argument('--matmul_dtype', default='', choices=('', 'float32', 'bfloat16'),
+                      help='operands of matrix products (model.matmul_dtype)')
   args = parser.parse_args()
   w = json.loads(WORKLOAD.read_text())
-  config = workload_config(w, 'float32')
+  config = workload_config(w, 'float32', args.matmul_dtype)
   model = Transformer(config.model, rngs=nnx.Rngs(params=w['seed']))
   rng = np.random.default_rng(w['seed'])
   source = rng.integers(3, w['vocab_size'], (w['decode_batch'], w['decode_src_len']),
@@ -56,6 +58,7 @@ def main():
   median = statistics.median(times)
   print(json.dumps({
       'benchmark': 'decode', 'workload': w['name'], 'beam': w['beam'],
+      'matmul_dtype': args.matmul_dtype or 'float32',
       'sources': w['decode_batch'], 'steps': w['decode_steps'],
       'seconds_median': median, 'seconds_min': min(times), 'seconds_max': max(times),
       'sentences_per_s': w['decode_batch'] / median,

@@ -190,7 +190,8 @@ def test_mixed_products_round_operands_and_gradients_to_bf16_and_sum_in_fp32(
 
 
 def test_mixed_dot_general_is_the_linear_product():
-  x, w = jax.random.normal(jax.random.key(0), (2, 3, 8)), jax.random.normal(jax.random.key(1), (8, 5))
+  x = jax.random.normal(jax.random.key(0), (2, 3, 8))
+  w = jax.random.normal(jax.random.key(1), (8, 5))
   dims = (((2,), (0,)), ((), ()))
   ours = precision.dot_general_op('bfloat16')(x, w, dims)
   expected = jax.lax.dot_general(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16), dims,

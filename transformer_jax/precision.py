@@ -69,7 +69,8 @@ def _mixed_einsum(spec: str, matmul_dtype: str, a_dtype: str, b_dtype: str,
 def _product(spec, matmul_dtype, a, b, out_dtype):
   inputs, out = spec.split('->')
   a_spec, b_spec = inputs.split(',')
-  a, a_spec, b, b_spec = *_canonical(a, a_spec, b_spec, out), *_canonical_rhs(b, b_spec, a_spec, out)
+  (a, a_spec), (b, b_spec) = (_canonical(a, a_spec, b_spec, out),
+                               _canonical_rhs(b, b_spec, a_spec, out))
   return jnp.einsum(f'{a_spec},{b_spec}->{out}', a.astype(matmul_dtype), b.astype(matmul_dtype),
                     preferred_element_type=out_dtype)
 

@@ -51,15 +51,16 @@ def _train(repo, env, tfds, workdir, steps):
                         env=env, capture_output=True, text=True, timeout=900)
 
 
-def _metrics(env, workdir):
+def _metrics(workdir):
   """metrics.jsonl read the way a user would, through gcsfs (or the local disk)."""
-  os.environ.update({k: env[k] for k in ('STORAGE_EMULATOR_HOST', 'GOOGLE_CLOUD_PROJECT')})
   text = epath.Path(workdir, 'metrics.jsonl').read_text()
   return [json.loads(line) for line in text.splitlines()]
 
 
-def test_train_resume_and_translate_with_a_bucket_workdir(gcs_env, repo, tmp_path):
+def test_train_resume_and_translate_with_a_bucket_workdir(gcs_env, repo, tmp_path, monkeypatch):
   env, tfds = gcs_env
+  for key in ('STORAGE_EMULATOR_HOST', 'GOOGLE_CLOUD_PROJECT'):  # for reading the bucket here
+    monkeypatch.setenv(key, env[key])
   bucket_run, local_run = f'gs://{BUCKET}/run', tmp_path / 'local'
 
   first = _train(repo, env, tfds, bucket_run, 20)
@@ -71,7 +72,7 @@ def test_train_resume_and_translate_with_a_bucket_workdir(gcs_env, repo, tmp_pat
   assert local.returncode == 0, local.stderr[-3000:]
 
   # Interrupted in the bucket equals uninterrupted on disk: the same records, same losses.
-  in_bucket, on_disk = _metrics(env, bucket_run), _metrics(env, local_run)
+  in_bucket, on_disk = _metrics(bucket_run), _metrics(local_run)
   assert [(r['kind'], r['step']) for r in in_bucket] == [(r['kind'], r['step']) for r in on_disk]
   for a, b in zip(in_bucket, on_disk):
     assert a.get('loss') == pytest.approx(b.get('loss'), rel=1e-6, abs=1e-6)

@@ -22,7 +22,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from transformer_jax import decode
+from transformer_jax import cli, decode
 from transformer_jax.model import Transformer
 
 ROOT = pathlib.Path(__file__).resolve().parent
@@ -36,7 +36,11 @@ def main():
   parser.add_argument('--repeats', type=int, default=5)
   parser.add_argument('--matmul_dtype', default='', choices=('', 'float32', 'bfloat16'),
                       help='operands of matrix products (model.matmul_dtype)')
+  parser.add_argument('--compilation_cache', default='',
+                      help="the commands' XLA compilation cache directory; run twice to "
+                      'measure a warm start (default: off, a cold compile)')
   args = parser.parse_args()
+  cli.use_compilation_cache(args.compilation_cache)
   w = json.loads(WORKLOAD.read_text())
   config = workload_config(w, 'float32', args.matmul_dtype)
   model = Transformer(config.model, rngs=nnx.Rngs(params=w['seed']))

@@ -7,6 +7,7 @@ against the workload's), achieved FLOP/s as a fraction of a 2048x2048 fp32 `jnp.
 peak measured in the same process, compile time and peak resident memory.
 
   python bench/train_step.py [--steps=10] [--dtype=float32] [--matmul_dtype=bfloat16]
+                             [--compilation_cache=DIR]
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from transformer_jax import cli
 from transformer_jax import config as config_lib
 from transformer_jax import sharding
 from transformer_jax.info import train_flops
@@ -82,7 +84,11 @@ def main():
   parser.add_argument('--dtype', default='float32', choices=config_lib.DTYPES)
   parser.add_argument('--matmul_dtype', default='', choices=('', *config_lib.DTYPES),
                       help='operands of matrix products (model.matmul_dtype)')
+  parser.add_argument('--compilation_cache', default='',
+                      help="the commands' XLA compilation cache directory; run twice to "
+                      'measure a warm start (default: off, a cold compile)')
   args = parser.parse_args()
+  cli.use_compilation_cache(args.compilation_cache)
   w = json.loads(WORKLOAD.read_text())
   config = workload_config(w, args.dtype, args.matmul_dtype)
   mesh = sharding.make_mesh(config.mesh)

@@ -253,6 +253,22 @@ def test_exact_resume_after_sigkill(shared, repo, tmp_path):
     np.testing.assert_array_equal(x, y)
 
 
+def test_compilation_cache_is_reused_with_identical_results(shared, repo, tmp_path):
+  """A second run of the same command finds every program in the cache (it adds none)
+  and trains exactly as the run that compiled them."""
+  cache = tmp_path / 'xla'
+  flags = [*overrides(shared, num_steps=3, checkpoint_every=3), f'--compilation_cache={cache}']
+  code, _, err = run_train(repo, tmp_path / 'a', *flags)
+  assert code == 0, err
+  compiled = sorted(os.listdir(cache))
+  assert compiled  # the train step at least
+  code, _, err = run_train(repo, tmp_path / 'b', *flags)
+  assert code == 0, err
+  assert sorted(os.listdir(cache)) == compiled
+  losses = [[r['loss'] for r in metrics_lib.read(str(tmp_path / run))] for run in 'ab']
+  assert losses[0] == losses[1] and len(losses[0]) == 3
+
+
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(shared, repo, tmp_path):
   process = start_train(repo, tmp_path, *overrides(shared, num_steps=100000,
                                                    checkpoint_every=100000))

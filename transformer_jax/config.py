@@ -65,6 +65,7 @@ def defaults() -> ConfigDict:
   c.train.clip_grad_norm = 0.0   # global-norm clipping; 0 = off, as in the paper
   c.train.grad_accum_steps = 1   # micro-batches per update (data.batch_size is split)
   c.train.skip_nonfinite = False # NaN/inf loss: skip that update (True) or stop (False)
+  c.train.stop_after_minutes = 0.0  # save and stop after this long (per invocation); 0 = off
   c.train.log_every = 50         # console line + TensorBoard scalars
   c.train.eval_every = 500       # validation loss/accuracy; 0 = only at the end
   c.train.eval_batch_size = 64
@@ -191,6 +192,8 @@ def _check_values(c: ConfigDict) -> None:
               'eval_batch_size', 'checkpoint_every', 'keep_checkpoints', 'bleu_sentences',
               'keep_best'):
     _require(c.train[key] >= 1, f'train.{key} must be at least 1, got {c.train[key]}.')
+  _require(c.train.stop_after_minutes >= 0, 'train.stop_after_minutes must be >= 0 '
+           f'(0 = no time limit), got {c.train.stop_after_minutes}.')
   _require(c.data.batch_size % c.train.grad_accum_steps == 0,
            f'data.batch_size ({c.data.batch_size}) must be divisible by '
            f'train.grad_accum_steps ({c.train.grad_accum_steps}).')

@@ -57,7 +57,9 @@ class Reporter:
   def _record(self, kind: str, step: int, values: dict) -> None:
     if not self.enabled:
       return
-    self._lines.append(json.dumps({'kind': kind, 'step': step, **values}) + '\n')
+    # `time` (seconds since the epoch) lets a run be plotted against wall-clock time.
+    record = {'kind': kind, 'step': step, **values, 'time': time.time()}
+    self._lines.append(json.dumps(record) + '\n')
     files.write_atomically(self.path, ''.join(self._lines).encode())
     for name, value in values.items():
       self._writers[kind].add_scalar(name, value, step)

@@ -13,6 +13,7 @@ import functools
 import json
 import os
 import signal
+import time
 from typing import Any
 
 import flax
@@ -182,24 +183,32 @@ def compile_steps(setup: Setup):
 
 
 class Preemption:
-  """SIGTERM (the preemption notice of TPU VMs and schedulers) sets a flag; the loop
-  saves a checkpoint at the next step boundary and exits cleanly."""
+  """SIGTERM (the preemption notice of TPU VMs and schedulers) or the end of the run's
+  time budget (`train.stop_after_minutes`) sets a flag; the loop saves a checkpoint at
+  the next step boundary and exits cleanly."""
 
-  def __init__(self):
+  def __init__(self, stop_after_minutes: float = 0.0):
     self._requested = False
+    self._deadline = (time.monotonic() + 60 * stop_after_minutes
+                      if stop_after_minutes > 0 else float('inf'))
     signal.signal(signal.SIGTERM, self._handle)
 
   def _handle(self, signum, frame):
     del signum, frame
     self._requested = True
 
+  @property
+  def reason(self) -> str:
+    return 'SIGTERM' if self._requested else 'train.stop_after_minutes reached'
+
   def requested(self, step: int, every: int) -> bool:
+    stop = self._requested or time.monotonic() > self._deadline
     if jax.process_count() == 1:
-      return self._requested
+      return stop
     if step % every:  # agreeing costs a host sync: only every `every` steps
       return False
     from jax.experimental import multihost_utils  # every host must stop at the same step
-    return bool(np.any(multihost_utils.process_allgather(np.asarray(self._requested))))
+    return bool(np.any(multihost_utils.process_allgather(np.asarray(stop))))
 
 
 def evaluate(config, eval_step, params, split, mesh) -> dict:
@@ -275,8 +284,8 @@ def train(config: ConfigDict, workdir: str) -> dict:
   state = restore_or_init(setup, checkpoints, batches, say)
   step = int(state.step)
   reporter = metrics_lib.Reporter(workdir, config, step, config.train.num_steps)
-  preemption = Preemption()
   t = config.train
+  preemption = Preemption(t.stop_after_minutes)
   bleu = BleuTracker(config, workdir, tokenizer, mesh) if t.bleu_every and eval_split else None
   history, last = [], {}
   try:
@@ -295,15 +304,17 @@ def train(config: ConfigDict, workdir: str) -> dict:
         sums = evaluate(config, eval_step_fn, state.params, eval_split, mesh)
         last.update({f'eval_{k}': v for k, v in reporter.eval(step, sums).items()})
       if bleu is not None and (step % t.bleu_every == 0 or step == t.num_steps):
+        started = time.perf_counter()
         last['eval_bleu'] = bleu(setup.graphdef, state.params)
-        reporter.eval(step, {}, {'bleu': last['eval_bleu']})
+        reporter.eval(step, {}, {'bleu': last['eval_bleu'],
+                                 'bleu_seconds': time.perf_counter() - started})
         bleu.best.save(step, state, None, tokenizer.path, metrics={'bleu': last['eval_bleu']})
       if checkpoint_due:
         checkpoints.save(step, state, batches, tokenizer.path, force=preempted)
       if preempted:
         checkpoints.wait()
-        say(f'SIGTERM: saved the checkpoint at step {step}; exiting. Run the same '
-            'command to resume.')
+        say(f'{preemption.reason}: saved the checkpoint at step {step}; exiting. Run the '
+            'same command to resume.')
         break
   finally:
     checkpoints.close()

@@ -1,7 +1,7 @@
 """The Multi30k recipe end to end (issue 8, README "Results"); writes JSON and a PNG.
 
   python bench/quality_multi30k.py --workdir=DIR [--config=configs/multi30k.py]
-      [--budgets_minutes=60,120] [--phase=all|run|analyze]
+      [--budgets_minutes=60,120] [--phase=all|run|analyze] [--config.KEY=VALUE ...]
 
 `run` trains `--config` in a fresh DIR as its own process (`python -m
 transformer_jax.train`) and notes the command's start and end times, so the wall-clock
@@ -46,16 +46,170 @@ def run(args) -> None:
     sys.exit(f'error: training exited with {code}; see {workdir / "train.log"}')
 
 
+def checkpoint_times(workdir: pathlib.Path) -> dict[int, float]:
+  """Step -> when its checkpoint was committed (Orbax renames the finished directory into
+  place, which sets its ctime)."""
+  root = workdir / 'checkpoints'
+  return {int(p.name): p.stat().st_ctime for p in root.iterdir() if p.name.isdigit()}
+
+
+def decode_and_score(restored, sources, references, settings) -> dict:
+  """Beam-search translations scored three ways: lowercased 13a BLEU (the literature's
+  "tokenized, lowercased"), cased detokenized 13a BLEU, and chrF."""
+  from transformer_jax import evaluate, translate  # noqa: PLC0415 (jax only for analyze)
+  started = time.perf_counter()
+  hypotheses = translate.translate_texts(restored, sources, settings)
+  lower = evaluate.scores(hypotheses, references, '13a', lowercase=True)
+  cased = evaluate.scores(hypotheses, references, '13a', lowercase=False)
+  return {'bleu_lowercased_13a': lower['bleu'], 'bleu_lowercased_signature': lower['bleu_signature'],
+          'bleu_cased_13a': cased['bleu'], 'bleu_cased_signature': cased['bleu_signature'],
+          'chrf': cased['chrf'], 'chrf_signature': cased['chrf_signature'],
+          'sentences': len(hypotheses), 'translate_seconds': time.perf_counter() - started,
+          'hypotheses': hypotheses}
+
+
+def score_budget(workdir, minutes, start, times, splits, settings, candidates) -> dict:
+  """The recipe's result at a time budget: the checkpoints committed within it, the number
+  of them to average chosen by validation BLEU, then the test scores of that average."""
+  from transformer_jax import average, inference  # noqa: PLC0415
+  within = sorted(step for step, t in times.items() if t - start <= 60 * minutes)
+  if not within:
+    return {'minutes': minutes, 'error': 'no checkpoint was committed within the budget'}
+  last = within[-1]
+  validation = {}
+  for n in (n for n in candidates if n <= len(within)):
+    average.average(str(workdir), n, until_step=last)
+    restored = inference.restore(str(workdir), averaged=True)
+    validation[n] = decode_and_score(restored, *splits['validation'], settings)
+    print(f'{minutes} min, step {last}, average of {n}: validation BLEU '
+          f'{validation[n]["bleu_lowercased_13a"]:.2f} lowercased', flush=True)
+  best = max(validation, key=lambda n: validation[n]['bleu_lowercased_13a'])
+  average.average(str(workdir), best, until_step=last)
+  test = decode_and_score(inference.restore(str(workdir), averaged=True), *splits['test'],
+                          settings)
+  (workdir / f'test_hypotheses_{minutes:g}min.txt').write_text(
+      ''.join(h + '\n' for h in test.pop('hypotheses')))
+  print(f'{minutes} min: test BLEU {test["bleu_lowercased_13a"]:.2f} lowercased, '
+        f'{test["bleu_cased_13a"]:.2f} cased ({test["bleu_cased_signature"]})', flush=True)
+  return {'minutes': minutes, 'last_checkpoint_step': last,
+          'last_checkpoint_minutes': (times[last] - start) / 60, 'averaged_last': best,
+          'averaged_steps': within[-best:],
+          'validation_bleu_lowercased_by_average': {n: v['bleu_lowercased_13a']
+                                                    for n, v in validation.items()},
+          'test': test}
+
+
+def run_summary(workdir: pathlib.Path, start: float, end: float) -> dict:
+  """Steps, tokens and where the wall-clock went, from metrics.jsonl."""
+  from transformer_jax import metrics  # noqa: PLC0415
+  train, evals = metrics.read(str(workdir)), metrics.read(str(workdir), 'eval')
+  first = train[0]
+  # The first interval's start: everything before it is start-up (imports, vocabulary,
+  # TFDS build, reading and tokenizing, initialization); the interval holds compilation.
+  loop_start = first['time'] - first['step_time'] * first['step']
+  return {'wall_clock_s': end - start, 'steps': train[-1]['step'],
+          'target_tokens_seen': sum(r['tokens'] for r in train),
+          'phases_s': {'startup': loop_start - start,
+                       'first_interval_with_compilation': first['time'] - loop_start,
+                       'validation_bleu': sum(r.get('bleu_seconds', 0) for r in evals),
+                       'training_loop_total': train[-1]['time'] - loop_start,
+                       'after_last_record': end - train[-1]['time']},
+          'median_step_s': sorted(r['step_time'] for r in train)[len(train) // 2],
+          'train_curve': [(r['time'] - start, r['step'], r['loss']) for r in train],
+          'validation_bleu_curve': [(r['time'] - start, r['step'], r['bleu'])
+                                    for r in evals if 'bleu' in r]}
+
+
+def environment() -> dict:
+  import platform  # noqa: PLC0415
+  from importlib import metadata  # noqa: PLC0415
+  cpu = next((line.split(':', 1)[1].strip() for line in open('/proc/cpuinfo')
+              if line.startswith('model name')), platform.processor())
+  memory = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2 ** 30
+  packages = ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'grain', 'sentencepiece',
+              'sacrebleu', 'tensorflow-datasets')
+  return {'machine': {'cpu': cpu, 'cores': os.cpu_count(), 'memory_gib': round(memory, 1),
+                      'platform': platform.platform(), 'python': platform.python_version()},
+          'versions': {p: metadata.version(p) for p in packages}}
+
+
+def plot(summary: dict, budgets: list[dict], path: pathlib.Path) -> None:
+  import matplotlib  # noqa: PLC0415
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # noqa: PLC0415
+  fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(8, 6))
+  minutes, _, loss = zip(*summary['train_curve'])
+  top.plot([m / 60 for m in minutes], loss, lw=1)
+  top.set_ylabel('training loss (label-smoothed)')
+  if summary['validation_bleu_curve']:
+    minutes, _, bleu = zip(*summary['validation_bleu_curve'])
+    bottom.plot([m / 60 for m in minutes], bleu, 'o-', label='validation BLEU (cased, beam 4)')
+  for b in budgets:
+    if 'test' in b:
+      bottom.plot(b['last_checkpoint_minutes'], b['test']['bleu_lowercased_13a'], 's',
+                  label=f'test BLEU lowercased, {b["minutes"]:g} min budget')
+  for axis in (top, bottom):
+    for b in budgets:
+      axis.axvline(b['minutes'], color='grey', ls=':', lw=1)
+  bottom.set_xlabel('minutes since the training command started')
+  bottom.set_ylabel('BLEU')
+  bottom.legend(loc='lower right')
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+
+
+def analyze(args) -> dict:
+  from transformer_jax import evaluate, inference, translate  # noqa: PLC0415
+  workdir = pathlib.Path(args.workdir)
+  record = json.loads((workdir / RUN_FILE).read_text())
+  if 'end_time' not in record:
+    sys.exit(f'error: the run in {workdir} has not finished (no end_time in {RUN_FILE}).')
+  start = record['start_time']
+  config = inference.restore(str(workdir)).config
+  splits = {}
+  for split in ('validation', 'test'):
+    sources, references = evaluate.split_pairs(config, split)
+    splits[split] = (sources[:args.sentences or None], references[:args.sentences or None])
+  settings = translate.Settings(beam_size=args.beam_size, alpha=args.alpha)
+  times = checkpoint_times(workdir)
+  budgets = [score_budget(workdir, float(m), start, times, splits, settings,
+                          [int(n) for n in args.average_candidates.split(',')])
+             for m in args.budgets_minutes.split(',')]
+  summary = run_summary(workdir, start, record['end_time'])
+  result = {'benchmark': 'quality_multi30k', 'date': time.strftime('%Y-%m-%d'),
+            'command': record['command'], 'config': config.to_dict(),
+            'data': f'{config.data.name} {config.data.source_lang}->{config.data.target_lang}, '
+                    'test = test split',
+            'decode': {'beam_size': args.beam_size, 'alpha': args.alpha},
+            **environment(), 'run': summary, 'budgets': budgets}
+  (workdir / 'quality.json').write_text(json.dumps(result, indent=2))
+  plot(summary, budgets, workdir / 'quality.png')
+  print(json.dumps({'budgets': [{k: v for k, v in b.items() if k != 'test'} | {
+      k: b['test'][k] for k in ('bleu_lowercased_13a', 'bleu_cased_13a', 'chrf')}
+      if 'test' in b else b for b in budgets],
+      'wall_clock_s': summary['wall_clock_s'], 'steps': summary['steps']}, indent=2))
+  return result
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--workdir', required=True)
   parser.add_argument('--config', default=str(REPO / 'configs' / 'multi30k.py'))
   parser.add_argument('--budgets_minutes', default='60,120')
   parser.add_argument('--phase', default='all', choices=('all', 'run', 'analyze'))
-  parser.add_argument('overrides', nargs='*', help='--config.KEY=VALUE for the train command')
-  args = parser.parse_args()
+  parser.add_argument('--average_candidates', default='1,5,10,20',
+                      help='how many last checkpoints to try averaging (chosen on validation)')
+  parser.add_argument('--beam_size', type=int, default=4)
+  parser.add_argument('--alpha', type=float, default=0.6)
+  parser.add_argument('--sentences', type=int, default=0,
+                      help='score only the first N sentences of each split (tests); 0 = all')
+  args, args.overrides = parser.parse_known_args()  # --config.KEY=VALUE: for train
+  if not all(o.startswith('--config.') for o in args.overrides):
+    parser.error(f'unknown arguments {args.overrides}; only --config.KEY=VALUE pass to train')
   if args.phase in ('all', 'run'):
     run(args)
+  if args.phase in ('all', 'analyze'):
+    analyze(args)
 
 
 if __name__ == '__main__':

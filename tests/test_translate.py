@@ -103,18 +103,28 @@ def test_average_of_the_last_checkpoints(trained, repo):
   workdir, config = trained
   result = run(repo, 'average', f'--workdir={workdir}', '--last=3')
   assert result.returncode == 0, result.stderr.decode()
+  assert_average_of(workdir, (200, 250, 300))
+  result = run(repo, 'translate', f'--workdir={workdir}', '--averaged', stdin=b'The dog sleeps.\n')
+  assert result.returncode == 0 and result.stdout.decode().strip()
+  # An earlier point of the run: the new average replaces the later one.
+  result = run(repo, 'average', f'--workdir={workdir}', '--last=2', '--until_step=260')
+  assert result.returncode == 0, result.stderr.decode()
+  assert_average_of(workdir, (200, 250))
+  result = run(repo, 'average', f'--workdir={workdir}', '--last=3', '--until_step=260')
+  assert result.returncode == 2 and b'at or before step 260 (200, 250)' in result.stderr
+
+
+def assert_average_of(workdir, steps):
   averaged = inference.restore(str(workdir), averaged=True)
-  assert averaged.step == 300
+  assert averaged.step == steps[-1]
   expected = None
-  for step in (200, 250, 300):
+  for step in steps:
     params = nnx.state(inference.restore(str(workdir), step=step).model, nnx.Param)
     leaves = [np.asarray(x) for x in jax.tree.leaves(params)]
     expected = leaves if expected is None else [a + b for a, b in zip(expected, leaves)]
   got = jax.tree.leaves(nnx.state(averaged.model, nnx.Param))
   for e, g in zip(expected, got):
-    np.testing.assert_allclose(e / 3, np.asarray(g), rtol=1e-5, atol=1e-7)
-  result = run(repo, 'translate', f'--workdir={workdir}', '--averaged', stdin=b'The dog sleeps.\n')
-  assert result.returncode == 0 and result.stdout.decode().strip()
+    np.testing.assert_allclose(e / len(steps), np.asarray(g), rtol=1e-5, atol=1e-7)
 
 
 def test_training_tracks_bleu_and_keeps_the_best_checkpoints(trained, repo):

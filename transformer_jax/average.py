@@ -1,10 +1,12 @@
-"""`python -m transformer_jax.average --workdir=DIR --last=N`: checkpoint averaging.
+"""`python -m transformer_jax.average --workdir=DIR --last=N [--until_step=S]`: checkpoint
+averaging.
 
 The paper averaged the last 5 checkpoints (base) or 20 (big). Parameters are restored
 sharded over this machine's devices (FSDP over all of them, so no device holds a whole
 model) and summed in place; the result is written as WORKDIR/averaged/checkpoints/STEP
-with the latest checkpoint's config and vocabulary, which `translate --averaged` and
-`evaluate --averaged` read.
+with the latest averaged checkpoint's config and vocabulary (replacing an earlier
+average), which `translate --averaged` and `evaluate --averaged` read. `--until_step`
+averages the last N at or before step S instead of the latest ones.
 """
 from __future__ import annotations
 
@@ -20,15 +22,17 @@ from transformer_jax import cli, config as config_lib, files, inference, shardin
 from transformer_jax.errors import UserError
 
 
-def average(workdir: str, last: int) -> tuple[int, list[int]]:
-  """Average the last `last` checkpoints; returns (the new checkpoint's step, the steps)."""
+def average(workdir: str, last: int, until_step: int | None = None) -> tuple[int, list[int]]:
+  """Average the last `last` checkpoints (at or before `until_step`, if given); returns
+  (the new checkpoint's step, the steps)."""
   root = inference.checkpoint_root(workdir, averaged=False)
   source = checkpoint_lib.Checkpoints(root, config_lib.defaults(), async_save=False)
-  steps = source.steps()
+  steps = [s for s in source.steps() if until_step is None or s <= until_step]
   if len(steps) < last:
-    raise UserError(f'--last={last} but {source.directory} holds {len(steps)} checkpoints '
-                    f'({", ".join(map(str, steps)) or "none"}); raise train.keep_checkpoints '
-                    'before training to keep more.')
+    upto = '' if until_step is None else f' at or before step {until_step}'
+    raise UserError(f'--last={last} but {source.directory} holds {len(steps)} checkpoints'
+                    f'{upto} ({", ".join(map(str, steps)) or "none"}); raise '
+                    'train.keep_checkpoints before training to keep more.')
   steps = steps[-last:]
   meta = source.meta(steps[-1])
   config = config_lib.from_checkpoint(meta['config'])
@@ -44,6 +48,8 @@ def average(workdir: str, last: int) -> tuple[int, list[int]]:
   source.close()
   target = checkpoint_lib.Checkpoints(os.path.join(workdir, inference.AVERAGED_DIR), config,
                                       max_to_keep=1, async_save=False)
+  for step in target.steps():  # one average at a time: a new one replaces the old
+    target.delete(step)
   target.save(steps[-1], averaged, None, _vocab_file(workdir, meta), force=True)
   target.close()
   return steps[-1], steps
@@ -63,12 +69,13 @@ def main(argv):
   del argv
   if _LAST.value < 1:
     raise UserError(f'--last must be at least 1, got {_LAST.value}.')
-  step, steps = average(cli.required_workdir(), _LAST.value)
+  step, steps = average(cli.required_workdir(), _LAST.value, _UNTIL.value)
   print(f'averaged checkpoints {", ".join(map(str, steps))} into '
         f'{os.path.join(cli.WORKDIR.value, inference.AVERAGED_DIR)} (step {step})')
 
 
 _LAST = flags.DEFINE_integer('last', 5, 'How many of the latest checkpoints to average.')
+_UNTIL = flags.DEFINE_integer('until_step', None, 'Average the last N at or before this step.')
 
 if __name__ == '__main__':
   cli.run(main)

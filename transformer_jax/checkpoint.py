@@ -64,6 +64,9 @@ class Checkpoints:
     self._manager.save(step, force=force, metrics=metrics,
                        args=ocp.args.Composite(**items))
 
+  def delete(self, step: int) -> None:
+    self._manager.delete(step)
+
   def wait(self) -> None:
     self._manager.wait_until_finished()
 

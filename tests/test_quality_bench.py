@@ -1,0 +1,64 @@
+"""bench/quality_multi30k.py end to end on real Multi30k files, with a tiny model: the
+timed run, the budgets, the choice of checkpoint average on validation, the JSON and PNG."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+DATA = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data', 'multi30k')
+TINY = ['--config.model.vocab_size=512', '--config.model.d_model=32', '--config.model.d_ff=64',
+        '--config.model.num_heads=2', '--config.model.num_encoder_layers=1',
+        '--config.model.num_decoder_layers=1', '--config.model.matmul_dtype=',
+        '--config.data.batch_size=8', '--config.data.max_len=32',
+        '--config.train.num_steps=6', '--config.train.checkpoint_every=2',
+        '--config.train.eval_every=3', '--config.train.bleu_every=3',
+        '--config.train.bleu_sentences=8', '--config.train.log_every=1',
+        '--config.train.warmup_steps=2']
+
+
+def bench(repo, *flags):
+  return subprocess.run([sys.executable, 'bench/quality_multi30k.py', *flags], cwd=repo,
+                        capture_output=True, text=True, timeout=900,
+                        env=dict(os.environ, JAX_PLATFORMS='cpu'))
+
+
+def test_recipe_bench_records_budgets_scores_and_plot(repo, tmp_path):
+  workdir = tmp_path / 'run'
+  flags = [f'--workdir={workdir}', '--budgets_minutes=0.0001,1000', '--sentences=8',
+           '--average_candidates=1,2,5', f'--config.data.data_dir={DATA}',
+           f'--config.data.tfds_dir={tmp_path / "tfds"}', *TINY]
+  result = bench(repo, *flags)
+  assert result.returncode == 0, result.stderr[-3000:]
+  record = json.loads((workdir / 'quality.json').read_text())
+  early, late = record['budgets']
+  assert 'no checkpoint' in early['error']  # nothing is committed within 6 ms
+  assert late['last_checkpoint_step'] == 6 and late['averaged_steps'][-1] == 6
+  by_average = late['validation_bleu_lowercased_by_average']
+  assert set(by_average) == {'1', '2'}  # 5 > the 3 checkpoints (2, 4, 6): not tried
+  assert str(late['averaged_last']) == max(by_average, key=by_average.get)
+  test = late['test']
+  assert test['sentences'] == 8
+  for key in ('bleu_lowercased_13a', 'bleu_cased_13a', 'chrf'):
+    assert 0 <= test[key] <= 100
+  assert 'lc' in test['bleu_lowercased_signature'] and 'mixed' in test['bleu_cased_signature']
+  run = record['run']
+  assert run['steps'] == 6 and run['target_tokens_seen'] > 0
+  assert 0 < run['phases_s']['startup'] < run['wall_clock_s']
+  assert len(run['validation_bleu_curve']) == 2  # steps 3 and 6
+  assert record['versions']['jax'] and record['machine']['cores'] >= 1
+  assert (workdir / 'quality.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+  assert len((workdir / 'test_hypotheses_1000min.txt').read_text().splitlines()) == 8
+
+  # The recipe is timed from scratch: a used workdir is refused, and nothing in it changes.
+  before = sorted(os.listdir(workdir))
+  again = bench(repo, *flags)
+  assert again.returncode != 0 and 'not empty' in again.stderr
+  assert sorted(os.listdir(workdir)) == before
+
+
+@pytest.mark.parametrize('flag', ['--bogus=1', 'stray'])
+def test_recipe_bench_rejects_unknown_arguments(repo, tmp_path, flag):
+  result = bench(repo, f'--workdir={tmp_path}', flag)
+  assert result.returncode == 2 and 'only --config.KEY=VALUE' in result.stderr

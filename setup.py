@@ -5,6 +5,7 @@ JAX = '0.10.2'
 # A workdir in a GCS bucket: gcsfs is etils.epath's gs:// backend (vocabulary, metrics),
 # google-cloud-storage tensorboardX's; Orbax reaches GCS through tensorstore itself.
 GCS = ['gcsfs==2026.10.1', 'google-cloud-storage==3.17.1']
+BENCH = ['matplotlib==3.11.2']  # bench/quality_multi30k.py's plot
 
 setup(
     name='transformer_jax',
@@ -36,9 +37,11 @@ setup(
     extras_require={
         # libtpu lets the tests compile for TPU topologies on a CPU host (`aot`).
         # the GCS emulator lets the tests run a workdir in a bucket without a network.
-        'test': ['pytest==9.2.0', f'jax[tpu]=={JAX}', 'gcp-storage-emulator==2026.7.19', *GCS],
+        'test': ['pytest==9.2.0', f'jax[tpu]=={JAX}', 'gcp-storage-emulator==2026.7.19', *GCS,
+                 *BENCH],
         'tf': ['tensorflow-cpu==2.21.0'],  # only for TFDS catalog builders (WMT)
         'gcs': GCS,
+        'bench': BENCH,
         'tpu': [f'jax[tpu]=={JAX}', *GCS],  # libtpu (also `aot` on a CPU host) and GCS
     },
     entry_points={'console_scripts': ['transformer-jax=transformer_jax.cli:main']},

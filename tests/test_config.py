@@ -1,6 +1,7 @@
 """Configs load, override from the command line, and reject bad input clearly."""
 import json
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -9,10 +10,20 @@ import pytest
 from transformer_jax import config as config_lib
 from transformer_jax.errors import ConfigError
 
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
-@pytest.mark.parametrize('name', ['default', 'tiny', 'base', 'big'])
-def test_shipped_configs_are_valid(repo, name):
-  config_lib.load(str(repo / 'configs' / f'{name}.py'))
+
+@pytest.mark.parametrize('name', sorted(p.stem for p in (REPO / 'configs').glob('*.py')))
+def test_shipped_configs_are_valid(name):
+  config_lib.load(str(REPO / 'configs' / f'{name}.py'))
+
+
+def test_multi30k_twin_differs_only_in_direction(repo):
+  en_de = config_lib.load(str(repo / 'configs' / 'multi30k.py')).to_dict()
+  de_en = config_lib.load(str(repo / 'configs' / 'multi30k_de_en.py')).to_dict()
+  assert (de_en['data'].pop('source_lang'), de_en['data'].pop('target_lang')) == ('de', 'en')
+  assert (en_de['data'].pop('source_lang'), en_de['data'].pop('target_lang')) == ('en', 'de')
+  assert de_en == en_de
 
 
 def test_paper_hyperparameters(repo):

@@ -317,6 +317,16 @@ def test_checkpoint_restores_onto_other_meshes_and_continues(shared, tmp_path):
     assert int(state.step) == 5 and math.isfinite(float(metrics['loss']))
 
 
+def test_time_budget_saves_and_stops_early(shared, tmp_path, capsys):
+  config = tiny_config(shared['tfds_dir'], shared['vocab'], num_steps=1000,
+                       checkpoint_every=1000, stop_after_minutes=1e-4)  # 6 ms: the first step
+  train(config, str(tmp_path))
+  steps = [r['step'] for r in metrics_lib.read(str(tmp_path))]
+  assert steps and steps[-1] < 1000
+  assert checkpoint_lib.Checkpoints(str(tmp_path), config).steps() == [steps[-1]]
+  assert 'train.stop_after_minutes reached' in capsys.readouterr().out
+
+
 # ----------------------------------------------------------------------- bad input
 
 

@@ -38,6 +38,8 @@ class Reporter:
     self.num_steps, self.start_step = num_steps, start_step
     self._interval_start = (time.perf_counter(), start_step)
     self._run_start = time.perf_counter()
+    budget = config.train.stop_after_minutes  # the run may end on time, not on steps
+    self._stop_at = self._run_start + 60 * budget if budget > 0 else float('inf')
     self._tty = sys.stderr.isatty()
     self._writers = {}
     if self.enabled:
@@ -75,7 +77,7 @@ class Reporter:
               'target_tokens_per_s': float(sums['tokens']) / max(now - start_time, 1e-9)}
     self._record('train', step, values)
     if self.enabled:
-      eta = step_time * (self.num_steps - step)
+      eta = min(step_time * (self.num_steps - step), self._stop_at - now)
       line = (f'step {step}/{self.num_steps}  loss {values["loss"]:.4f}  '
               f'acc {values["accuracy"]:.3f}  lr {values["learning_rate"]:.2e}  '
               f'{values["target_tokens_per_s"]:,.0f} tgt tok/s  {step_time:.3f} s/step  '

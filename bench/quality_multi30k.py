@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import pathlib
+import statistics
 import subprocess
 import sys
 import time
@@ -114,7 +115,7 @@ def run_summary(workdir: pathlib.Path, start: float, end: float) -> dict:
                        'validation_bleu': sum(r.get('bleu_seconds', 0) for r in evals),
                        'training_loop_total': train[-1]['time'] - loop_start,
                        'after_last_record': end - train[-1]['time']},
-          'median_step_s': sorted(r['step_time'] for r in train)[len(train) // 2],
+          'median_step_s': statistics.median(r['step_time'] for r in train),
           'train_curve': [(r['time'] - start, r['step'], r['loss']) for r in train],
           'validation_bleu_curve': [(r['time'] - start, r['step'], r['bleu'])
                                     for r in evals if 'bleu' in r]}

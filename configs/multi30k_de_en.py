@@ -1,14 +1,10 @@
 """Multi30k De->En: configs/multi30k.py with the direction swapped."""
-import importlib.util
 import os
 
-_spec = importlib.util.spec_from_file_location(
-    '_multi30k', os.path.join(os.path.dirname(os.path.abspath(__file__)), 'multi30k.py'))
-_base = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_base)
+from transformer_jax.config import load
 
 
 def get_config():
-  c = _base.get_config()
+  c = load(os.path.join(os.path.dirname(__file__), 'multi30k.py'))
   c.data.source_lang, c.data.target_lang = 'de', 'en'
   return c

@@ -31,15 +31,15 @@ def summarize(sums: dict) -> dict:
 
 
 class Reporter:
-  def __init__(self, workdir: str, config, start_step: int, num_steps: int):
+  def __init__(self, workdir: str, config, start_step: int, num_steps: int,
+               deadline: float = float('inf')):
+    """`deadline`: the `time.monotonic()` at which the run stops on time, if it does."""
     self.enabled = jax.process_index() == 0
     self.path = files.path(workdir) / METRICS_FILE
     self._lines: list[str] = []
-    self.num_steps, self.start_step = num_steps, start_step
+    self.num_steps, self.start_step, self.deadline = num_steps, start_step, deadline
     self._interval_start = (time.perf_counter(), start_step)
     self._run_start = time.perf_counter()
-    budget = config.train.stop_after_minutes  # the run may end on time, not on steps
-    self._stop_at = self._run_start + 60 * budget if budget > 0 else float('inf')
     self._tty = sys.stderr.isatty()
     self._writers = {}
     if self.enabled:
@@ -77,7 +77,7 @@ class Reporter:
               'target_tokens_per_s': float(sums['tokens']) / max(now - start_time, 1e-9)}
     self._record('train', step, values)
     if self.enabled:
-      eta = min(step_time * (self.num_steps - step), self._stop_at - now)
+      eta = min(step_time * (self.num_steps - step), self.deadline - time.monotonic())
       line = (f'step {step}/{self.num_steps}  loss {values["loss"]:.4f}  '
               f'acc {values["accuracy"]:.3f}  lr {values["learning_rate"]:.2e}  '
               f'{values["target_tokens_per_s"]:,.0f} tgt tok/s  {step_time:.3f} s/step  '

@@ -189,8 +189,8 @@ class Preemption:
 
   def __init__(self, stop_after_minutes: float = 0.0):
     self._requested = False
-    self._deadline = (time.monotonic() + 60 * stop_after_minutes
-                      if stop_after_minutes > 0 else float('inf'))
+    self.deadline = (time.monotonic() + 60 * stop_after_minutes
+                     if stop_after_minutes > 0 else float('inf'))
     signal.signal(signal.SIGTERM, self._handle)
 
   def _handle(self, signum, frame):
@@ -202,7 +202,7 @@ class Preemption:
     return 'SIGTERM' if self._requested else 'train.stop_after_minutes reached'
 
   def requested(self, step: int, every: int) -> bool:
-    stop = self._requested or time.monotonic() > self._deadline
+    stop = self._requested or time.monotonic() > self.deadline
     if jax.process_count() == 1:
       return stop
     if step % every:  # agreeing costs a host sync: only every `every` steps
@@ -283,9 +283,9 @@ def train(config: ConfigDict, workdir: str) -> dict:
   train_step_fn, eval_step_fn = compile_steps(setup)
   state = restore_or_init(setup, checkpoints, batches, say)
   step = int(state.step)
-  reporter = metrics_lib.Reporter(workdir, config, step, config.train.num_steps)
   t = config.train
   preemption = Preemption(t.stop_after_minutes)
+  reporter = metrics_lib.Reporter(workdir, config, step, t.num_steps, preemption.deadline)
   bleu = BleuTracker(config, workdir, tokenizer, mesh) if t.bleu_every and eval_split else None
   history, last = [], {}
   try:

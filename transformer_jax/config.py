@@ -16,6 +16,7 @@ from ml_collections import ConfigDict
 from transformer_jax.errors import ConfigError
 
 DTYPES = ('float32', 'bfloat16', 'float16')
+SCHEDULES = ('rsqrt', 'linear_decay')  # optim.learning_rate_schedule
 
 
 def defaults() -> ConfigDict:
@@ -58,6 +59,7 @@ def defaults() -> ConfigDict:
   c.train.label_smoothing = 0.1  # epsilon_ls (section 5.4)
   c.train.learning_rate = 1.0    # scale on d_model^-0.5 * min(step^-0.5, step*warmup^-1.5)
   c.train.warmup_steps = 4000
+  c.train.schedule = 'rsqrt'     # the paper's; linear_decay: same warm-up, then to 0 at num_steps
   c.train.adam_b1 = 0.9
   c.train.adam_b2 = 0.98
   c.train.adam_eps = 1e-9
@@ -192,6 +194,12 @@ def _check_values(c: ConfigDict) -> None:
               'eval_batch_size', 'checkpoint_every', 'keep_checkpoints', 'bleu_sentences',
               'keep_best'):
     _require(c.train[key] >= 1, f'train.{key} must be at least 1, got {c.train[key]}.')
+  _require(c.train.schedule in SCHEDULES, f"train.schedule must be one of "
+           f"{', '.join(SCHEDULES)}, got {c.train.schedule!r}.")
+  _require(c.train.schedule != 'linear_decay' or c.train.num_steps > c.train.warmup_steps,
+           f'train.schedule=linear_decay decays to zero at train.num_steps, which must '
+           f'exceed train.warmup_steps; got num_steps={c.train.num_steps}, '
+           f'warmup_steps={c.train.warmup_steps}.')
   _require(c.train.stop_after_minutes >= 0, 'train.stop_after_minutes must be >= 0 '
            f'(0 = no time limit), got {c.train.stop_after_minutes}.')
   _require(c.data.batch_size % c.train.grad_accum_steps == 0,

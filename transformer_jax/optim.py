@@ -3,7 +3,9 @@
   lrate = scale * d_model^-0.5 * min(step^-0.5, step * warmup_steps^-1.5)
 
 (linear warm-up, then inverse square root decay), plus optional global-norm clipping and
-decoupled weight decay. Gradient accumulation lives in the train step, which averages
+decoupled weight decay. `train.schedule='linear_decay'` keeps the warm-up and its peak but
+then falls linearly to zero at `train.num_steps`: for a run whose length is fixed in
+advance (a time budget) it ends with small steps, where the rsqrt tail stays large. Gradient accumulation lives in the train step, which averages
 over every micro-batch's tokens before one update.
 """
 from __future__ import annotations
@@ -13,16 +15,24 @@ import optax
 from ml_collections import ConfigDict
 
 
-def learning_rate_schedule(d_model: int, warmup_steps: int, scale: float = 1.0):
+def learning_rate_schedule(config: ConfigDict):
+  t = config.train
+  scale = t.learning_rate * config.model.d_model ** -0.5
+  warmup, total = t.warmup_steps, t.num_steps
+
   def schedule(count):
     step = jnp.maximum(count + 1, 1).astype(jnp.float32)  # optax counts updates from 0
-    return scale * d_model ** -0.5 * jnp.minimum(step ** -0.5, step * warmup_steps ** -1.5)
+    warm = step * warmup ** -1.5
+    if t.schedule == 'rsqrt':
+      return scale * jnp.minimum(step ** -0.5, warm)
+    decay = warmup ** -0.5 * (total - step) / max(total - warmup, 1)
+    return scale * jnp.maximum(jnp.minimum(warm, decay), 0.0)
   return schedule
 
 
 def make_optimizer(config: ConfigDict) -> optax.GradientTransformation:
   t = config.train
-  schedule = learning_rate_schedule(config.model.d_model, t.warmup_steps, t.learning_rate)
+  schedule = learning_rate_schedule(config)
   steps = []
   if t.clip_grad_norm > 0:
     steps.append(optax.clip_by_global_norm(t.clip_grad_norm))

@@ -156,9 +156,8 @@ def train_step(setup: Setup, state: TrainState, batch: dict) -> tuple[TrainState
   keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
   new_state = TrainState(step=state.step + 1, params=keep(params, state.params),
                          opt_state=keep(opt_state, state.opt_state), rng=state.rng)
-  schedule = optim.learning_rate_schedule(setup.config.model.d_model, t.warmup_steps,
-                                          t.learning_rate)
-  metrics = {**sums, 'grad_norm': grad_norm, 'learning_rate': schedule(state.step),
+  metrics = {**sums, 'grad_norm': grad_norm,
+             'learning_rate': optim.learning_rate_schedule(setup.config)(state.step),
              'finite': finite}
   return new_state, metrics
 

@@ -15,6 +15,7 @@ from flax import nnx
 from ml_collections import ConfigDict
 
 from transformer_jax import precision
+from transformer_jax.dropout import Dropout
 from transformer_jax.data.tokenizer import PAD_ID  # the vocabulary reserves id 0 for padding
 
 # Logical axis names (DESIGN.md); one rule table in sharding.py maps them to the mesh.
@@ -112,7 +113,7 @@ class MultiHeadAttention(nnx.Module):
         'bhlk,hkd->bld', (h, d // h, d),
         kernel_init=_init(_xavier(in_axis=(0, 1), out_axis=2), HEADS, KV, EMBED),
         rngs=rngs, **dt)
-    self.dropout = nnx.Dropout(cfg.attention_dropout_rate)
+    self.dropout = Dropout(cfg.attention_dropout_rate)
 
   def project_kv(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
     return self.key(x), self.value(x)
@@ -178,7 +179,7 @@ class SubLayer(nnx.Module):
 
   def __init__(self, cfg: ConfigDict, *, rngs: nnx.Rngs):
     self.norm = _layer_norm(cfg, rngs)
-    self.dropout = nnx.Dropout(cfg.dropout_rate)
+    self.dropout = Dropout(cfg.dropout_rate)
     self.pre_norm = cfg.pre_norm
 
   def __call__(self, x: jax.Array, sublayer, rngs: nnx.Rngs | None) -> jax.Array:
@@ -249,7 +250,7 @@ class Embedding(nnx.Module):
         **_dtypes(cfg),
         # N(0, d_model^-0.5): after the sqrt(d_model) scaling, inputs have unit scale.
         embedding_init=_init(nnx.initializers.normal(cfg.d_model ** -0.5), VOCAB, EMBED))
-    self.dropout = nnx.Dropout(cfg.dropout_rate)
+    self.dropout = Dropout(cfg.dropout_rate)
     self.d_model = cfg.d_model
 
   def __call__(self, tokens, positions, rngs=None):

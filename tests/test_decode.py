@@ -32,13 +32,15 @@ def sources(seed=0, rows=3, vocab=30):
 
 
 @pytest.mark.parametrize('changes', [{}, dict(pre_norm=True),
-                                     dict(share_embeddings=False, tie_output_embedding=False)])
+                                     dict(share_embeddings=False, tie_output_embedding=False),
+                                     dict(matmul_dtype='bfloat16')])  # a bf16 cache
 def test_cached_decoding_equals_full_forward(changes):
   model = Transformer(model_config(**changes), rngs=nnx.Rngs(0))
   source = sources()
   target = jax.random.randint(jax.random.key(1), (3, 6), 3, 30)
   full = model(source, shift_right(target))
   cross_kv, source_segments, cache = decode._prepare(model, source, 1, 6)
+  assert cache[0]['key'].dtype == jnp.dtype(changes.get('matmul_dtype', 'float32'))
   inputs = shift_right(target)
   steps = []
   for t in range(6):

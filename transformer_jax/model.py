@@ -230,8 +230,10 @@ class DecoderLayer(nnx.Module):
 
     def attend_self(y):
       key, value = self.self_attention.project_kv(y)
-      new_cache['key'] = jax.lax.dynamic_update_slice_in_dim(cache['key'], key, index, 2)
-      new_cache['value'] = jax.lax.dynamic_update_slice_in_dim(cache['value'], value, index, 2)
+      new_cache['key'] = jax.lax.dynamic_update_slice_in_dim(
+          cache['key'], key.astype(cache['key'].dtype), index, 2)
+      new_cache['value'] = jax.lax.dynamic_update_slice_in_dim(
+          cache['value'], value.astype(cache['value'].dtype), index, 2)
       visible = (jnp.arange(cache['key'].shape[2]) <= index)[None, None, None, :]
       return self.self_attention(y, (new_cache['key'], new_cache['value']), visible)
 
@@ -322,9 +324,12 @@ class Transformer(nnx.Module):
     return self.decoder_norm(x) if self.decoder_norm is not None else x
 
   def init_cache(self, batch: int, max_len: int) -> list[dict]:
-    """Empty self-attention key/value caches, one per decoder layer."""
+    """Empty self-attention key/value caches, one per decoder layer. They are stored in
+    the matrix-product dtype: the attention products round them to it anyway, and beam
+    search copies the whole cache at every step."""
     shape = (batch, self.num_heads, max_len, self.head_dim)
-    return [{'key': jnp.zeros(shape, self.dtype), 'value': jnp.zeros(shape, self.dtype)}
+    dtype = self.matmul_dtype or self.dtype
+    return [{'key': jnp.zeros(shape, dtype), 'value': jnp.zeros(shape, dtype)}
             for _ in self.decoder_layers]
 
   def decode_step(self, tokens, index, cache, cross_kv, source_segments):

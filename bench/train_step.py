@@ -7,7 +7,7 @@ against the workload's), achieved FLOP/s as a fraction of a 2048x2048 fp32 `jnp.
 peak measured in the same process, compile time and peak resident memory.
 
   python bench/train_step.py [--steps=10] [--dtype=float32] [--matmul_dtype=bfloat16]
-                             [--compilation_cache=DIR]
+                             [--dropout_rate=0.1] [--compilation_cache=DIR]
 """
 from __future__ import annotations
 
@@ -84,12 +84,16 @@ def main():
   parser.add_argument('--dtype', default='float32', choices=config_lib.DTYPES)
   parser.add_argument('--matmul_dtype', default='', choices=('', *config_lib.DTYPES),
                       help='operands of matrix products (model.matmul_dtype)')
+  parser.add_argument('--dropout_rate', type=float, default=None,
+                      help="the workload's dropout rate unless given (0: dropout's cost)")
   parser.add_argument('--compilation_cache', default='',
                       help="the commands' XLA compilation cache directory; run twice to "
                       'measure a warm start (default: off, a cold compile)')
   args = parser.parse_args()
   cli.use_compilation_cache(args.compilation_cache)
   w = json.loads(WORKLOAD.read_text())
+  if args.dropout_rate is not None:
+    w['dropout_rate'] = args.dropout_rate
   config = workload_config(w, args.dtype, args.matmul_dtype)
   mesh = sharding.make_mesh(config.mesh)
   start = time.perf_counter()
@@ -117,6 +121,7 @@ def main():
   fraction = statistics.median(flops / t / p for t, p in zip(times, peaks))
   result = {
       'benchmark': 'train_step', 'workload': w['name'], 'dtype': args.dtype,
+      'dropout_rate': w['dropout_rate'],
       'matmul_dtype': args.matmul_dtype or args.dtype,
       'devices': [str(d) for d in jax.devices()],
       'step_s_median': step, 'step_s_min': min(times), 'step_s_max': max(times),

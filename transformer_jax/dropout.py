@@ -34,7 +34,8 @@ def uniform_bits(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
   index = jnp.zeros(shape, jnp.uint32)
   stride = 1
   for axis in reversed(range(len(shape))):  # row-major flat index, from per-axis iotas
-    index = index + jax.lax.broadcasted_iota(jnp.uint32, shape, axis) * jnp.uint32(stride % 2 ** 32)
+    iota = jax.lax.broadcasted_iota(jnp.uint32, shape, axis)
+    index = index + iota * jnp.uint32(stride % 2 ** 32)
     stride *= shape[axis]
   return _fmix32(_fmix32(index ^ seeds[0]) + seeds[1])
 

@@ -121,11 +121,6 @@ def init_state(setup: Setup) -> TrainState:
 # ----------------------------------------------------------------------------- steps
 
 
-def dropout_key(rng: jax.Array, index) -> jax.Array:
-  """Micro-batch `index`'s dropout key."""
-  return jax.random.fold_in(rng, index)
-
-
 def train_step(setup: Setup, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
   """One update: gradients summed over `grad_accum_steps` micro-batches, divided by
   their total target tokens; a non-finite loss or gradient leaves the state unchanged."""
@@ -141,7 +136,7 @@ def train_step(setup: Setup, state: TrainState, batch: dict) -> tuple[TrainState
     def loss(params):
       model = nnx.merge(setup.graphdef, params)
       sums = token_sums(model, micro_batch, t.label_smoothing,
-                        nnx.Rngs(dropout=dropout_key(rng, index)))
+                        nnx.Rngs(dropout=jax.random.fold_in(rng, index)))
       return sums['loss'], sums
     grads, sums = jax.grad(loss, has_aux=True)(state.params)
     return jax.tree.map(jnp.add, grads_and_sums, (grads, sums)), None

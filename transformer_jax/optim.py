@@ -5,8 +5,9 @@
 (linear warm-up, then inverse square root decay), plus optional global-norm clipping and
 decoupled weight decay. `train.schedule='linear_decay'` keeps the warm-up and its peak but
 then falls linearly to zero at `train.num_steps`: for a run whose length is fixed in
-advance (a time budget) it ends with small steps, where the rsqrt tail stays large. Gradient accumulation lives in the train step, which averages
-over every micro-batch's tokens before one update.
+advance (a time budget) it ends with small steps, where the rsqrt tail stays large.
+Gradient accumulation lives in the train step, which averages over every micro-batch's
+tokens before one update.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from ml_collections import ConfigDict
 
 
 def learning_rate_schedule(config: ConfigDict):
+  """count (updates applied so far) -> learning rate, for optax and the logged metric."""
   t = config.train
   scale = t.learning_rate * config.model.d_model ** -0.5
   warmup, total = t.warmup_steps, t.num_steps

@@ -51,6 +51,25 @@ def _gather_cache(cache, indices, batch: int):
   return jax.tree.map(gather, cache)
 
 
+def _top_k(x: jax.Array, k: int, group: int = 128) -> tuple[jax.Array, jax.Array]:
+  """`jax.lax.top_k` over the last axis of x [rows, n]: the same values, indices and
+  tie-breaking (lower index first), over 10x faster on a CPU when k << n, as in beam
+  search. XLA's CPU TopK costs ~3 ns per element; a max over groups, a tenth of that.
+
+  The k best elements lie in the k groups with the best maxima (each one's group max is
+  at least as good), so only those k * `group` elements go through TopK. They are taken
+  in index order, so ties still break towards the lower index."""
+  rows, n = x.shape
+  if n <= k * group:
+    return jax.lax.top_k(x, k)
+  x = jnp.pad(x, ((0, 0), (0, -n % group)), constant_values=-jnp.inf)  # never chosen
+  groups = x.reshape(rows, -1, group)
+  best = jnp.sort(jax.lax.top_k(jnp.max(groups, axis=-1), k)[1], axis=-1)
+  values, pos = jax.lax.top_k(
+      jnp.take_along_axis(groups, best[:, :, None], axis=1).reshape(rows, -1), k)
+  return values, jnp.take_along_axis(best, pos // group, axis=1) * group + pos % group
+
+
 def _jit_over_split(*static_argnames: str):
   """Like nnx.jit for a function of a model, but jax.jit over nnx.split(model): nnx.jit
   walks the module graph in Python on the way in and out of every call (about 0.1 s for
@@ -127,7 +146,7 @@ def beam_search(model: Transformer, source: jax.Array, *, beam_size: int = 4,
     logp = _next_token_logp(logits, t, jnp.repeat(limits, beam_size), eos_id)
     vocab = logp.shape[-1]
     candidates = s['live_logp'][:, :, None] + logp.reshape(batch, beam_size, vocab)
-    top_logp, top_ids = jax.lax.top_k(candidates.reshape(batch, -1), beam_size)
+    top_logp, top_ids = _top_k(candidates.reshape(batch, -1), beam_size)
     parent, token = top_ids // vocab, top_ids % vocab
     seqs = _gather_beams(s['live_seqs'], parent).at[:, :, t].set(token)
     ended = (token == eos_id) & (top_logp > NEG_INF / 2)

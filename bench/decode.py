@@ -5,6 +5,12 @@ Beam `beam` over `decode_batch` sources of `decode_src_len` tokens, exactly
 `decode_steps` target steps (end-of-sentence ignored), KV cache on. Reports sentences/s
 and target tokens/s (median over repeats) and the first call's compile time.
 
+This machine's speed drifts by tens of percent within minutes, so every repeat is paired
+with a 2048^3 fp32 `jnp.dot` peak measured right after it, and sentences/s is also given
+at the reference machine's peak (`at_reference_peak`: the median of the per-pair
+sentences/s x reference peak / this peak), the figure to hold against the Flax WMT
+example's 24.7 sentences/s at 187 GFLOP/s (../shared/bench/README.md).
+
   python bench/decode.py [--repeats=5] [--matmul_dtype=bfloat16]
 """
 from __future__ import annotations
@@ -28,7 +34,10 @@ from transformer_jax.model import Transformer
 ROOT = pathlib.Path(__file__).resolve().parent
 import sys  # noqa: E402
 sys.path.insert(0, str(ROOT))
-from train_step import WORKLOAD, matmul_peak, workload_config  # noqa: E402  (one workload)
+from train_step import WORKLOAD, _peak_dot, _timed, workload_config  # noqa: E402  (one workload)
+
+# ../shared/bench/README.md: the Flax WMT example's decoder on the reference machine.
+REFERENCE = dict(matmul_peak_flop_per_s=187e9, sentences_per_s=24.7)
 
 
 def main():
@@ -54,12 +63,15 @@ def main():
   jax.block_until_ready(tokens)
   first = time.perf_counter() - start
   first_from_start = time.perf_counter() - START
-  times = []
+  dot, a = _peak_dot(jax.numpy.float32, 2048)
+  times, peaks = [], []
   for _ in range(args.repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(run()[0])
-    times.append(time.perf_counter() - start)
+    times.append(_timed(lambda: run()[0]))
+    peaks.append(2 * 2048 ** 3 / min(_timed(lambda: dot(a, a)) for _ in range(3)))
   median = statistics.median(times)
+  at_reference = statistics.median(
+      w['decode_batch'] / t * REFERENCE['matmul_peak_flop_per_s'] / p
+      for t, p in zip(times, peaks))
   print(json.dumps({
       'benchmark': 'decode', 'workload': w['name'], 'beam': w['beam'],
       'matmul_dtype': args.matmul_dtype or 'float32',
@@ -69,7 +81,9 @@ def main():
       'target_tokens_per_s': w['decode_batch'] * w['decode_steps'] / median,
       'first_call_s_including_compile': first,
       'first_call_s_from_process_start': first_from_start,
-      'matmul_peak_flop_per_s_fp32': matmul_peak(),
+      'matmul_peak_flop_per_s_fp32': statistics.median(peaks),
+      'sentences_per_s_at_reference_peak': at_reference,
+      'speedup_vs_flax_wmt_reference': at_reference / REFERENCE['sentences_per_s'],
       'all_steps_decoded': bool((np.asarray(tokens) != 0).all()),
   }, indent=2))
 

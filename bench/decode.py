@@ -34,7 +34,7 @@ from transformer_jax.model import Transformer
 ROOT = pathlib.Path(__file__).resolve().parent
 import sys  # noqa: E402
 sys.path.insert(0, str(ROOT))
-from train_step import WORKLOAD, _peak_dot, _timed, workload_config  # noqa: E402  (one workload)
+from train_step import WORKLOAD, matmul_peak_meter, timed, workload_config  # noqa: E402  (one workload)
 
 # ../shared/bench/README.md: the Flax WMT example's decoder on the reference machine.
 REFERENCE = dict(matmul_peak_flop_per_s=187e9, sentences_per_s=24.7)
@@ -63,11 +63,11 @@ def main():
   jax.block_until_ready(tokens)
   first = time.perf_counter() - start
   first_from_start = time.perf_counter() - START
-  dot, a = _peak_dot(jax.numpy.float32, 2048)
+  peak_now = matmul_peak_meter()
   times, peaks = [], []
   for _ in range(args.repeats):
-    times.append(_timed(lambda: run()[0]))
-    peaks.append(2 * 2048 ** 3 / min(_timed(lambda: dot(a, a)) for _ in range(3)))
+    times.append(timed(lambda: run()[0]))
+    peaks.append(peak_now())
   median = statistics.median(times)
   at_reference = statistics.median(
       w['decode_batch'] / t * REFERENCE['matmul_peak_flop_per_s'] / p

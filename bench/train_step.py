@@ -59,20 +59,16 @@ def workload_batch(w: dict) -> dict:
   return batch
 
 
-def matmul_peak(dtype=jnp.float32, n: int = 2048, repeats: int = 10) -> float:
-  """FLOP/s of a jitted n x n x n `jnp.dot` (median of `repeats`)."""
-  dot, a = _peak_dot(dtype, n)
-  return 2 * n ** 3 / statistics.median(_timed(lambda: dot(a, a)) for _ in range(repeats))
-
-
-def _peak_dot(dtype, n):
-  a = jax.random.normal(jax.random.key(0), (n, n), dtype)
+def matmul_peak_meter(n: int = 2048):
+  """A function that measures the FLOP/s of a jitted n x n x n fp32 `jnp.dot` now (best of
+  3). The benchmarks pair every timed step with one, since this machine drifts."""
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
   dot = jax.jit(jnp.dot)
   dot(a, a).block_until_ready()
-  return dot, a
+  return lambda: 2 * n ** 3 / min(timed(lambda: dot(a, a)) for _ in range(3))
 
 
-def _timed(fn) -> float:
+def timed(fn) -> float:
   start = time.perf_counter()
   jax.block_until_ready(fn())
   return time.perf_counter() - start
@@ -109,14 +105,14 @@ def main():
   # paired with a peak measurement taken right after it; the fraction is the median of
   # the per-pair ratios.
   flops = train_flops(config.model, w['batch'], w['src_len'], w['tgt_len'])
-  dot, a = _peak_dot(jnp.float32, 2048)
+  peak_now = matmul_peak_meter()
   times, peaks = [], []
   for _ in range(args.steps):
     start = time.perf_counter()
     state, metrics = train_step(state, batch)  # the old state is donated: keep the new
     jax.block_until_ready(metrics)
     times.append(time.perf_counter() - start)
-    peaks.append(2 * 2048 ** 3 / min(_timed(lambda: dot(a, a)) for _ in range(3)))
+    peaks.append(peak_now())
   step, peak = statistics.median(times), statistics.median(peaks)
   fraction = statistics.median(flops / t / p for t, p in zip(times, peaks))
   result = {

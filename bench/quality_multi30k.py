@@ -8,8 +8,8 @@ transformer_jax.train`) and notes the command's start and end times, so the wall
 covers everything: tokenizer, data preparation, compilation, validation during training
 and checkpoints. `analyze` then, for every time budget: takes the checkpoints committed
 within it (counted from the command's start), chooses how many of the last ones to
-average by validation BLEU, translates test_2016_flickr with beam search from that
-average, and scores it with sacreBLEU (lowercased 13a, the literature's comparable
+average and the beam settings (`--beam_size`, `--alpha`: lists to try) by validation
+BLEU, translates test_2016_flickr with beam search from that average, and scores it with sacreBLEU (lowercased 13a, the literature's comparable
 figure; cased detokenized 13a with its signature; chrF). Results go to
 DIR/quality.json and DIR/quality.png (training loss and validation BLEU against time).
 """
@@ -69,23 +69,28 @@ def decode_and_score(restored, sources, references, settings) -> dict:
           'hypotheses': hypotheses}
 
 
-def score_budget(workdir, minutes, start, times, splits, settings, candidates) -> dict:
+def score_budget(workdir, minutes, start, times, splits, grid, candidates) -> dict:
   """The recipe's result at a time budget: the checkpoints committed within it, the number
-  of them to average chosen by validation BLEU, then the test scores of that average."""
+  of them to average and the beam settings (one of `grid`) chosen by validation BLEU,
+  then the test scores of that choice."""
   from transformer_jax import average, inference  # noqa: PLC0415
   within = sorted(step for step, t in times.items() if t - start <= 60 * minutes)
   if not within:
     return {'minutes': minutes, 'error': 'no checkpoint was committed within the budget'}
   last = within[-1]
-  validation = {}
+  tried = []
   for n in (n for n in candidates if n <= len(within)):
     average.average(str(workdir), n, until_step=last)
     restored = inference.restore(str(workdir), averaged=True)
-    validation[n] = decode_and_score(restored, *splits['validation'], settings)
-    print(f'{minutes} min, step {last}, average of {n}: validation BLEU '
-          f'{validation[n]["bleu_lowercased_13a"]:.2f} lowercased', flush=True)
-  best = max(validation, key=lambda n: validation[n]['bleu_lowercased_13a'])
-  average.average(str(workdir), best, until_step=last)
+    for settings in grid:
+      bleu = decode_and_score(restored, *splits['validation'], settings)['bleu_lowercased_13a']
+      tried.append({'average': n, 'beam_size': settings.beam_size, 'alpha': settings.alpha,
+                    'bleu_lowercased_13a': bleu})
+      print(f'{minutes} min, step {last}, average of {n}, beam {settings.beam_size}, '
+            f'alpha {settings.alpha}: validation BLEU {bleu:.2f} lowercased', flush=True)
+  best = max(tried, key=lambda t: t['bleu_lowercased_13a'])  # ties: the first tried
+  settings = next(s for s in grid if (s.beam_size, s.alpha) == (best['beam_size'], best['alpha']))
+  average.average(str(workdir), best['average'], until_step=last)
   test = decode_and_score(inference.restore(str(workdir), averaged=True), *splits['test'],
                           settings)
   (workdir / f'test_hypotheses_{minutes:g}min.txt').write_text(
@@ -93,11 +98,13 @@ def score_budget(workdir, minutes, start, times, splits, settings, candidates) -
   print(f'{minutes} min: test BLEU {test["bleu_lowercased_13a"]:.2f} lowercased, '
         f'{test["bleu_cased_13a"]:.2f} cased ({test["bleu_cased_signature"]})', flush=True)
   return {'minutes': minutes, 'last_checkpoint_step': last,
-          'last_checkpoint_minutes': (times[last] - start) / 60, 'averaged_last': best,
-          'averaged_steps': within[-best:],
-          'validation_bleu_lowercased_by_average': {n: v['bleu_lowercased_13a']
-                                                    for n, v in validation.items()},
-          'test': test}
+          'last_checkpoint_minutes': (times[last] - start) / 60,
+          'averaged_last': best['average'], 'averaged_steps': within[-best['average']:],
+          'decode': {'beam_size': settings.beam_size, 'alpha': settings.alpha},
+          'validation_bleu_lowercased_by_average': {
+              n: max(t['bleu_lowercased_13a'] for t in tried if t['average'] == n)
+              for n in dict.fromkeys(t['average'] for t in tried)},
+          'validation_tried': tried, 'test': test}
 
 
 def run_summary(workdir: pathlib.Path, start: float, end: float) -> dict:
@@ -171,9 +178,9 @@ def analyze(args) -> dict:
   for split in ('validation', 'test'):
     sources, references = evaluate.split_pairs(config, split)
     splits[split] = (sources[:args.sentences or None], references[:args.sentences or None])
-  settings = translate.Settings(beam_size=args.beam_size, alpha=args.alpha)
+  grid = [translate.Settings(beam_size=b, alpha=a) for b in args.beam_sizes for a in args.alphas]
   times = checkpoint_times(workdir)
-  budgets = [score_budget(workdir, float(m), start, times, splits, settings,
+  budgets = [score_budget(workdir, float(m), start, times, splits, grid,
                           [int(n) for n in args.average_candidates.split(',')])
              for m in args.budgets_minutes.split(',')]
   summary = run_summary(workdir, start, record['end_time'])
@@ -181,7 +188,7 @@ def analyze(args) -> dict:
             'command': record['command'], 'config': config.to_dict(),
             'data': f'{config.data.name} {config.data.source_lang}->{config.data.target_lang}, '
                     'test = test split',
-            'decode': {'beam_size': args.beam_size, 'alpha': args.alpha},
+            'decode_tried': {'beam_size': args.beam_sizes, 'alpha': args.alphas},
             **environment(), 'run': summary, 'budgets': budgets}
   (workdir / 'quality.json').write_text(json.dumps(result, indent=2))
   plot(summary, budgets, workdir / 'quality.png')
@@ -200,13 +207,21 @@ def main():
   parser.add_argument('--phase', default='all', choices=('all', 'run', 'analyze'))
   parser.add_argument('--average_candidates', default='1,5,10,20',
                       help='how many last checkpoints to try averaging (chosen on validation)')
-  parser.add_argument('--beam_size', type=int, default=4)
-  parser.add_argument('--alpha', type=float, default=0.6)
+  parser.add_argument('--beam_size', default='4',
+                      help='beam widths to try on validation, e.g. 4,5 (chosen with the average)')
+  parser.add_argument('--alpha', default='0.6',
+                      help='length-penalty exponents to try on validation, e.g. 0.6,1.0')
   parser.add_argument('--sentences', type=int, default=0,
                       help='score only the first N sentences of each split (tests); 0 = all')
   args, args.overrides = parser.parse_known_args()  # --config.KEY=VALUE: for train
   if not all(o.startswith('--config.') for o in args.overrides):
     parser.error(f'unknown arguments {args.overrides}; only --config.KEY=VALUE pass to train')
+  try:
+    args.beam_sizes = [int(b) for b in args.beam_size.split(',')]
+    args.alphas = [float(a) for a in args.alpha.split(',')]
+  except ValueError:
+    parser.error(f'--beam_size and --alpha take comma-separated numbers, e.g. --beam_size=4,5 '
+                 f'--alpha=0.6,1.0; got {args.beam_size!r} and {args.alpha!r}')
   if args.phase in ('all', 'run'):
     run(args)
   if args.phase in ('all', 'analyze'):

@@ -168,3 +168,33 @@ def test_beam_search_outputs_equal_those_with_lax_top_k(monkeypatch):
   actual = decode.beam_search(model, source, beam_size=4, max_len=10)
   np.testing.assert_array_equal(actual[0], expected[0])
   np.testing.assert_array_equal(actual[1], expected[1])
+
+
+def test_cache_lengths_grow_to_max_len():
+  assert decode.cache_lengths(12) == [12]
+  assert decode.cache_lengths(32) == [16, 32]
+  assert decode.cache_lengths(82) == [16, 32, 82]  # 64 is within 1.5x of 82: merged
+  assert decode.cache_lengths(256) == [16, 32, 64, 128, 256]
+
+
+@pytest.mark.parametrize('changes', [{}, dict(matmul_dtype='bfloat16')])
+def test_growing_cache_equals_one_sized_for_max_len(monkeypatch, changes):
+  """Decoding with the cache grown in segments (max_len 40: 16, then 40) gives the same
+  tokens and scores, bit for bit, as with one cache of length 40, for beam search (with
+  and without EOS) and greedy decoding."""
+  model = Transformer(model_config(**changes), rngs=nnx.Rngs(3))
+  source = sources(1, rows=5)
+
+  def outputs():
+    jax.clear_caches()  # the decoders are jit-compiled: trace them again
+    return [*decode.beam_search(model, source, beam_size=3, max_len=40, eos_id=-1),
+            *decode.beam_search(model, source, beam_size=3, max_len=40),
+            *decode.sample(model, source, max_len=40, eos_id=-1)]
+
+  with monkeypatch.context() as patch:
+    patch.setattr(decode, 'cache_lengths', lambda max_len: [max_len])
+    expected = outputs()
+  actual = outputs()
+  assert decode.cache_lengths(40) == [16, 40]
+  for a, e in zip(actual, expected):
+    np.testing.assert_array_equal(a, e)

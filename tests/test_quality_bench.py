@@ -27,7 +27,7 @@ def bench(repo, *flags):
 def test_recipe_bench_records_budgets_scores_and_plot(repo, tmp_path):
   workdir = tmp_path / 'run'
   flags = [f'--workdir={workdir}', '--budgets_minutes=0.0001,1000', '--sentences=8',
-           '--average_candidates=1,2,5', f'--config.data.data_dir={DATA}',
+           '--average_candidates=1,2,5', '--alpha=0.6,2.0', f'--config.data.data_dir={DATA}',
            f'--config.data.tfds_dir={tmp_path / "tfds"}', *TINY]
   result = bench(repo, *flags)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -38,6 +38,11 @@ def test_recipe_bench_records_budgets_scores_and_plot(repo, tmp_path):
   by_average = late['validation_bleu_lowercased_by_average']
   assert set(by_average) == {'1', '2'}  # 5 > the 3 checkpoints (2, 4, 6): not tried
   assert str(late['averaged_last']) == max(by_average, key=by_average.get)
+  tried = late['validation_tried']  # every average x alpha, beam 4
+  assert [(t['average'], t['alpha']) for t in tried] == [(1, 0.6), (1, 2.0), (2, 0.6), (2, 2.0)]
+  best = max(tried, key=lambda t: t['bleu_lowercased_13a'])
+  assert late['decode'] == {'beam_size': 4, 'alpha': best['alpha']}
+  assert late['averaged_last'] == best['average']
   test = late['test']
   assert test['sentences'] == 8
   for key in ('bleu_lowercased_13a', 'bleu_cased_13a', 'chrf'):
@@ -58,7 +63,10 @@ def test_recipe_bench_records_budgets_scores_and_plot(repo, tmp_path):
   assert sorted(os.listdir(workdir)) == before
 
 
-@pytest.mark.parametrize('flag', ['--bogus=1', 'stray'])
-def test_recipe_bench_rejects_unknown_arguments(repo, tmp_path, flag):
+@pytest.mark.parametrize('flag,message', [('--bogus=1', 'only --config.KEY=VALUE'),
+                                          ('stray', 'only --config.KEY=VALUE'),
+                                          ('--alpha=0.6,high', 'comma-separated numbers')])
+def test_recipe_bench_rejects_unknown_arguments(repo, tmp_path, flag, message):
   result = bench(repo, f'--workdir={tmp_path}', flag)
-  assert result.returncode == 2 and 'only --config.KEY=VALUE' in result.stderr
+  assert result.returncode == 2 and message in result.stderr
+  assert not os.listdir(tmp_path)  # refused before anything is written

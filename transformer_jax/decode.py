@@ -4,7 +4,8 @@ sampling.
 The encoder runs once per batch, and each decoder layer projects the encoder output to
 cross-attention keys and values once per sentence (not at every step). Each step feeds
 one token per hypothesis through the decoder, appending its self-attention keys and
-values to the cache. Everything is one `lax.while_loop`, jit-compiled per source shape.
+values to the cache, which grows in segments as the steps need it (`_decoding_loop`).
+Everything is jit-compiled per source shape.
 """
 from __future__ import annotations
 
@@ -87,14 +88,41 @@ def _jit_over_split(*static_argnames: str):
   return wrap
 
 
+def cache_lengths(max_len: int, first: int = 16) -> list[int]:
+  """The self-attention cache's lengths as decoding proceeds: powers of two from `first`,
+  ending at `max_len` (a last power within 1.5x of it is merged into it)."""
+  lengths = [first]
+  while lengths[-1] * 1.5 < max_len:
+    lengths.append(lengths[-1] * 2)
+  return [n for n in lengths[:-1] if n < max_len] + [max_len]
+
+
 def _prepare(model: Transformer, source: jax.Array, copies: int, max_len: int):
   """Encode once; cross-attention keys/values once per sentence (shared by its `copies`
-  hypotheses); an empty self-attention cache per hypothesis."""
+  hypotheses); an empty self-attention cache per hypothesis, at its first length."""
   encoded = model.encode(source)
   cross_kv = [layer.cross_attention.project_kv(encoded) for layer in model.decoder_layers]
   source_segments = (source != PAD_ID).astype(jnp.int32)
-  cache = model.init_cache(source.shape[0] * copies, max_len)
+  cache = model.init_cache(source.shape[0] * copies, cache_lengths(max_len)[0])
   return cross_kv, source_segments, cache
+
+
+def _decoding_loop(cond, body, state: dict, max_len: int) -> dict:
+  """`lax.while_loop(cond, body, state)` with a cache that grows as the steps need it.
+
+  Each step reads (attention) and, in beam search, copies (reorder) the whole cache, so
+  a cache sized for `max_len` from the start costs its full length at every step, while
+  most outputs end far earlier (translation sets max_len to source length + 50). So the
+  steps run in segments, one loop per cache length (`cache_lengths`), and the cache is
+  padded between them; a search that has ended skips the later loops. Each length
+  compiles its own loop body."""
+  for i, length in enumerate(cache_lengths(max_len)):
+    if i:
+      state = dict(state, cache=jax.tree.map(
+          lambda x, n=length: jnp.pad(x, [(0, 0), (0, 0), (0, n - x.shape[2]), (0, 0)]),
+          state['cache']))
+    state = jax.lax.while_loop(lambda s, n=length: (s['step'] < n) & cond(s), body, state)
+  return state
 
 
 def _next_token_logp(logits, t, limits, eos_id: int):
@@ -139,7 +167,7 @@ def beam_search(model: Transformer, source: jax.Array, *, beam_size: int = 4,
     # The best live hypothesis at its most favourable length vs the worst finished one.
     best_live = s['live_logp'][:, 0] / length_penalty(limits.astype(jnp.float32), alpha)
     can_improve = best_live > jnp.min(s['done_scores'], axis=1)
-    return (s['step'] < max_len) & jnp.any(alive & can_improve)
+    return jnp.any(alive & can_improve)
 
   def body(s):
     t = s['step']
@@ -161,7 +189,7 @@ def beam_search(model: Transformer, source: jax.Array, *, beam_size: int = 4,
                 live_logp=jnp.where(ended, NEG_INF, top_logp),
                 done_seqs=done_seqs, done_scores=done_scores)
 
-  s = jax.lax.while_loop(cond, body, state)
+  s = _decoding_loop(cond, body, state, max_len)
   # Without any finished hypothesis (only when EOS is never allowed): the best live one.
   has_done = s['done_scores'][:, 0] > NEG_INF / 2
   best_live = jnp.argmax(s['live_logp'], axis=1)
@@ -187,7 +215,7 @@ def sample(model: Transformer, source: jax.Array, key: jax.Array | None = None, 
   key = jax.random.key(0) if key is None else key
 
   def cond(s):
-    return (s['step'] < max_len) & ~jnp.all(s['finished'])
+    return ~jnp.all(s['finished'])
 
   def body(s):
     t = s['step']
@@ -210,5 +238,5 @@ def sample(model: Transformer, source: jax.Array, key: jax.Array | None = None, 
   state = dict(step=jnp.array(0), tokens=jnp.full((batch,), PAD_ID, jnp.int32), cache=cache,
                seqs=jnp.full((batch, max_len), PAD_ID, jnp.int32), logp=jnp.zeros((batch,)),
                finished=jnp.zeros((batch,), bool))
-  s = jax.lax.while_loop(cond, body, state)
+  s = _decoding_loop(cond, body, state, max_len)
   return s['seqs'], s['logp']

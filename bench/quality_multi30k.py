@@ -9,8 +9,9 @@ covers everything: tokenizer, data preparation, compilation, validation during t
 and checkpoints. `analyze` then, for every time budget: takes the checkpoints committed
 within it (counted from the command's start), chooses how many of the last ones to
 average and the beam settings (`--beam_size`, `--alpha`: lists to try) by validation
-BLEU, translates test_2016_flickr with beam search from that average, and scores it with sacreBLEU (lowercased 13a, the literature's comparable
-figure; cased detokenized 13a with its signature; chrF). Results go to
+BLEU, translates test_2016_flickr with beam search from that average, and scores it
+with sacreBLEU (lowercased 13a, the literature's comparable figure; cased detokenized
+13a with its signature; chrF). Results go to
 DIR/quality.json and DIR/quality.png (training loss and validation BLEU against time).
 """
 from __future__ import annotations
@@ -73,7 +74,7 @@ def score_budget(workdir, minutes, start, times, splits, grid, candidates) -> di
   """The recipe's result at a time budget: the checkpoints committed within it, the number
   of them to average and the beam settings (one of `grid`) chosen by validation BLEU,
   then the test scores of that choice."""
-  from transformer_jax import average, inference  # noqa: PLC0415
+  from transformer_jax import average, inference, translate  # noqa: PLC0415
   within = sorted(step for step, t in times.items() if t - start <= 60 * minutes)
   if not within:
     return {'minutes': minutes, 'error': 'no checkpoint was committed within the budget'}
@@ -89,7 +90,7 @@ def score_budget(workdir, minutes, start, times, splits, grid, candidates) -> di
       print(f'{minutes} min, step {last}, average of {n}, beam {settings.beam_size}, '
             f'alpha {settings.alpha}: validation BLEU {bleu:.2f} lowercased', flush=True)
   best = max(tried, key=lambda t: t['bleu_lowercased_13a'])  # ties: the first tried
-  settings = next(s for s in grid if (s.beam_size, s.alpha) == (best['beam_size'], best['alpha']))
+  settings = translate.Settings(beam_size=best['beam_size'], alpha=best['alpha'])
   average.average(str(workdir), best['average'], until_step=last)
   test = decode_and_score(inference.restore(str(workdir), averaged=True), *splits['test'],
                           settings)
@@ -178,7 +179,8 @@ def analyze(args) -> dict:
   for split in ('validation', 'test'):
     sources, references = evaluate.split_pairs(config, split)
     splits[split] = (sources[:args.sentences or None], references[:args.sentences or None])
-  grid = [translate.Settings(beam_size=b, alpha=a) for b in args.beam_sizes for a in args.alphas]
+  grid = [translate.Settings(beam_size=b, alpha=a)
+          for b in args.beam_sizes for a in args.alphas]
   times = checkpoint_times(workdir)
   budgets = [score_budget(workdir, float(m), start, times, splits, grid,
                           [int(n) for n in args.average_candidates.split(',')])
@@ -208,7 +210,8 @@ def main():
   parser.add_argument('--average_candidates', default='1,5,10,20',
                       help='how many last checkpoints to try averaging (chosen on validation)')
   parser.add_argument('--beam_size', default='4',
-                      help='beam widths to try on validation, e.g. 4,5 (chosen with the average)')
+                      help='beam widths to try on validation, e.g. 4,5 (chosen with the '
+                      'average)')
   parser.add_argument('--alpha', default='0.6',
                       help='length-penalty exponents to try on validation, e.g. 0.6,1.0')
   parser.add_argument('--sentences', type=int, default=0,
@@ -219,9 +222,11 @@ def main():
   try:
     args.beam_sizes = [int(b) for b in args.beam_size.split(',')]
     args.alphas = [float(a) for a in args.alpha.split(',')]
+    if min(args.beam_sizes) < 1:
+      raise ValueError
   except ValueError:
-    parser.error(f'--beam_size and --alpha take comma-separated numbers, e.g. --beam_size=4,5 '
-                 f'--alpha=0.6,1.0; got {args.beam_size!r} and {args.alpha!r}')
+    parser.error(f'--beam_size and --alpha take comma-separated numbers (beams >= 1), e.g. '
+                 f'--beam_size=4,5 --alpha=0.6,1.0; got {args.beam_size!r} and {args.alpha!r}')
   if args.phase in ('all', 'run'):
     run(args)
   if args.phase in ('all', 'analyze'):

@@ -39,7 +39,8 @@ def test_recipe_bench_records_budgets_scores_and_plot(repo, tmp_path):
   assert set(by_average) == {'1', '2'}  # 5 > the 3 checkpoints (2, 4, 6): not tried
   assert str(late['averaged_last']) == max(by_average, key=by_average.get)
   tried = late['validation_tried']  # every average x alpha, beam 4
-  assert [(t['average'], t['alpha']) for t in tried] == [(1, 0.6), (1, 2.0), (2, 0.6), (2, 2.0)]
+  assert ([(t['average'], t['alpha']) for t in tried]
+          == [(1, 0.6), (1, 2.0), (2, 0.6), (2, 2.0)])
   best = max(tried, key=lambda t: t['bleu_lowercased_13a'])
   assert late['decode'] == {'beam_size': 4, 'alpha': best['alpha']}
   assert late['averaged_last'] == best['average']
@@ -65,7 +66,8 @@ def test_recipe_bench_records_budgets_scores_and_plot(repo, tmp_path):
 
 @pytest.mark.parametrize('flag,message', [('--bogus=1', 'only --config.KEY=VALUE'),
                                           ('stray', 'only --config.KEY=VALUE'),
-                                          ('--alpha=0.6,high', 'comma-separated numbers')])
+                                          ('--alpha=0.6,high', 'comma-separated numbers'),
+                                          ('--beam_size=4,0', 'comma-separated numbers')])
 def test_recipe_bench_rejects_unknown_arguments(repo, tmp_path, flag, message):
   result = bench(repo, f'--workdir={tmp_path}', flag)
   assert result.returncode == 2 and message in result.stderr

@@ -118,9 +118,7 @@ def _decoding_loop(cond, body, state: dict, max_len: int) -> dict:
   compiles its own loop body."""
   for i, length in enumerate(cache_lengths(max_len)):
     if i:
-      state = dict(state, cache=jax.tree.map(
-          lambda x, n=length: jnp.pad(x, [(0, 0), (0, 0), (0, n - x.shape[2]), (0, 0)]),
-          state['cache']))
+      state = dict(state, cache=Transformer.grow_cache(state['cache'], length))
     state = jax.lax.while_loop(lambda s, n=length: (s['step'] < n) & cond(s), body, state)
   return state
 

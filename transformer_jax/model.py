@@ -332,6 +332,12 @@ class Transformer(nnx.Module):
     return [{'key': jnp.zeros(shape, dtype), 'value': jnp.zeros(shape, dtype)}
             for _ in self.decoder_layers]
 
+  @staticmethod
+  def grow_cache(cache: list[dict], max_len: int) -> list[dict]:
+    """The caches padded (empty positions at the end) to `max_len` positions."""
+    pad = lambda x: jnp.pad(x, [(0, 0), (0, 0), (0, max_len - x.shape[2]), (0, 0)])
+    return jax.tree.map(pad, cache)
+
   def decode_step(self, tokens, index, cache, cross_kv, source_segments):
     """One decoder position for every hypothesis: tokens [B*c] at position `index` ->
     (logits [B*c, V], updated cache), c hypotheses per sentence. `cross_kv` holds each

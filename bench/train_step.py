@@ -29,7 +29,8 @@ from transformer_jax import cli
 from transformer_jax import config as config_lib
 from transformer_jax import sharding
 from transformer_jax.info import train_flops
-from transformer_jax.train import build, compile_steps, init_state
+from transformer_jax.train import (abstract_batch, build, compile_in_background, compile_steps,
+                                   init_state)
 
 WORKLOAD = pathlib.Path(__file__).resolve().parents[2] / 'shared' / 'bench' / 'cpu_small.json'
 
@@ -94,7 +95,9 @@ def main():
   mesh = sharding.make_mesh(config.mesh)
   start = time.perf_counter()
   setup = build(config, mesh)
-  train_step, _ = compile_steps(setup)
+  # As `train` does: the step compiles on a thread while the state is created.
+  train_step = compile_in_background(compile_steps(setup)[0], setup.abstract_state,
+                                     abstract_batch(config, mesh))
   state = init_state(setup)
   batch = sharding.place_batch(workload_batch(w), mesh)
   state, metrics = train_step(state, batch)

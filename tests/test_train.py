@@ -22,7 +22,8 @@ from transformer_jax import sharding
 from transformer_jax.data import pipeline
 from transformer_jax.errors import UserError
 from transformer_jax.loss import cross_entropy, projected_cross_entropy
-from transformer_jax.train import build, compile_steps, init_state, train
+from transformer_jax.train import (abstract_batch, build, compile_in_background, compile_steps,
+                                   init_state, initializer, train)
 
 
 @pytest.fixture(scope='module')
@@ -145,6 +146,35 @@ def test_sharded_step_equals_single_device_step(shared):
   mu = optax.tree_utils.tree_get(sharded.opt_state, 'mu')
   mu = mu['encoder_layers'][0]['feed_forward']['w1']['kernel']
   assert mu.sharding.spec == w1.sharding.spec  # Adam moments follow their parameter
+
+
+def test_initializer_compiled_at_o1_gives_the_default_compiles_bits(shared):
+  config = tiny_config(shared['tfds_dir'], shared['vocab'])
+  setup = build(config, sharding.make_mesh(config.mesh))  # all 8 devices
+  default = jax.jit(initializer(setup), out_shardings=setup.state_shardings)()
+  fast = init_state(setup)
+  for a, b in zip(jax.tree.leaves(default), jax.tree.leaves(fast), strict=True):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert fast.params['encoder_layers'][0]['feed_forward']['w1']['kernel'].sharding == \
+      setup.state_shardings.params['encoder_layers'][0]['feed_forward']['w1']['kernel']
+
+
+def test_step_compiled_in_background_equals_the_jitted_step(shared):
+  config = tiny_config(shared['tfds_dir'], shared['vocab'])
+  mesh = sharding.make_mesh(config.mesh)
+  setup = build(config, mesh)
+  jitted, _ = compile_steps(setup)
+  background = compile_in_background(jitted, setup.abstract_state, abstract_batch(config, mesh))
+  batch = sharding.place_batch(fake_batch(config), mesh)
+  expected = jitted(init_state(setup), batch)  # each call donates its state: make two
+  got = background(init_state(setup), batch)
+  for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(got), strict=True):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  # A compile error is raised by the first call, not lost on the thread.
+  wrong = compile_in_background(jax.jit(jnp.dot), jax.ShapeDtypeStruct((2, 3), jnp.float32),
+                                jax.ShapeDtypeStruct((4, 5), jnp.float32))
+  with pytest.raises(TypeError, match='dot'):
+    wrong(jnp.ones((2, 3)), jnp.ones((4, 5)))
 
 
 def test_gradient_accumulation_equals_one_big_batch(shared):

@@ -58,15 +58,12 @@ def topology_devices(name: str):
 
 def compile_train_step(config, devices):
   """The jitted train step of `train`, lowered and compiled for `devices`."""
-  from transformer_jax.train import build, compile_steps  # noqa: PLC0415
+  from transformer_jax.train import abstract_batch, build, compile_steps  # noqa: PLC0415
   mesh = sharding.make_mesh(config.mesh, devices)
   sharding.check_batch(config.data.batch_size, mesh)
   setup = build(config, mesh)
   train_step, _ = compile_steps(setup)
-  shape = (config.data.batch_size, config.data.max_len)
-  batch = {f + s: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=sharding.batch_sharding(mesh))
-           for f in ('source', 'target') for s in ('', '_segment_ids', '_positions')}
-  return train_step.lower(setup.abstract_state, batch).compile(), setup
+  return train_step.lower(setup.abstract_state, abstract_batch(config, mesh)).compile(), setup
 
 
 def compile_decode(setup, batch_rows: int, source_len: int, beam_size: int = 4):

@@ -3,8 +3,8 @@
 Measures (1) the one-time preparation: TFDS build (first run only), vocabulary, reading
 and tokenizing the training split; (2) the steady state: source+target tokens per second
 the Grain pipeline delivers as packed batches. The reference, measured in the same run
-on both cores, is what a cpu-small (../shared/bench/cpu_small.json) jitted forward and
-backward pass consumes; the pipeline should deliver at least 10x that.
+on both cores, is what the cpu-small (../shared/bench/cpu_small.json) train step
+consumes; the pipeline should deliver at least 10x that.
 
   python bench/input_pipeline.py [--data_dir=../shared/data/multi30k] [--batches=300]
 """
@@ -59,32 +59,25 @@ def pipeline_throughput(data_dir: str, batches: int, workdir: str) -> dict:
 
 
 def train_step_consumption(steps: int = 5) -> dict:
-  """Source+target tokens/s a cpu-small forward+backward pass consumes (all cores)."""
+  """Source+target tokens/s the real cpu-small train step (fp32) consumes, all cores."""
   import jax
-  from flax import nnx
-  from transformer_jax import config as config_lib
-  from transformer_jax.train import forward_backward
-  from transformer_jax.model import Transformer
+  import train_step as workload  # bench/train_step.py: the cpu-small config and batch
+  from transformer_jax import sharding
+  from transformer_jax.steps import build, compile_steps, init_state
   w = json.loads((SHARED / 'bench' / 'cpu_small.json').read_text())
-  m = config_lib.defaults().model
-  m.update(vocab_size=w['vocab_size'], d_model=w['d_model'], num_heads=w['num_heads'],
-           d_ff=w['d_ff'], num_encoder_layers=w['encoder_layers'],
-           num_decoder_layers=w['decoder_layers'], dropout_rate=w['dropout_rate'])
-  model = Transformer(m, rngs=nnx.Rngs(params=w['seed']))
-  key = jax.random.key(w['seed'])
-  batch = {}
-  for i, (field, length) in enumerate((('source', w['src_len']), ('target', w['tgt_len']))):
-    shape = (w['batch'], length)
-    batch[field] = jax.random.randint(jax.random.fold_in(key, i), shape, 3, w['vocab_size'])
-    batch[f'{field}_segment_ids'] = jax.numpy.ones(shape, 'int32')
-    batch[f'{field}_positions'] = jax.numpy.broadcast_to(jax.numpy.arange(length), shape)
-  jax.block_until_ready(forward_backward(model, batch, 0.1, key))
+  config = workload.workload_config(w, 'float32')
+  mesh = sharding.make_mesh(config.mesh)
+  setup = build(config, mesh)
+  step_fn, _ = compile_steps(setup)
+  state = init_state(setup)
+  batch = sharding.place_batch(workload.workload_batch(w), mesh)
   times = []
-  for i in range(steps):
+  for _ in range(steps + 1):  # the first call compiles
     start = time.perf_counter()
-    jax.block_until_ready(forward_backward(model, batch, 0.1, jax.random.fold_in(key, i)))
+    state, metrics = step_fn(state, batch)
+    jax.block_until_ready(metrics)
     times.append(time.perf_counter() - start)
-  step = statistics.median(times)
+  step = statistics.median(times[1:])
   return {'step_s': step, 'tokens_per_s': w['batch'] * (w['src_len'] + w['tgt_len']) / step}
 
 

@@ -29,7 +29,7 @@ from transformer_jax import cli
 from transformer_jax import config as config_lib
 from transformer_jax import sharding
 from transformer_jax.info import train_flops
-from transformer_jax.train import (abstract_batch, build, compile_in_background, compile_steps,
+from transformer_jax.steps import (abstract_batch, build, compile_in_background, compile_steps,
                                    init_state)
 
 WORKLOAD = pathlib.Path(__file__).resolve().parents[2] / 'shared' / 'bench' / 'cpu_small.json'

@@ -22,8 +22,9 @@ from transformer_jax import sharding
 from transformer_jax.data import pipeline
 from transformer_jax.errors import UserError
 from transformer_jax.loss import cross_entropy, projected_cross_entropy
-from transformer_jax.train import (abstract_batch, build, compile_in_background, compile_steps,
-                                   init_state, initializer, train)
+from transformer_jax.steps import (abstract_batch, build, compile_in_background, compile_steps,
+                                   init_state, initializer)
+from transformer_jax.train import train
 
 
 @pytest.fixture(scope='module')

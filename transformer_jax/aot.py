@@ -58,7 +58,7 @@ def topology_devices(name: str):
 
 def compile_train_step(config, devices):
   """The jitted train step of `train`, lowered and compiled for `devices`."""
-  from transformer_jax.train import abstract_batch, build, compile_steps  # noqa: PLC0415
+  from transformer_jax.steps import abstract_batch, build, compile_steps  # noqa: PLC0415
   mesh = sharding.make_mesh(config.mesh, devices)
   sharding.check_batch(config.data.batch_size, mesh)
   setup = build(config, mesh)

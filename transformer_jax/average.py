@@ -20,6 +20,7 @@ from absl import flags
 from transformer_jax import checkpoint as checkpoint_lib
 from transformer_jax import cli, config as config_lib, files, inference, sharding
 from transformer_jax.errors import UserError
+from transformer_jax.steps import build
 
 
 def average(workdir: str, last: int, until_step: int | None = None) -> tuple[int, list[int]]:
@@ -37,7 +38,6 @@ def average(workdir: str, last: int, until_step: int | None = None) -> tuple[int
   meta = source.meta(steps[-1])
   config = config_lib.from_checkpoint(meta['config'])
   config.mesh.update(dict(data=1, fsdp=-1, tensor=1))  # shard parameters over every device
-  from transformer_jax.train import build  # noqa: PLC0415
   setup = build(config, sharding.make_mesh(config.mesh))
   total = None
   for step in steps:

@@ -14,7 +14,6 @@ import hashlib
 import os
 
 import grain
-import jax
 import orbax.checkpoint as ocp
 from ml_collections import ConfigDict
 
@@ -113,7 +112,3 @@ def check_writable(workdir: str) -> None:
     raise UserError(f'The workdir {workdir} is not writable ({reason}); choose a '
                     'directory (or bucket) you can write to.') from None
 
-
-def abstract_with_shardings(abstract_tree, shardings):
-  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                      abstract_tree, shardings)

@@ -16,6 +16,7 @@ from transformer_jax import files
 from transformer_jax import sharding
 from transformer_jax.data import tokenizer as tokenizer_lib
 from transformer_jax.errors import UserError
+from transformer_jax.steps import build
 from transformer_jax.model import Transformer
 
 AVERAGED_DIR = 'averaged'  # `average` writes its checkpoint under WORKDIR/averaged
@@ -56,7 +57,6 @@ def restore(workdir: str, step: int | None = None, averaged: bool = False) -> Re
   config.mesh.update(dict(data=-1, fsdp=1, tensor=1))  # whatever devices this machine has
   tokenizer = _checkpoint_vocabulary(workdir, meta, config)
   mesh = sharding.make_mesh(config.mesh)
-  from transformer_jax.train import build  # noqa: PLC0415 (train imports are heavy)
   setup = build(config, mesh)
   checkpoints = checkpoint_lib.Checkpoints(root, config, async_save=False)
   state = checkpoints.restore(step, setup.abstract_state)

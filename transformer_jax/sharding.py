@@ -96,3 +96,9 @@ def place_batch(batch: dict, mesh: Mesh) -> dict:
   """This host's rows -> global arrays sharded over the mesh's batch axes."""
   sharding = batch_sharding(mesh)
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+
+
+def abstract_with_shardings(abstract_tree, shardings):
+  """Shapes and dtypes with where each array lives: a target to compile for or restore into."""
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                      abstract_tree, shardings)

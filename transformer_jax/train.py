@@ -2,222 +2,28 @@
 
 The loop reads as a short story: build the mesh, the vocabulary and the data; restore
 the latest checkpoint or initialize; then step, log, evaluate and checkpoint until done
-or preempted. The steps are pure jitted functions of (state, batch) with explicit
-shardings; the RNG for dropout is folded from the state's key and step, so a resumed run
-repeats an uninterrupted one exactly.
+or preempted. The steps themselves, and the state they update, are in `steps.py`.
 """
 from __future__ import annotations
 
-import dataclasses
-import functools
 import json
 import os
 import signal
-import threading
 import time
-from typing import Any
 
-import flax
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
-from flax import nnx
 from absl import flags
-from jax.sharding import NamedSharding, PartitionSpec as P
+from flax import nnx
 from ml_collections import ConfigDict
 
 from transformer_jax import checkpoint as checkpoint_lib
-from transformer_jax import cli, optim, sharding
-from transformer_jax import loss as loss_lib
+from transformer_jax import cli, sharding
 from transformer_jax import metrics as metrics_lib
 from transformer_jax.data import datasets, pipeline
-from transformer_jax.data.tokenizer import PAD_ID
 from transformer_jax.errors import UserError
-from transformer_jax.model import Transformer, shift_right
-
-
-# ----------------------------------------------------------------------------- loss
-
-
-def model_inputs(batch: dict) -> dict:
-  """The model's keyword arguments for a (possibly packed) batch from data.pipeline."""
-  return dict(source_positions=batch['source_positions'],
-              source_segments=batch['source_segment_ids'],
-              target_positions=batch['target_positions'],
-              target_segments=batch['target_segment_ids'])
-
-
-def token_sums(model: Transformer, batch: dict, label_smoothing: float, rngs=None) -> dict:
-  """Sums over the batch's non-padding target tokens: loss, nll, correct, tokens."""
-  decoder_input = shift_right(batch['target'], batch['target_segment_ids'])
-  states = model(batch['source'], decoder_input, rngs=rngs, logits=False, **model_inputs(batch))
-  targets = batch['target'].reshape(-1)
-  kernel, layout = model.output_kernel()
-  loss, nll, correct = loss_lib.projected_cross_entropy(
-      states.reshape(targets.shape[0], -1), kernel, targets, label_smoothing, layout,
-      model.matmul_dtype)
-  weights = (targets != PAD_ID).astype(jnp.float32)
-  return {'loss': jnp.sum(loss * weights), 'nll': jnp.sum(nll * weights),
-          'correct': jnp.sum(correct * weights), 'tokens': jnp.sum(weights)}
-
-
-# ----------------------------------------------------------------------------- state
-
-
-@flax.struct.dataclass
-class TrainState:
-  step: jax.Array       # int32 scalar: updates applied so far
-  params: Any           # nested dict of arrays (nnx.to_pure_dict of the model's Params)
-  opt_state: Any
-  rng: jax.Array        # uint32 key data; dropout keys are folded from it and the step
-
-
-@dataclasses.dataclass
-class Setup:
-  """What the steps need besides the state: the model's structure, the optimizer and
-  where every array lives on the mesh."""
-  config: ConfigDict
-  mesh: jax.sharding.Mesh
-  graphdef: Any
-  tx: optax.GradientTransformation
-  state_shardings: TrainState
-  abstract_state: TrainState  # shapes + shardings, the target for restoring
-
-
-def build(config: ConfigDict, mesh) -> Setup:
-  abstract_model = nnx.eval_shape(lambda: Transformer(config.model, rngs=nnx.Rngs(0)))
-  graphdef, abstract_params = nnx.split(abstract_model)
-  replicated = NamedSharding(mesh, P())
-  param_shardings = sharding.named(mesh, nnx.to_pure_dict(sharding.state_specs(abstract_params)))
-  tx = optim.make_optimizer(config)
-  params_shape = nnx.to_pure_dict(abstract_params)
-  opt_shape = jax.eval_shape(tx.init, params_shape)
-  # Optimizer moments mirror the parameters, so they are sharded the same way.
-  opt_shardings = optax.tree_map_params(tx, lambda _, s: s, opt_shape, param_shardings,
-                                        transform_non_params=lambda _: replicated)
-  state_shardings = TrainState(step=replicated, params=param_shardings,
-                               opt_state=opt_shardings, rng=replicated)
-  abstract = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=params_shape,
-                        opt_state=opt_shape, rng=jax.ShapeDtypeStruct((2,), jnp.uint32))
-  abstract = checkpoint_lib.abstract_with_shardings(abstract, state_shardings)
-  return Setup(config, mesh, graphdef, tx, state_shardings, abstract)
-
-
-def initializer(setup: Setup):
-  """The function that makes fresh parameters and optimizer state (jit it to use it)."""
-  config = setup.config
-
-  def init():
-    key = jax.random.key(config.seed)
-    model = Transformer(config.model, rngs=nnx.Rngs(params=jax.random.fold_in(key, 0)))
-    params = nnx.to_pure_dict(nnx.state(model))
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      opt_state=setup.tx.init(params),
-                      rng=jax.random.key_data(jax.random.fold_in(key, 1)))
-
-  return init
-
-
-def init_state(setup: Setup) -> TrainState:
-  """Fresh parameters and optimizer state, created directly in their shards."""
-  init = jax.jit(initializer(setup), out_shardings=setup.state_shardings).lower()
-  # The initializer runs once, so on a CPU its compile time is what counts: LLVM's -O1
-  # compiles it in about half the time of the default -O2, to the same bits (tested).
-  cpu = all(d.platform == 'cpu' for d in setup.mesh.devices.flat)
-  return init.compile({'xla_backend_optimization_level': 1} if cpu else None)()
-
-
-# ----------------------------------------------------------------------------- steps
-
-
-def train_step(setup: Setup, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-  """One update: gradients summed over `grad_accum_steps` micro-batches, divided by
-  their total target tokens; a non-finite loss or gradient leaves the state unchanged."""
-  t = setup.config.train
-  rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-  # Micro-batch i takes rows i, i+k, i+2k, ...: each device's rows split evenly, so the
-  # reshape keeps the batch sharding instead of moving rows between devices.
-  micro = jax.tree.map(
-      lambda x: x.reshape(-1, t.grad_accum_steps, *x.shape[1:]).swapaxes(0, 1), batch)
-
-  def micro_step(grads_and_sums, inputs):
-    index, micro_batch = inputs
-    def loss(params):
-      model = nnx.merge(setup.graphdef, params)
-      sums = token_sums(model, micro_batch, t.label_smoothing,
-                        nnx.Rngs(dropout=jax.random.fold_in(rng, index)))
-      return sums['loss'], sums
-    grads, sums = jax.grad(loss, has_aux=True)(state.params)
-    return jax.tree.map(jnp.add, grads_and_sums, (grads, sums)), None
-
-  zeros = (jax.tree.map(jnp.zeros_like, state.params),
-           {k: jnp.zeros((), jnp.float32) for k in ('loss', 'nll', 'correct', 'tokens')})
-  if t.grad_accum_steps == 1:  # no loop: its carry would copy every gradient once more
-    (grads, sums), _ = micro_step(zeros, (0, jax.tree.map(lambda x: x[0], micro)))
-  else:
-    (grads, sums), _ = jax.lax.scan(micro_step, zeros,
-                                    (jnp.arange(t.grad_accum_steps), micro))
-  grads = jax.tree.map(lambda g: g / jnp.maximum(sums['tokens'], 1.0), grads)
-  updates, opt_state = setup.tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
-  grad_norm = optax.tree.norm(grads)
-  finite = jnp.isfinite(sums['loss']) & jnp.isfinite(grad_norm)
-  keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
-  new_state = TrainState(step=state.step + 1, params=keep(params, state.params),
-                         opt_state=keep(opt_state, state.opt_state), rng=state.rng)
-  metrics = {**sums, 'grad_norm': grad_norm,
-             'learning_rate': optim.learning_rate_schedule(setup.config)(state.step),
-             'finite': finite}
-  return new_state, metrics
-
-
-def eval_step(setup: Setup, params, batch: dict) -> dict:
-  model = nnx.merge(setup.graphdef, params)
-  return token_sums(model, batch, setup.config.train.label_smoothing)
-
-
-def compile_steps(setup: Setup):
-  """The jitted steps: explicit shardings in and out; the old state's buffers are donated."""
-  batch_sharding = sharding.batch_sharding(setup.mesh)
-  train = jax.jit(functools.partial(train_step, setup),
-                  in_shardings=(setup.state_shardings, batch_sharding),
-                  out_shardings=(setup.state_shardings, None), donate_argnums=0)
-  evaluate = jax.jit(functools.partial(eval_step, setup),
-                     in_shardings=(setup.state_shardings.params, batch_sharding))
-  return train, evaluate
-
-
-def abstract_batch(config: ConfigDict, mesh) -> dict:
-  """Every training batch's shapes and shardings: the pipeline packs rows to max_len."""
-  shape = (config.data.batch_size, config.data.max_len)
-  return {f + s: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=sharding.batch_sharding(mesh))
-          for f in ('source', 'target') for s in ('', '_segment_ids', '_positions')}
-
-
-def compile_in_background(jitted, *abstract_args):
-  """Start compiling `jitted` for these argument shapes on a thread; the returned function
-  waits for it on its first call. XLA compiles without holding Python's lock, so the
-  train step's seconds of compilation overlap the data preparation and the state's
-  creation or restoring."""
-  compiled = {}
-
-  def compile_it():
-    try:
-      compiled['fn'] = jitted.lower(*abstract_args).compile()
-    except Exception as e:  # noqa: BLE001 - raised again by the first call
-      compiled['error'] = e
-
-  thread = threading.Thread(target=compile_it, daemon=True)  # an error exit need not wait
-  thread.start()
-
-  def call(*args):
-    thread.join()
-    if 'error' in compiled:
-      raise compiled['error']
-    return compiled['fn'](*args)
-
-  return call
+from transformer_jax.steps import (abstract_batch, build, compile_in_background, compile_steps,
+                                   init_state)
 
 
 # ----------------------------------------------------------------------------- loop

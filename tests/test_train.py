@@ -317,13 +317,16 @@ def test_compilation_cache_is_reused_with_identical_results(shared, repo, tmp_pa
   assert compiled  # the train step at least
   code, _, err = run_train(repo, tmp_path / 'b', *flags)
   assert code == 0, err
-  # A program is cached when it took >= 0.2 s to compile, so a tiny one may join the
-  # cache only in the second run (when the machine is busier); a program the first run
-  # cached and the second compiled again would add a second entry under its name.
+  # The initializer and the train step are one program each: had the second run missed
+  # the cache (a key that differs between runs), it would have added a second entry
+  # under the same name. Small helpers (`jit_slice` in several shapes) are not checked:
+  # one is cached whenever it took >= 0.2 s to compile, which on a busy machine can
+  # happen in either run.
   name = lambda entry: entry.split('-')[0]
-  added = set(os.listdir(cache)) - set(compiled)
-  assert not {name(e) for e in added} & {name(e) for e in compiled}, added
   assert {'jit_init', 'jit_train_step'} <= {name(e) for e in compiled}
+  entries = os.listdir(cache)
+  for program in ('jit_init', 'jit_train_step'):
+    assert sum(name(e) == program for e in entries) == 1, entries
   losses = [[r['loss'] for r in metrics_lib.read(str(tmp_path / run))] for run in 'ab']
   assert losses[0] == losses[1] and len(losses[0]) == 3
 

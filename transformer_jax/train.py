@@ -1,7 +1,7 @@
 """`python -m transformer_jax.train --config=FILE --workdir=DIR`: train, resuming from DIR.
 
-The loop reads as a short story: build the mesh, the vocabulary and the data; restore
-the latest checkpoint or initialize; then step, log, evaluate and checkpoint until done
+The loop reads as a short story: build the mesh and start compiling the step; build the
+vocabulary and the data meanwhile; restore the latest checkpoint or initialize; then step, log, evaluate and checkpoint until done
 or preempted. The steps themselves, and the state they update, are in `steps.py`.
 """
 from __future__ import annotations

@@ -149,7 +149,7 @@ def test_sharded_step_equals_single_device_step(shared):
   assert mu.sharding.spec == w1.sharding.spec  # Adam moments follow their parameter
 
 
-def test_initializer_compiled_at_o1_gives_the_default_compiles_bits(shared):
+def test_initializer_compiled_at_o1_gives_the_same_bits_as_the_default(shared):
   config = tiny_config(shared['tfds_dir'], shared['vocab'])
   setup = build(config, sharding.make_mesh(config.mesh))  # all 8 devices
   default = jax.jit(initializer(setup), out_shardings=setup.state_shardings)()

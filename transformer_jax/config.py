@@ -53,6 +53,9 @@ def defaults() -> ConfigDict:
   c.data.truncate = False        # training pairs over max_len: truncate (True) or drop
   c.data.packing = True          # pack several pairs into each row (segment ids + positions)
   c.data.batch_size = 64         # rows per global batch: a pair each, or max_len tokens if packed
+  c.data.subword_samples = 0     # subword regularization (Kudo, 2018): train on this many
+                                 # sampled segmentations of each pair; 0 = the best one only
+  c.data.subword_alpha = 0.3     # their sampling sharpness: lower = more varied pieces
 
   c.train = ConfigDict()
   c.train.num_steps = 1000
@@ -190,6 +193,10 @@ def _check_values(c: ConfigDict) -> None:
              f'got {m[key]!r}.')
   for key in ('max_len', 'batch_size'):
     _require(c.data[key] >= 1, f'data.{key} must be at least 1, got {c.data[key]}.')
+  _require(c.data.subword_samples >= 0, 'data.subword_samples must be >= 0 (0 = off), '
+           f'got {c.data.subword_samples}.')
+  _require(c.data.subword_alpha > 0, 'data.subword_alpha must be > 0, '
+           f'got {c.data.subword_alpha}.')
   for key in ('num_steps', 'warmup_steps', 'grad_accum_steps', 'log_every',
               'eval_batch_size', 'checkpoint_every', 'keep_checkpoints', 'bleu_sentences',
               'keep_best'):

@@ -127,7 +127,7 @@ def train(config: ConfigDict, workdir: str) -> dict:
   if checkpoints.latest_step() is not None:  # a mismatch fails before any data is read
     checkpoints.check_compatible(checkpoints.latest_step(), tokenizer.path)
   train_split = pipeline.TokenizedSplit(datasets.data_source(config.data, 'train'),
-                                        config.data, tokenizer)
+                                        config.data, tokenizer, sample_seed=config.seed)
   eval_split = _validation_split(config, tokenizer)
   batches = iter(pipeline.train_dataset(config, train_split))
   state = restore_or_init(setup, checkpoints, batches, say)

@@ -59,22 +59,38 @@ class TokenizedSplit:
   Tokenizing up front in large batches (SentencePiece's C++ batch encoder) keeps the
   per-step pipeline to shuffling, packing and batching of small integer arrays. Token
   ids are stored flat with offsets: about 2 bytes per token for vocabularies < 65,536.
+
+  With `sample_seed` set and `data.subword_samples` = K > 0 (training only), it holds K
+  segmentations of each pair sampled from the unigram model instead of the best one:
+  K records per pair, drawn up front with seeds derived from `sample_seed`, so a
+  resumed run rebuilds the very same records.
   """
 
   def __init__(self, source, data: ConfigDict, tokenizer: Tokenizer, *,
-               process_index: int | None = None, process_count: int | None = None):
+               process_index: int | None = None, process_count: int | None = None,
+               sample_seed: int | None = None):
     if process_index is None:
       process_index, process_count = jax.process_index(), jax.process_count()
     self.split_size = len(source)
     if self.split_size == 0:
       raise UserError(f"The split of dataset '{data.name}' is empty: nothing to read.")
     dtype = np.uint16 if tokenizer.vocab_size <= 2 ** 16 else np.int32
+    samples = data.subword_samples if sample_seed is not None else 0
     ids = {field: [] for field in FIELDS}
     index = []
-    for chunk in _chunks(read(source, range(process_index, len(source), process_count))):
-      index.extend(int(ex.get('index', -1)) for ex in chunk)
-      for field, lang in zip(FIELDS, (data.source_lang, data.target_lang)):
-        ids[field].extend(tokenizer.encode_batch([ex[lang].decode('utf-8') for ex in chunk]))
+    examples = read(source, range(process_index, len(source), process_count))
+    for chunk_number, chunk in enumerate(_chunks(examples)):
+      for copy in range(max(samples, 1)):
+        index.extend(int(ex.get('index', -1)) for ex in chunk)
+        for field_number, (field, lang) in enumerate(
+            zip(FIELDS, (data.source_lang, data.target_lang))):
+          texts = [ex[lang].decode('utf-8') for ex in chunk]
+          if samples:
+            seed = np.random.SeedSequence(
+                [sample_seed, chunk_number, copy, field_number]).generate_state(1)[0]
+            ids[field].extend(tokenizer.sample_batch(texts, data.subword_alpha, int(seed)))
+          else:
+            ids[field].extend(tokenizer.encode_batch(texts))
     self.index = np.asarray(index, np.int64)
     self._flat, self._offsets = {}, {}
     for field in FIELDS:

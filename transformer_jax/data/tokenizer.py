@@ -36,6 +36,14 @@ class Tokenizer:
   def encode_batch(self, texts: list[str]) -> list[list[int]]:
     return self._sp.encode(texts)
 
+  def sample_batch(self, texts: list[str], alpha: float, seed: int) -> list[list[int]]:
+    """One segmentation of each text sampled from the unigram model's distribution
+    (subword regularization), reproducibly: seeded, on one thread, since SentencePiece
+    keeps one random generator per thread."""
+    spm.set_random_generator_seed(seed)
+    return self._sp.encode(texts, enable_sampling=True, nbest_size=-1, alpha=alpha,
+                           num_threads=1)
+
   def decode(self, ids: Iterable[int]) -> str:
     """Ids up to the first EOS, padding dropped, back to detokenized text."""
     out = []

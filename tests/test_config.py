@@ -96,6 +96,7 @@ def test_info_command_line_override(repo):
     ('--config.model.d_modle=64', 'd_modle'),
     ('--config.model.d_model=abc', 'd_model'),
     ('--config.model.num_heads=5', 'divisible by model.num_heads'),
+    ('--config.data.subword_samples=-1', 'data.subword_samples must be >= 0'),
 ])
 def test_info_bad_config_exits_with_clear_message(repo, flag, message):
   result = run_info(repo, '--config=configs/tiny.py', flag)

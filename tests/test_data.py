@@ -112,6 +112,30 @@ def test_tokenization_round_trips(synthetic):
       assert tokenizer.decode(ids + [EOS_ID, 7, 7]) == text  # stops at EOS
 
 
+def test_subword_regularization_samples_reproducible_spellings_of_each_pair(synthetic):
+  config, tokenizer, _ = synthetic
+  sampled = make_config(config.data.tfds_dir, subword_samples=4)
+  source = datasets.data_source(config.data, 'validation')
+  best = pipeline.TokenizedSplit(source, sampled.data, tokenizer)  # no seed: not sampled
+  split = pipeline.TokenizedSplit(source, sampled.data, tokenizer, sample_seed=0)
+  again = pipeline.TokenizedSplit(source, sampled.data, tokenizer, sample_seed=0)
+  other_seed = pipeline.TokenizedSplit(source, sampled.data, tokenizer, sample_seed=1)
+  assert len(best) == len(source) and len(split) == 4 * len(source)
+  by_index = {int(i): n for n, i in enumerate(best.index)}
+  spellings = {}
+  for n in range(len(split)):
+    pair, original = split[n], best[by_index[split[n]['index']]]
+    for field in pipeline.FIELDS:
+      assert pair[field][-1] == EOS_ID
+      assert tokenizer.decode(pair[field]) == tokenizer.decode(original[field])
+      spellings.setdefault((field, pair['index']), set()).add(tuple(pair[field]))
+      np.testing.assert_array_equal(pair[field], again[n][field])  # what resume rebuilds
+  varied = sum(len(s) > 1 for s in spellings.values()) / len(spellings)
+  assert varied > 0.5, varied
+  assert any(not np.array_equal(split[n]['target'], other_seed[n]['target'])
+             for n in range(len(split)))
+
+
 def test_vocabulary_is_stored_and_reused(synthetic, tmp_path):
   config, tokenizer, _ = synthetic
   reloaded = tokenizer_lib.load(tokenizer.path, config.model.vocab_size)

@@ -4,6 +4,10 @@ pair is stored in 16 segmentations sampled from the unigram vocabulary (alpha 0.
 more pieces than the best segmentation on average, 3 in 4 sentences segmented
 differently), so each epoch shows the model new ways to spell the same sentences.
 Validation and test text keep the best segmentation, as decoding does.
+
+Measured 2026-11-29: 40.22 lowercased test BLEU in 116 min (average of the last 10
+checkpoints, beam 4, alpha 1.0, chosen on validation), 0.8 below the recipe without it:
+it learned more slowly and had not caught up when the 2 hours ended (README "Results").
 """
 import os
 

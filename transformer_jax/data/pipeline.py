@@ -80,17 +80,18 @@ class TokenizedSplit:
     index = []
     examples = read(source, range(process_index, len(source), process_count))
     for chunk_number, chunk in enumerate(_chunks(examples)):
+      texts = [[ex[lang].decode('utf-8') for ex in chunk]
+               for lang in (data.source_lang, data.target_lang)]
       for copy in range(max(samples, 1)):
         index.extend(int(ex.get('index', -1)) for ex in chunk)
-        for field_number, (field, lang) in enumerate(
-            zip(FIELDS, (data.source_lang, data.target_lang))):
-          texts = [ex[lang].decode('utf-8') for ex in chunk]
+        for field_number, field in enumerate(FIELDS):
           if samples:
             seed = np.random.SeedSequence(
                 [sample_seed, chunk_number, copy, field_number]).generate_state(1)[0]
-            ids[field].extend(tokenizer.sample_batch(texts, data.subword_alpha, int(seed)))
+            ids[field].extend(tokenizer.sample_batch(texts[field_number],
+                                                     data.subword_alpha, int(seed)))
           else:
-            ids[field].extend(tokenizer.encode_batch(texts))
+            ids[field].extend(tokenizer.encode_batch(texts[field_number]))
     self.index = np.asarray(index, np.int64)
     self._flat, self._offsets = {}, {}
     for field in FIELDS:

@@ -136,6 +136,13 @@ def test_subword_regularization_samples_reproducible_spellings_of_each_pair(synt
              for n in range(len(split)))
 
 
+def test_training_split_is_sampled_only_when_configured(synthetic):
+  config, tokenizer, train = synthetic
+  assert len(pipeline.training_split(config, tokenizer)) == len(train)
+  sampled = make_config(config.data.tfds_dir, subword_samples=2)
+  assert len(pipeline.training_split(sampled, tokenizer)) == 2 * len(train)
+
+
 def test_vocabulary_is_stored_and_reused(synthetic, tmp_path):
   config, tokenizer, _ = synthetic
   reloaded = tokenizer_lib.load(tokenizer.path, config.model.vocab_size)

@@ -1,8 +1,8 @@
 """`python -m transformer_jax.train --config=FILE --workdir=DIR`: train, resuming from DIR.
 
 The loop reads as a short story: build the mesh and start compiling the step; build the
-vocabulary and the data meanwhile; restore the latest checkpoint or initialize; then step, log, evaluate and checkpoint until done
-or preempted. The steps themselves, and the state they update, are in `steps.py`.
+vocabulary and the data meanwhile; restore the latest checkpoint or initialize; then
+step, log, evaluate and checkpoint until done or preempted. The steps themselves, and the state they update, are in `steps.py`.
 """
 from __future__ import annotations
 
@@ -126,8 +126,7 @@ def train(config: ConfigDict, workdir: str) -> dict:
   checkpoints = checkpoint_lib.Checkpoints(workdir, config)
   if checkpoints.latest_step() is not None:  # a mismatch fails before any data is read
     checkpoints.check_compatible(checkpoints.latest_step(), tokenizer.path)
-  train_split = pipeline.TokenizedSplit(datasets.data_source(config.data, 'train'),
-                                        config.data, tokenizer, sample_seed=config.seed)
+  train_split = pipeline.training_split(config, tokenizer)
   eval_split = _validation_split(config, tokenizer)
   batches = iter(pipeline.train_dataset(config, train_split))
   state = restore_or_init(setup, checkpoints, batches, say)

@@ -113,6 +113,13 @@ class TokenizedSplit:
     return out
 
 
+def training_split(config: ConfigDict, tokenizer: Tokenizer) -> TokenizedSplit:
+  """This host's shard of the training split; with `data.subword_samples` set, its
+  sampled segmentations, seeded by `config.seed`."""
+  return TokenizedSplit(datasets.data_source(config.data, 'train'), config.data, tokenizer,
+                        sample_seed=config.seed)
+
+
 def _chunks(examples, size: int = 8192):
   chunk = []
   for example in examples:

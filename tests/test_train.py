@@ -411,6 +411,17 @@ def test_checkpoint_of_another_model_is_refused(shared, repo, tmp_path):
   assert sorted(p.name for p in (tmp_path / 'checkpoints').iterdir()) == before
 
 
+def test_checkpoint_of_other_training_records_is_refused(shared, tmp_path):
+  config = tiny_config(shared['tfds_dir'], shared['vocab'], num_steps=2, checkpoint_every=2)
+  train(config, str(tmp_path))
+  before = sorted(p.name for p in (tmp_path / 'checkpoints').iterdir())
+  config.data.subword_samples, config.train.num_steps = 2, 4  # K sampled copies of each pair
+  with pytest.raises(UserError, match=r'trained on other records \(subword_samples: '
+                     r'checkpoint 0, config 2\).*Use a new --workdir'):
+    train(config, str(tmp_path))
+  assert sorted(p.name for p in (tmp_path / 'checkpoints').iterdir()) == before
+
+
 def test_mesh_that_does_not_match_the_devices(shared, tmp_path):
   config = tiny_config(shared['tfds_dir'], shared['vocab'])
   config.mesh.update(dict(data=3, fsdp=1, tensor=1))

@@ -21,6 +21,13 @@ from transformer_jax import files
 from transformer_jax.errors import UserError
 
 CHECKPOINT_DIR = 'checkpoints'
+MODEL_SHAPE_KEYS = ('vocab_size', 'd_model', 'num_heads', 'd_ff', 'num_encoder_layers',
+                    'num_decoder_layers', 'share_embeddings', 'tie_output_embedding',
+                    'pre_norm')
+# The data keys that decide which records the training split holds: with any of them
+# changed, a restored iterator position points into another sequence of batches.
+DATA_RECORD_KEYS = ('name', 'source_lang', 'target_lang', 'max_len', 'truncate', 'packing',
+                    'subword_samples', 'subword_alpha')
 
 
 def vocab_fingerprint(vocab_path: str) -> tuple[str, str]:
@@ -73,20 +80,22 @@ class Checkpoints:
     return self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
 
   def check_compatible(self, step: int, vocab_path: str) -> None:
-    """Refuse a checkpoint from another model shape or vocabulary, naming the fix."""
+    """Refuse a checkpoint from another model shape, vocabulary or training data, naming
+    the fix."""
     meta = self.meta(step)
-    saved, ours = meta['config']['model'], self.config.model.to_dict()
-    shape_keys = ('vocab_size', 'd_model', 'num_heads', 'd_ff', 'num_encoder_layers',
-                  'num_decoder_layers', 'share_embeddings', 'tie_output_embedding', 'pre_norm')
-    diffs = [f'{k}: checkpoint {saved.get(k)!r}, config {ours[k]!r}'
-             for k in shape_keys if saved.get(k) != ours[k]]
+    where = f'The checkpoint at step {step} in {self.directory}'
+    diffs = _differences(meta['config']['model'], self.config.model, MODEL_SHAPE_KEYS)
     if diffs:
-      raise UserError(f'The checkpoint at step {step} in {self.directory} is of another '
-                      f'model ({"; ".join(diffs)}). Use a new --workdir, or a --config that '
-                      'matches the checkpoint.')
+      raise UserError(f'{where} is of another model ({diffs}). Use a new --workdir, or a '
+                      '--config that matches the checkpoint.')
     if meta['vocab_sha256'] != vocab_fingerprint(vocab_path)[0]:
       raise UserError(f'The checkpoint at step {step} was trained with another vocabulary '
                       f'than {vocab_path}. Restore that vocabulary file or use a new --workdir.')
+    diffs = _differences(meta['config']['data'], self.config.data, DATA_RECORD_KEYS)
+    if diffs:
+      raise UserError(f'{where} was trained on other records ({diffs}): its saved '
+                      'data-iterator position would not continue that run. Use a new '
+                      "--workdir, or the checkpoint's data settings.")
 
   def restore(self, step: int, abstract_state, data_iterator=None):
     """The state at `step`, placed as `abstract_state`'s shardings say (any mesh);
@@ -99,6 +108,13 @@ class Checkpoints:
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
+
+
+def _differences(saved: dict, ours: ConfigDict, keys) -> str:
+  """'key: checkpoint A, config B' for each key that differs. A key that a checkpoint of
+  an older version lacks is not compared: it did not exist, so it was at its default."""
+  return '; '.join(f'{k}: checkpoint {saved[k]!r}, config {ours[k]!r}'
+                   for k in keys if k in saved and saved[k] != ours[k])
 
 
 def check_writable(workdir: str) -> None:

@@ -419,6 +419,9 @@ def test_checkpoint_of_other_training_records_is_refused(shared, tmp_path):
   with pytest.raises(UserError, match=r'trained on other records \(subword_samples: '
                      r'checkpoint 0, config 2\).*Use a new --workdir'):
     train(config, str(tmp_path))
+  config.data.subword_samples, config.seed = 0, 1  # another shuffle order
+  with pytest.raises(UserError, match=r'other records \(seed: checkpoint 0, config 1\)'):
+    train(config, str(tmp_path))
   assert sorted(p.name for p in (tmp_path / 'checkpoints').iterdir()) == before
 
 

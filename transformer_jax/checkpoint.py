@@ -24,8 +24,9 @@ CHECKPOINT_DIR = 'checkpoints'
 MODEL_SHAPE_KEYS = ('vocab_size', 'd_model', 'num_heads', 'd_ff', 'num_encoder_layers',
                     'num_decoder_layers', 'share_embeddings', 'tie_output_embedding',
                     'pre_norm')
-# The data keys that decide which records the training split holds: with any of them
-# changed, a restored iterator position points into another sequence of batches.
+# The data keys that decide which records the training split holds (and the top-level
+# `seed`, their order and sampling): with any of them changed, a restored iterator
+# position points into another sequence of batches.
 DATA_RECORD_KEYS = ('name', 'source_lang', 'target_lang', 'max_len', 'truncate', 'packing',
                     'subword_samples', 'subword_alpha')
 
@@ -91,7 +92,9 @@ class Checkpoints:
     if meta['vocab_sha256'] != vocab_fingerprint(vocab_path)[0]:
       raise UserError(f'The checkpoint at step {step} was trained with another vocabulary '
                       f'than {vocab_path}. Restore that vocabulary file or use a new --workdir.')
-    diffs = _differences(meta['config']['data'], self.config.data, DATA_RECORD_KEYS)
+    diffs = '; '.join(filter(None, (
+        _differences(meta['config']['data'], self.config.data, DATA_RECORD_KEYS),
+        _differences(meta['config'], self.config, ('seed',)))))  # shuffle and sampling
     if diffs:
       raise UserError(f'{where} was trained on other records ({diffs}): its saved '
                       'data-iterator position would not continue that run. Use a new '

@@ -196,7 +196,10 @@ def compile_in_background(jitted, *abstract_args):
     except Exception as e:  # noqa: BLE001 - raised again by the first call
       compiled['error'] = e
 
-  thread = threading.Thread(target=compile_it, daemon=True)  # an error exit need not wait
+  # Not a daemon: an error exit (a refused checkpoint, say) waits for the compile to end.
+  # A daemon thread killed inside XLA at exit aborts the process ('FATAL: exception not
+  # rethrown', exit -6) instead of exiting 2 with the error's message.
+  thread = threading.Thread(target=compile_it)
   thread.start()
 
   def call(*args):

@@ -2,6 +2,8 @@
 half-written checkpoints, restoring onto other meshes, and each bad input."""
 import math
 import os
+import pathlib
+import re
 import shutil
 import signal
 import subprocess
@@ -423,6 +425,22 @@ def test_checkpoint_of_other_training_records_is_refused(shared, tmp_path):
   with pytest.raises(UserError, match=r'other records \(seed: checkpoint 0, config 1\)'):
     train(config, str(tmp_path))
   assert sorted(p.name for p in (tmp_path / 'checkpoints').iterdir()) == before
+
+
+def test_checkpoint_of_another_vocabulary_is_refused(shared, tmp_path):
+  run = tmp_path / 'run'
+  config = tiny_config(shared['tfds_dir'], shared['vocab'], num_steps=2, checkpoint_every=2)
+  train(config, str(run))
+  before = sorted(p.name for p in (run / 'checkpoints').iterdir())
+  # The same pieces plus an unknown protobuf field (number 200, varint 1): a vocabulary
+  # that loads and has the same size, but is not the file the checkpoint was trained with.
+  other = tmp_path / 'other.model'
+  other.write_bytes(pathlib.Path(shared['vocab']).read_bytes() + b'\xc0\x0c\x01')
+  config.data.vocab_path, config.train.num_steps = str(other), 4
+  with pytest.raises(UserError, match=rf'step 2 in {re.escape(str(run))}.* was trained '
+                     rf'with another vocabulary than {re.escape(str(other))}\. Restore'):
+    train(config, str(run))
+  assert sorted(p.name for p in (run / 'checkpoints').iterdir()) == before
 
 
 def test_mesh_that_does_not_match_the_devices(shared, tmp_path):

@@ -90,8 +90,8 @@ class Checkpoints:
       raise UserError(f'{where} is of another model ({diffs}). Use a new --workdir, or a '
                       '--config that matches the checkpoint.')
     if meta['vocab_sha256'] != vocab_fingerprint(vocab_path)[0]:
-      raise UserError(f'The checkpoint at step {step} was trained with another vocabulary '
-                      f'than {vocab_path}. Restore that vocabulary file or use a new --workdir.')
+      raise UserError(f'{where} was trained with another vocabulary than {vocab_path}. '
+                      'Restore that vocabulary file or use a new --workdir.')
     diffs = '; '.join(filter(None, (
         _differences(meta['config']['data'], self.config.data, DATA_RECORD_KEYS),
         _differences(meta['config'], self.config, ('seed',)))))  # shuffle and sampling

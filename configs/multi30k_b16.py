@@ -10,9 +10,10 @@ Checkpoints and evaluations are as often in tokens as the 32-row recipe's.
 Measured 2026-11-29: 40.12 lowercased test BLEU in 115.5 min (19,001 updates at 0.34 s;
 average of the last 5 checkpoints, beam 4, alpha 1.0, chosen on validation: 41.27, as
 the 32-row recipe's), 0.9 below configs/multi30k.py's test score; 38.40 at 60 min.
-Validation BLEU during training matched the 32-row run at equal tokens (27.8 / 35.6 /
+Validation BLEU during training tracked the 32-row run at equal tokens (27.8 / 35.6 /
 37.8 / 38.8 / 40.4 at 3,000 / 6,000 / 9,000 / 12,000 / 15,000 steps against 27.8 / 36.0
-/ 38.6 / 39.0 / 40.7 at half those steps): per token, the batch size made no difference.
+/ 38.6 / 39.0 / 40.7 at half those steps, within 0.8): per token, the batch size made
+no difference beyond noise.
 """
 import os
 

@@ -28,7 +28,7 @@ MODEL_SHAPE_KEYS = ('vocab_size', 'd_model', 'num_heads', 'd_ff', 'num_encoder_l
 # `seed`, their order and sampling): with any of them changed, a restored iterator
 # position points into another sequence of batches.
 DATA_RECORD_KEYS = ('name', 'source_lang', 'target_lang', 'max_len', 'truncate', 'packing',
-                    'subword_samples', 'subword_alpha')
+                    'subword_samples', 'subword_alpha', 'lowercase')
 
 
 def vocab_fingerprint(vocab_path: str) -> tuple[str, str]:

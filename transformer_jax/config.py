@@ -56,6 +56,8 @@ def defaults() -> ConfigDict:
   c.data.subword_samples = 0     # subword regularization (Kudo, 2018): train on this many
                                  # sampled segmentations of each pair; 0 = the best one only
   c.data.subword_alpha = 0.3     # their sampling sharpness: lower = more varied pieces
+  c.data.lowercase = False       # lowercase all text first (the literature's Multi30k
+                                 # setting); output is lowercased, validation BLEU too
 
   c.train = ConfigDict()
   c.train.num_steps = 1000

@@ -74,7 +74,7 @@ def _checkpoint_vocabulary(workdir, meta, config) -> tokenizer_lib.Tokenizer:
       raise UserError(f'{local} does not match the vocabulary the checkpoint was trained '
                       'with. Restore the original file, or remove it to use the copy '
                       'stored in the checkpoint.')
-  tokenizer = tokenizer_lib.Tokenizer(proto, local)
+  tokenizer = tokenizer_lib.Tokenizer(proto, local, config.data.lowercase)
   if tokenizer.vocab_size != config.model.vocab_size:
     raise UserError('The checkpoint is inconsistent: its vocabulary has '
                     f'{tokenizer.vocab_size} pieces, its config {config.model.vocab_size}.')

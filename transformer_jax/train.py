@@ -88,7 +88,9 @@ class BleuTracker:
     outputs = self._translate.translate_ids(model, self.mesh, self.sources,
                                             self._translate.Settings())
     hypotheses = [self.tokenizer.decode(ids) for ids in outputs]
-    return self._evaluate.scores(hypotheses, self.references)['bleu']
+    # A lowercasing model writes no case: score it case-insensitively.
+    return self._evaluate.scores(hypotheses, self.references,
+                                 lowercase=self.tokenizer.lowercase)['bleu']
 
   def close(self):
     self.best.close()

@@ -50,7 +50,8 @@ def get_tokenizer(config: ConfigDict, workdir: str) -> Tokenizer:
       yield example[data.source_lang].decode('utf-8')
       yield example[data.target_lang].decode('utf-8')
 
-  return tokenizer_lib.load_or_train(path, config.model.vocab_size, training_text)
+  return tokenizer_lib.load_or_train(path, config.model.vocab_size, training_text,
+                                     data.lowercase)
 
 
 class TokenizedSplit:

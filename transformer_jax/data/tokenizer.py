@@ -20,28 +20,37 @@ _MAX_TRAINING_SENTENCES = 2_000_000  # SentencePiece samples this many; plenty f
 
 
 class Tokenizer:
-  """Text <-> ids. `encode` adds no EOS; the pipeline appends it."""
+  """Text <-> ids. `encode` adds no EOS; the pipeline appends it.
 
-  def __init__(self, model_proto: bytes, path: str):
+  With `lowercase` (config `data.lowercase`) text is lowercased before encoding, so the
+  model reads and writes lowercased text only. Python's `str.lower`, as sacreBLEU's
+  lowercased scores use, not SentencePiece's case folding, which turns "ß" into "ss".
+  """
+
+  def __init__(self, model_proto: bytes, path: str, lowercase: bool = False):
     self.path = path
+    self.lowercase = lowercase
     self._sp = spm.SentencePieceProcessor(model_proto=model_proto)
+
+  def _normalized(self, texts: list[str]) -> list[str]:
+    return [t.lower() for t in texts] if self.lowercase else texts
 
   @property
   def vocab_size(self) -> int:
     return self._sp.get_piece_size()
 
   def encode(self, text: str) -> list[int]:
-    return self._sp.encode(text)
+    return self.encode_batch([text])[0]
 
   def encode_batch(self, texts: list[str]) -> list[list[int]]:
-    return self._sp.encode(texts)
+    return self._sp.encode(self._normalized(texts))
 
   def sample_batch(self, texts: list[str], alpha: float, seed: int) -> list[list[int]]:
     """One segmentation of each text sampled from the unigram model's distribution
     (subword regularization), reproducibly: seeded, on one thread, since SentencePiece
     keeps one random generator per thread."""
     spm.set_random_generator_seed(seed)
-    return self._sp.encode(texts, enable_sampling=True, nbest_size=-1, alpha=alpha,
+    return self._sp.encode(self._normalized(texts), enable_sampling=True, nbest_size=-1, alpha=alpha,
                            num_threads=1)
 
   def decode(self, ids: Iterable[int]) -> str:
@@ -56,9 +65,12 @@ class Tokenizer:
     return self._sp.decode(out)
 
 
-def train(sentences: Iterable[str], vocab_size: int, path: str) -> Tokenizer:
+def train(sentences: Iterable[str], vocab_size: int, path: str,
+          lowercase: bool = False) -> Tokenizer:
   """Train a unigram SentencePiece model on `sentences`; write it to `path` atomically."""
   model = io.BytesIO()
+  if lowercase:
+    sentences = (s.lower() for s in sentences)
   try:
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(sentences), model_writer=model, vocab_size=vocab_size,
@@ -72,14 +84,14 @@ def train(sentences: Iterable[str], vocab_size: int, path: str) -> Tokenizer:
                       f'({e}); choose a smaller --config.model.vocab_size.') from None
     raise
   files.write_atomically(path, model.getvalue())
-  return Tokenizer(model.getvalue(), path)
+  return Tokenizer(model.getvalue(), path, lowercase)
 
 
-def load(path: str, vocab_size: int) -> Tokenizer:
+def load(path: str, vocab_size: int, lowercase: bool = False) -> Tokenizer:
   """Load a stored model; its size must equal the config's `model.vocab_size`."""
   try:
     proto = files.path(path).read_bytes()
-    tokenizer = Tokenizer(proto, path)
+    tokenizer = Tokenizer(proto, path, lowercase)
   except OSError as e:
     raise UserError(f'Cannot read the vocabulary {path}: {e.strerror}.') from None
   except RuntimeError:
@@ -96,12 +108,13 @@ def load(path: str, vocab_size: int) -> Tokenizer:
   return tokenizer
 
 
-def load_or_train(path: str, vocab_size: int, sentences) -> Tokenizer:
+def load_or_train(path: str, vocab_size: int, sentences,
+                  lowercase: bool = False) -> Tokenizer:
   """The stored vocabulary if `path` exists (resume, decoding), else train one there.
 
   `sentences` is a callable returning the training text, so nothing is read on resume.
   """
   if files.path(path).exists():
-    return load(path, vocab_size)
-  return train(sentences(), vocab_size, path)
+    return load(path, vocab_size, lowercase)
+  return train(sentences(), vocab_size, path, lowercase)
 

@@ -143,6 +143,23 @@ def test_training_split_is_sampled_only_when_configured(synthetic):
   assert len(pipeline.training_split(sampled, tokenizer)) == 2 * len(train)
 
 
+def test_lowercased_data_gives_a_lowercase_vocabulary_and_records(synthetic, tmp_path):
+  config, _, _ = synthetic
+  lower = make_config(config.data.tfds_dir, lowercase=True)
+  tokenizer = pipeline.get_tokenizer(lower, str(tmp_path))
+  pieces = [tokenizer._sp.id_to_piece(i) for i in range(3, tokenizer.vocab_size)]
+  assert all(p == p.lower() for p in pieces) and any(p != p.upper() for p in pieces)
+  assert tokenizer_lib.load(tokenizer.path, 256, lowercase=True).encode(
+      'The Dog SLEEPS.') == tokenizer.encode('the dog sleeps.')
+  source = datasets.data_source(lower.data, 'validation')
+  split = pipeline.TokenizedSplit(source, lower.data, tokenizer)
+  for n, example in zip(range(20), pipeline.read(source, range(len(source)))):
+    for field, lang in zip(pipeline.FIELDS, ('en', 'de')):
+      text = example[lang].decode()
+      assert text != text.lower()  # the corpus is cased; the records are not
+      assert tokenizer.decode(split[n][field]) == text.lower()
+
+
 def test_vocabulary_is_stored_and_reused(synthetic, tmp_path):
   config, tokenizer, _ = synthetic
   reloaded = tokenizer_lib.load(tokenizer.path, config.model.vocab_size)

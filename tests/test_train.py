@@ -18,6 +18,7 @@ import pytest
 
 from transformer_jax import checkpoint as checkpoint_lib
 from transformer_jax import config as config_lib
+from transformer_jax import inference
 from transformer_jax import metrics as metrics_lib
 from transformer_jax import optim
 from transformer_jax import sharding
@@ -415,9 +416,18 @@ def test_checkpoint_of_another_model_is_refused(shared, repo, tmp_path):
 
 def test_checkpoint_of_other_training_records_is_refused(shared, tmp_path):
   config = tiny_config(shared['tfds_dir'], shared['vocab'], num_steps=2, checkpoint_every=2)
+  config.data.lowercase = True
   train(config, str(tmp_path))
+  # Whatever restores the checkpoint lowercases its input as training did.
+  restored = inference.restore(str(tmp_path))
+  assert restored.tokenizer.encode('The Dog SLEEPS.') == restored.tokenizer.encode(
+      'the dog sleeps.')
   before = sorted(p.name for p in (tmp_path / 'checkpoints').iterdir())
-  config.data.subword_samples, config.train.num_steps = 2, 4  # K sampled copies of each pair
+  config.data.lowercase, config.train.num_steps = False, 4  # other token ids
+  with pytest.raises(UserError, match=r'other records \(lowercase: checkpoint True, '
+                     r'config False\)'):
+    train(config, str(tmp_path))
+  config.data.lowercase, config.data.subword_samples = True, 2  # K sampled copies of each pair
   with pytest.raises(UserError, match=r'trained on other records \(subword_samples: '
                      r'checkpoint 0, config 2\).*Use a new --workdir'):
     train(config, str(tmp_path))

@@ -50,8 +50,8 @@ class Tokenizer:
     (subword regularization), reproducibly: seeded, on one thread, since SentencePiece
     keeps one random generator per thread."""
     spm.set_random_generator_seed(seed)
-    return self._sp.encode(self._normalized(texts), enable_sampling=True, nbest_size=-1, alpha=alpha,
-                           num_threads=1)
+    return self._sp.encode(self._normalized(texts), enable_sampling=True, nbest_size=-1,
+                           alpha=alpha, num_threads=1)
 
   def decode(self, ids: Iterable[int]) -> str:
     """Ids up to the first EOS, padding dropped, back to detokenized text."""

@@ -57,7 +57,7 @@ def checkpoint_times(workdir: pathlib.Path) -> dict[int, float]:
 
 def decode_and_score(restored, sources, references, settings) -> dict:
   """Beam-search translations scored three ways: lowercased 13a BLEU (the literature's
-  "tokenized, lowercased"), cased detokenized 13a BLEU, and chrF."""
+  "tokenized, lowercased"), cased detokenized 13a BLEU, and chrF (cased and lowercased)."""
   from transformer_jax import evaluate, translate  # noqa: PLC0415 (jax only for analyze)
   started = time.perf_counter()
   hypotheses = translate.translate_texts(restored, sources, settings)
@@ -66,6 +66,7 @@ def decode_and_score(restored, sources, references, settings) -> dict:
   return {'bleu_lowercased_13a': lower['bleu'], 'bleu_lowercased_signature': lower['bleu_signature'],
           'bleu_cased_13a': cased['bleu'], 'bleu_cased_signature': cased['bleu_signature'],
           'chrf': cased['chrf'], 'chrf_signature': cased['chrf_signature'],
+          'chrf_lowercased': lower['chrf'],  # the fair chrF of a lowercasing model
           'sentences': len(hypotheses), 'translate_seconds': time.perf_counter() - started,
           'hypotheses': hypotheses}
 

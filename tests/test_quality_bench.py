@@ -46,8 +46,9 @@ def test_recipe_bench_records_budgets_scores_and_plot(repo, tmp_path):
   assert late['averaged_last'] == best['average']
   test = late['test']
   assert test['sentences'] == 8
-  for key in ('bleu_lowercased_13a', 'bleu_cased_13a', 'chrf'):
+  for key in ('bleu_lowercased_13a', 'bleu_cased_13a', 'chrf', 'chrf_lowercased'):
     assert 0 <= test[key] <= 100
+  assert test['chrf_lowercased'] >= test['chrf']  # case differences only remove matches
   assert 'lc' in test['bleu_lowercased_signature'] and 'mixed' in test['bleu_cased_signature']
   run = record['run']
   assert run['steps'] == 6 and run['target_tokens_seen'] > 0

@@ -1,4 +1,4 @@
-"""Beam-search decoding speed on the cpu-small workload (../shared/bench/cpu_small.json);
+"""Beam-search decoding speed on the cpu-small workload (bench/workloads/cpu_small.json);
 prints JSON.
 
 Beam `beam` over `decode_batch` sources of `decode_src_len` tokens, exactly
@@ -9,7 +9,7 @@ This machine's speed drifts by tens of percent within minutes, so every repeat i
 with a 2048^3 fp32 `jnp.dot` peak measured right after it, and sentences/s is also given
 at the reference machine's peak (`at_reference_peak`: the median of the per-pair
 sentences/s x reference peak / this peak), the figure to hold against the Flax WMT
-example's 24.7 sentences/s at 187 GFLOP/s (../shared/bench/README.md).
+example's 24.7 sentences/s at 187 GFLOP/s (bench/workloads/README.md).
 
   python bench/decode.py [--repeats=5] [--matmul_dtype=bfloat16]
 """
@@ -36,7 +36,7 @@ import sys  # noqa: E402
 sys.path.insert(0, str(ROOT))
 from train_step import WORKLOAD, matmul_peak_meter, timed, workload_config  # noqa: E402  (one workload)
 
-# ../shared/bench/README.md: the Flax WMT example's decoder on the reference machine.
+# bench/workloads/README.md: the Flax WMT example's decoder on the reference machine.
 REFERENCE = dict(matmul_peak_flop_per_s=187e9, sentences_per_s=24.7)
 
 

@@ -3,7 +3,7 @@
 Measures (1) the one-time preparation: TFDS build (first run only), vocabulary, reading
 and tokenizing the training split; (2) the steady state: source+target tokens per second
 the Grain pipeline delivers as packed batches. The reference, measured in the same run
-on both cores, is what the cpu-small (../shared/bench/cpu_small.json) train step
+on both cores, is what the cpu-small (bench/workloads/cpu_small.json) train step
 consumes; the pipeline should deliver at least 10x that.
 
   python bench/input_pipeline.py [--data_dir=../shared/data/multi30k] [--batches=300]
@@ -21,13 +21,14 @@ import time
 import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / 'shared'
+SHARED = ROOT.parent / 'shared'  # real corpora, when present beside the clone
+WORKLOAD = ROOT / 'bench' / 'workloads' / 'cpu_small.json'
 
 
 def pipeline_throughput(data_dir: str, batches: int, workdir: str) -> dict:
   from transformer_jax import config as config_lib
   from transformer_jax.data import datasets, pipeline
-  workload = json.loads((SHARED / 'bench' / 'cpu_small.json').read_text())
+  workload = json.loads(WORKLOAD.read_text())
   config = config_lib.defaults()
   config.data.update(name='multi30k', data_dir=data_dir, tfds_dir=os.path.join(workdir, 'tfds'),
                      max_len=workload['src_len'], batch_size=workload['batch'])
@@ -64,7 +65,7 @@ def train_step_consumption(steps: int = 5) -> dict:
   import train_step as workload  # bench/train_step.py: the cpu-small config and batch
   from transformer_jax import sharding
   from transformer_jax.steps import build, compile_steps, init_state
-  w = json.loads((SHARED / 'bench' / 'cpu_small.json').read_text())
+  w = json.loads(WORKLOAD.read_text())
   config = workload.workload_config(w, 'float32')
   mesh = sharding.make_mesh(config.mesh)
   setup = build(config, mesh)

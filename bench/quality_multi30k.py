@@ -58,12 +58,13 @@ def checkpoint_times(workdir: pathlib.Path) -> dict[int, float]:
 def decode_and_score(restored, sources, references, settings) -> dict:
   """Beam-search translations scored three ways: lowercased 13a BLEU (the literature's
   "tokenized, lowercased"), cased detokenized 13a BLEU, and chrF (cased and lowercased)."""
-  from transformer_jax import evaluate, translate  # noqa: PLC0415 (jax only for analyze)
+  from transformer_jax import inference, scoring  # noqa: PLC0415 (jax only for analyze)
   started = time.perf_counter()
-  hypotheses = translate.translate_texts(restored, sources, settings)
-  lower = evaluate.scores(hypotheses, references, '13a', lowercase=True)
-  cased = evaluate.scores(hypotheses, references, '13a', lowercase=False)
-  return {'bleu_lowercased_13a': lower['bleu'], 'bleu_lowercased_signature': lower['bleu_signature'],
+  hypotheses = inference.translate_texts(restored, sources, settings)
+  lower = scoring.scores(hypotheses, references, '13a', lowercase=True)
+  cased = scoring.scores(hypotheses, references, '13a', lowercase=False)
+  return {'bleu_lowercased_13a': lower['bleu'],
+          'bleu_lowercased_signature': lower['bleu_signature'],
           'bleu_cased_13a': cased['bleu'], 'bleu_cased_signature': cased['bleu_signature'],
           'chrf': cased['chrf'], 'chrf_signature': cased['chrf_signature'],
           'chrf_lowercased': lower['chrf'],  # the fair chrF of a lowercasing model
@@ -75,14 +76,14 @@ def score_budget(workdir, minutes, start, times, splits, grid, candidates) -> di
   """The recipe's result at a time budget: the checkpoints committed within it, the number
   of them to average and the beam settings (one of `grid`) chosen by validation BLEU,
   then the test scores of that choice."""
-  from transformer_jax import average, inference, translate  # noqa: PLC0415
+  from transformer_jax import checkpoint, inference  # noqa: PLC0415
   within = sorted(step for step, t in times.items() if t - start <= 60 * minutes)
   if not within:
     return {'minutes': minutes, 'error': 'no checkpoint was committed within the budget'}
   last = within[-1]
   tried = []
   for n in (n for n in candidates if n <= len(within)):
-    average.average(str(workdir), n, until_step=last)
+    checkpoint.average(str(workdir), n, until_step=last)
     restored = inference.restore(str(workdir), averaged=True)
     for settings in grid:
       bleu = decode_and_score(restored, *splits['validation'], settings)['bleu_lowercased_13a']
@@ -91,8 +92,8 @@ def score_budget(workdir, minutes, start, times, splits, grid, candidates) -> di
       print(f'{minutes} min, step {last}, average of {n}, beam {settings.beam_size}, '
             f'alpha {settings.alpha}: validation BLEU {bleu:.2f} lowercased', flush=True)
   best = max(tried, key=lambda t: t['bleu_lowercased_13a'])  # ties: the first tried
-  settings = translate.Settings(beam_size=best['beam_size'], alpha=best['alpha'])
-  average.average(str(workdir), best['average'], until_step=last)
+  settings = inference.Settings(beam_size=best['beam_size'], alpha=best['alpha'])
+  checkpoint.average(str(workdir), best['average'], until_step=last)
   test = decode_and_score(inference.restore(str(workdir), averaged=True), *splits['test'],
                           settings)
   (workdir / f'test_hypotheses_{minutes:g}min.txt').write_text(
@@ -169,7 +170,8 @@ def plot(summary: dict, budgets: list[dict], path: pathlib.Path) -> None:
 
 
 def analyze(args) -> dict:
-  from transformer_jax import evaluate, inference, translate  # noqa: PLC0415
+  from transformer_jax import inference  # noqa: PLC0415
+  from transformer_jax.data import pipeline  # noqa: PLC0415
   workdir = pathlib.Path(args.workdir)
   record = json.loads((workdir / RUN_FILE).read_text())
   if 'end_time' not in record:
@@ -178,9 +180,9 @@ def analyze(args) -> dict:
   config = inference.restore(str(workdir)).config
   splits = {}
   for split in ('validation', 'test'):
-    sources, references = evaluate.split_pairs(config, split)
+    sources, references = pipeline.split_pairs(config, split)
     splits[split] = (sources[:args.sentences or None], references[:args.sentences or None])
-  grid = [translate.Settings(beam_size=b, alpha=a)
+  grid = [inference.Settings(beam_size=b, alpha=a)
           for b in args.beam_sizes for a in args.alphas]
   times = checkpoint_times(workdir)
   budgets = [score_budget(workdir, float(m), start, times, splits, grid,

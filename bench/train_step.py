@@ -1,4 +1,4 @@
-"""Train-step speed on the cpu-small workload (../shared/bench/cpu_small.json); prints JSON.
+"""Train-step speed on the cpu-small workload (bench/workloads/cpu_small.json); prints JSON.
 
 The real train step (Adam, label smoothing, dropout; `transformer_jax.train`) on a batch
 of `batch` pairs of `src_len`/`tgt_len` real tokens. Reports the median steady-state
@@ -28,11 +28,11 @@ import numpy as np
 from transformer_jax import cli
 from transformer_jax import config as config_lib
 from transformer_jax import sharding
-from transformer_jax.info import train_flops
+from transformer_jax.costs import train_flops
 from transformer_jax.steps import (abstract_batch, build, compile_in_background, compile_steps,
                                    init_state)
 
-WORKLOAD = pathlib.Path(__file__).resolve().parents[2] / 'shared' / 'bench' / 'cpu_small.json'
+WORKLOAD = pathlib.Path(__file__).resolve().parent / 'workloads' / 'cpu_small.json'
 
 
 def workload_config(w: dict, dtype: str, matmul_dtype: str = ''):

@@ -1,7 +1,9 @@
-"""Run every test on 8 simulated CPU devices, so sharding is tested for real.
+"""Every test runs on 8 simulated CPU devices, so sharding is tested for real; and the
+fixtures several test files share: the tiny config, the synthetic corpus built once with
+its vocabulary, a briefly trained workdir, and running a command in this process.
 
-XLA reads the flag when JAX initializes its backend, so it must be set before any test
-module imports jax.
+XLA reads the device-count flag when JAX initializes its backend, so it is set before
+any test module imports jax.
 """
 import os
 
@@ -13,13 +15,217 @@ os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 import tempfile  # noqa: E402
 os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(prefix='transformer_jax_xla_')
 
+import dataclasses  # noqa: E402
 import pathlib  # noqa: E402
+import sys  # noqa: E402
 
 import pytest  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+FIXTURES = REPO / 'tests' / 'data'
+
+
+@pytest.fixture(scope='session', autouse=True)
+def compilation_cache():
+  """The commands' compilation cache for this process too, from the first test on: many
+  tests compile the same tiny programs, and the commands run in-process turn it on
+  anyway, so every test sees the same setting whatever ran before it."""
+  from transformer_jax import cli
+  cli.use_compilation_cache(os.environ['JAX_COMPILATION_CACHE_DIR'])
 
 
 @pytest.fixture(scope='session')
 def repo():
   return REPO
+
+
+@dataclasses.dataclass(frozen=True)
+class Corpus:
+  tfds_dir: str  # the synthetic corpus, built as a TFDS dataset
+  vocab: str     # a vocabulary of configs/tiny.py's size trained on it
+
+
+@pytest.fixture(scope='session')
+def synthetic(tmp_path_factory) -> Corpus:
+  """The built-in synthetic corpus and a tiny vocabulary, built once for the whole run."""
+  from transformer_jax import config as config_lib
+  from transformer_jax.data import pipeline
+  root = tmp_path_factory.mktemp('synthetic')
+  config = config_lib.load(str(REPO / 'configs' / 'tiny.py'))
+  config.data.tfds_dir = str(root / 'tfds')
+  tokenizer = pipeline.get_tokenizer(config_lib.validate(config), str(root))
+  return Corpus(str(root / 'tfds'), tokenizer.path)
+
+
+@pytest.fixture(scope='session')
+def pipeline_corpus(synthetic):
+  """(config, tokenizer, tokenized training split) of the synthetic corpus with a
+  256-piece vocabulary, 32-token rows of 8: what the data pipeline tests read."""
+  from transformer_jax import config as config_lib
+  from transformer_jax.data import datasets, pipeline
+  c = config_lib.defaults()
+  c.model.vocab_size = 256
+  c.data.update(tfds_dir=synthetic.tfds_dir, max_len=32, batch_size=8)
+  config = config_lib.validate(c)
+  tokenizer = pipeline.get_tokenizer(config, str(pathlib.Path(synthetic.vocab).parent / '256'))
+  train = pipeline.TokenizedSplit(datasets.data_source(config.data, 'train'), config.data,
+                                  tokenizer)
+  return config, tokenizer, train
+
+
+@pytest.fixture(scope='session')
+def with_data():
+  """with_data(config, **data) -> a copy of `config` with `data` keys changed."""
+  from transformer_jax import config as config_lib
+
+  def change(config, **data):
+    c = config.copy_and_resolve_references()
+    c.data.update(data)
+    return config_lib.validate(c)
+
+  return change
+
+
+@pytest.fixture(scope='session')
+def tiny_config(synthetic):
+  """tiny_config(**train) -> configs/tiny.py on the shared corpus and vocabulary, logging
+  every step, no evaluation, `train` keys overridden (a fresh config each call)."""
+  from transformer_jax import config as config_lib
+
+  def make(**train):
+    c = config_lib.load(str(REPO / 'configs' / 'tiny.py'))
+    c.data.tfds_dir, c.data.vocab_path = synthetic.tfds_dir, synthetic.vocab
+    c.train.update({**dict(log_every=1, eval_every=0, checkpoint_every=4), **train})
+    return config_lib.validate(c)
+
+  return make
+
+
+@pytest.fixture(scope='session')
+def briefly_trained(tmp_path_factory, tiny_config):
+  """A workdir of 6 tiny training steps, with checkpoints at steps 2, 4 and 6; tests
+  that write must copy it."""
+  from transformer_jax import loop
+  workdir = tmp_path_factory.mktemp('briefly_trained')
+  config = tiny_config(num_steps=6, checkpoint_every=2, keep_checkpoints=3, log_every=2)
+  loop.train(config, str(workdir))
+  return workdir
+
+
+def _fake_batch(config, seed=0):
+  """A training batch of random tokens, one pair per row, random real lengths."""
+  import numpy as np
+  rows, length = config.data.batch_size, config.data.max_len
+  rng = np.random.default_rng(seed)
+  batch = {}
+  for field in ('source', 'target'):
+    lengths = rng.integers(3, length, rows)
+    mask = np.arange(length)[None] < lengths[:, None]
+    batch[field] = np.where(mask, rng.integers(3, config.model.vocab_size, (rows, length)),
+                            0).astype(np.int32)
+    batch[f'{field}_segment_ids'] = mask.astype(np.int32)
+    batch[f'{field}_positions'] = np.where(mask, np.arange(length)[None], 0).astype(np.int32)
+  return batch
+
+
+@pytest.fixture(scope='session')
+def fake_batch():
+  """fake_batch(config, seed=0) -> a batch of random tokens of the config's shape."""
+  return _fake_batch
+
+
+def _saved_params(workdir, config, step):
+  """The parameters of the checkpoint at `step`, restored onto one device, as numpy."""
+  import jax
+  from transformer_jax import checkpoint as checkpoint_lib
+  from transformer_jax import config as config_lib
+  from transformer_jax import sharding
+  from transformer_jax.steps import build
+  mesh = sharding.make_mesh(config_lib.defaults().mesh, jax.devices()[:1])
+  setup = build(config, mesh)
+  checkpoints = checkpoint_lib.Checkpoints(str(workdir), config)
+  try:
+    return jax.device_get(checkpoints.restore_params(step, setup.abstract_state.params))
+  finally:
+    checkpoints.close()
+
+
+@pytest.fixture(scope='session')
+def saved_params():
+  """saved_params(workdir, config, step) -> the checkpoint's parameters as numpy."""
+  return _saved_params
+
+
+@pytest.fixture(scope='session')
+def trained(tmp_path_factory, synthetic):
+  """A small model trained for 300 steps (~9 BLEU), with validation BLEU every 100
+  steps; checkpoints at 200, 250 and 300 are kept, the best 2 by BLEU in WORKDIR/best."""
+  from transformer_jax import config as config_lib
+  from transformer_jax import loop
+  workdir = tmp_path_factory.mktemp('trained')
+  c = config_lib.load(str(REPO / 'configs' / 'tiny.py'))
+  c.model.update(vocab_size=256, d_model=64, d_ff=128, dropout_rate=0.0)
+  c.data.update(tfds_dir=synthetic.tfds_dir, max_len=32, batch_size=32)
+  c.train.update(num_steps=300, warmup_steps=100, learning_rate=1.0, log_every=50,
+                 eval_every=0, checkpoint_every=50, keep_checkpoints=3, bleu_every=100,
+                 bleu_sentences=100, keep_best=2)
+  loop.train(config_lib.validate(c), str(workdir))
+  return workdir, c
+
+
+@dataclasses.dataclass
+class Result:
+  code: int
+  out: str
+  err: str
+
+
+@pytest.fixture
+def command(capsys, monkeypatch):
+  """command(module, *flags) -> Result: a command's `main`, run in this process exactly as
+  `python -m transformer_jax.NAME FLAGS` runs it (flag parsing, one-line errors, exit
+  code), without the seconds a new process spends importing JAX."""
+  from absl import flags
+  from transformer_jax import cli
+
+  def run(module, *argv, stdin: bytes | None = None):
+    flags.FLAGS.unparse_flags()  # every flag back to its default
+    if stdin is not None:
+      monkeypatch.setattr(sys, 'stdin', _Stdin(stdin))
+    monkeypatch.setattr(sys, 'argv', [module.__name__, *map(str, argv)])
+    capsys.readouterr()
+    try:
+      cli.run(module.main)
+      code = 0
+    except SystemExit as e:
+      code = e.code or 0
+    finally:
+      flags.FLAGS.unparse_flags()
+    out, err = capsys.readouterr()
+    return Result(code, out, err)
+
+  return run
+
+
+class _Stdin:
+  """What a command reads from stdin: bytes, through .buffer."""
+
+  def __init__(self, data: bytes):
+    import io
+    self.buffer = io.BytesIO(data)
+
+
+
+@pytest.fixture(scope='session')
+def command_process():
+  """command_process(name, *flags, stdin=None) -> Result: `python -m transformer_jax.NAME
+  FLAGS` in a new process, from the repository root, as a user runs it."""
+  import subprocess
+
+  def run(name, *argv, stdin: bytes | None = None):
+    result = subprocess.run([sys.executable, '-m', f'transformer_jax.{name}', *map(str, argv)],
+                            cwd=REPO, input=stdin, capture_output=True, timeout=900,
+                            env=dict(os.environ, JAX_PLATFORMS='cpu'))
+    return Result(result.returncode, result.stdout.decode(), result.stderr.decode())
+
+  return run

@@ -7,8 +7,9 @@ import sys
 
 import pytest
 
+from transformer_jax import aot
 from transformer_jax import config as config_lib
-from transformer_jax.info import train_flops
+from transformer_jax.costs import train_flops
 
 SMALL = ['--config.model.d_model=256', '--config.model.d_ff=1024', '--config.model.vocab_size=512',
          '--config.model.num_heads=4', '--config.data.batch_size=16', '--config.data.max_len=32']
@@ -20,6 +21,7 @@ def run_aot(repo, *flags):
                         env=dict(os.environ, JAX_PLATFORMS='cpu'))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('topology, chips', [('v5e:2x2', 4), ('v4:2x2x1', 4)])
 def test_compiles_for_tpu_topologies_and_counts_flops_like_info(repo, topology, chips):
   result = run_aot(repo, f'--topology={topology}', '--config.mesh.fsdp=2', *SMALL)
@@ -39,6 +41,7 @@ def test_compiles_for_tpu_topologies_and_counts_flops_like_info(repo, topology, 
   assert decode['fits'] and decode['memory_per_chip_bytes']['total'] > 0
 
 
+@pytest.mark.slow
 def test_a_step_that_cannot_fit_is_reported_with_fixes(repo):
   result = run_aot(repo, '--topology=v5e:2x2', '--config.model.vocab_size=32000',
                    '--config.data.batch_size=4096', '--config.data.max_len=256')
@@ -48,6 +51,9 @@ def test_a_step_that_cannot_fit_is_reported_with_fixes(repo):
   assert 'mesh.fsdp' in result.stderr
 
 
-def test_unknown_topology_is_a_clear_error(repo):
-  result = run_aot(repo, '--topology=v9z:2x2')
-  assert result.returncode == 2 and 'expected CHIP:SHAPE' in result.stderr
+@pytest.mark.parametrize('flags, message', [
+    (['--topology=v9z:2x2'], 'expected CHIP:SHAPE with CHIP one of v4, v5e'),
+    (['--topology=v5e:3x7'], 'is not a TPU slice libtpu knows')])
+def test_unknown_topology_is_a_clear_error(command, repo, flags, message):
+  result = command(aot, f'--config={repo / "configs" / "tiny.py"}', *flags)
+  assert result.code == 2 and message in result.err

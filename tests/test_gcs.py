@@ -14,6 +14,9 @@ from etils import epath
 
 BUCKET = 'transformer-jax-test'
 
+# Every test here starts training processes: minutes, left out of the everyday loop.
+pytestmark = pytest.mark.slow
+
 
 def _free_port() -> int:
   with socket.socket() as s:

@@ -15,6 +15,9 @@ import pytest
 
 from transformer_jax import metrics as metrics_lib
 
+# Every test here starts training processes: minutes, left out of the everyday loop.
+pytestmark = pytest.mark.slow
+
 
 def free_port() -> int:
   with socket.socket() as s:

@@ -1,5 +1,6 @@
-"""bench/quality_multi30k.py end to end on real Multi30k files, with a tiny model: the
-timed run, the budgets, the choice of checkpoint average on validation, the JSON and PNG."""
+"""bench/quality_multi30k.py end to end on files in Multi30k's layout (the synthetic
+fixture in tests/data/multi30k), with a tiny model: the timed run, the budgets, the choice
+of checkpoint average on validation, the JSON and PNG."""
 import json
 import os
 import subprocess
@@ -7,8 +8,8 @@ import sys
 
 import pytest
 
-DATA = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data', 'multi30k')
-TINY = ['--config.model.vocab_size=512', '--config.model.d_model=32', '--config.model.d_ff=64',
+DATA = os.path.join(os.path.dirname(__file__), 'data', 'multi30k')
+TINY = ['--config.model.vocab_size=256', '--config.model.d_model=32', '--config.model.d_ff=64',
         '--config.model.num_heads=2', '--config.model.num_encoder_layers=1',
         '--config.model.num_decoder_layers=1', '--config.model.matmul_dtype=',
         '--config.data.batch_size=8', '--config.data.max_len=32',
@@ -24,6 +25,7 @@ def bench(repo, *flags):
                         env=dict(os.environ, JAX_PLATFORMS='cpu'))
 
 
+@pytest.mark.slow
 def test_recipe_bench_records_budgets_scores_and_plot(repo, tmp_path):
   workdir = tmp_path / 'run'
   flags = [f'--workdir={workdir}', '--budgets_minutes=0.0001,1000', '--sentences=8',

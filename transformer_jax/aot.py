@@ -23,7 +23,7 @@ from absl import flags
 
 from transformer_jax import cli, sharding
 from transformer_jax.errors import UserError
-from transformer_jax.info import train_flops
+from transformer_jax.costs import train_flops
 
 # Published per-chip figures: HBM bytes, peak dense bf16 FLOP/s, HBM bytes/s.
 CHIPS = {
@@ -174,8 +174,8 @@ def main(argv):
 
 
 _TOPOLOGY = flags.DEFINE_string('topology', None, 'TPU slice, e.g. v5e:4x4, v4:2x2x1, v5p:4x4x4.')
-_DECODE = flags.DEFINE_bool('decode', True, 'Also compile beam search (train.eval_batch_size '
-                            'sources of data.max_len tokens, beam 4).')
+_DECODE = flags.DEFINE_bool('compile_decode', True, 'Also compile beam search '
+                            '(train.eval_batch_size sources of data.max_len tokens, beam 4).')
 
 if __name__ == '__main__':
   cli.run(main)

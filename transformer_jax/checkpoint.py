@@ -5,7 +5,8 @@ sharded arrays written by every host), `data` (the Grain iterator state of each 
 and `meta` (the config and the SentencePiece model, so a checkpoint directory is
 self-contained). Orbax writes into a temporary directory and renames it when complete,
 so a checkpoint half-written by a kill is never listed, never loaded. Restoring takes the
-target shardings, so a checkpoint restores onto any mesh.
+target shardings, so a checkpoint restores onto any mesh. `average` writes the mean of
+the last N checkpoints' parameters as a checkpoint of its own, under WORKDIR/averaged.
 """
 from __future__ import annotations
 
@@ -14,13 +15,19 @@ import hashlib
 import os
 
 import grain
+import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from ml_collections import ConfigDict
 
-from transformer_jax import files
+from transformer_jax import config as config_lib
+from transformer_jax import files, sharding
+from transformer_jax.data import tokenizer as tokenizer_lib
 from transformer_jax.errors import UserError
+from transformer_jax.steps import build
 
 CHECKPOINT_DIR = 'checkpoints'
+AVERAGED_DIR = 'averaged'  # `average` writes its checkpoint under WORKDIR/averaged
 MODEL_SHAPE_KEYS = ('vocab_size', 'd_model', 'num_heads', 'd_ff', 'num_encoder_layers',
                     'num_decoder_layers', 'share_embeddings', 'tie_output_embedding',
                     'pre_norm')
@@ -108,6 +115,21 @@ class Checkpoints:
       items['data'] = grain.checkpoint.CheckpointRestore(data_iterator)
     return self._manager.restore(step, args=ocp.args.Composite(**items))['state']
 
+  def restore_params(self, step: int, abstract_params):
+    """Only the parameters of the state at `step` (placed as `abstract_params` says): the
+    optimizer state is not read, so it costs no memory and its damage does not matter."""
+    item = {'params': abstract_params}
+    args = ocp.args.PyTreeRestore(item=item, partial_restore=True,
+                                  restore_args=ocp.checkpoint_utils.construct_restore_args(item))
+    # A reader of its own: a manager binds each item to the handler of its first call,
+    # and this one (PyTree, partial) is not the one `save` and `restore` use (Standard).
+    reader = ocp.CheckpointManager(self.directory, item_names=('state',),
+                                   options=ocp.CheckpointManagerOptions(read_only=True))
+    try:
+      return reader.restore(step, args=ocp.args.Composite(state=args))['state']['params']
+    finally:
+      reader.close()
+
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
@@ -131,3 +153,60 @@ def check_writable(workdir: str) -> None:
     raise UserError(f'The workdir {workdir} is not writable ({reason}); choose a '
                     'directory (or bucket) you can write to.') from None
 
+
+
+def checkpoint_root(workdir: str, averaged: bool = False) -> str:
+  """The directory whose `checkpoints/` a command reads: the workdir, or its average."""
+  root = os.path.join(workdir, AVERAGED_DIR) if averaged else workdir
+  if not (files.path(root) / CHECKPOINT_DIR).is_dir():
+    what = 'averaged checkpoint (run transformer_jax.average first)' if averaged else \
+        'checkpoints (train first, or point --workdir at a training run)'
+    raise UserError(f'{workdir} holds no {what}.')
+  return root
+
+
+def average(workdir: str, last: int, until_step: int | None = None) -> tuple[int, list[int]]:
+  """Average the parameters of the last `last` checkpoints (at or before `until_step`, if
+  given) into WORKDIR/averaged, replacing an earlier average; returns (its step, the
+  steps averaged).
+
+  The paper averaged the last 5 checkpoints (base) or 20 (big). Parameters are restored
+  sharded over every device (FSDP: no device holds a whole model) and summed in place;
+  the average keeps the latest checkpoint's config, vocabulary and optimizer state."""
+  source = Checkpoints(checkpoint_root(workdir), config_lib.defaults(), async_save=False)
+  steps = [s for s in source.steps() if until_step is None or s <= until_step]
+  if len(steps) < last:
+    upto = '' if until_step is None else f' at or before step {until_step}'
+    raise UserError(f'--last={last} but {source.directory} holds {len(steps)} checkpoints'
+                    f'{upto} ({", ".join(map(str, steps)) or "none"}); raise '
+                    'train.keep_checkpoints before training to keep more.')
+  steps = steps[-last:]
+  meta = source.meta(steps[-1])
+  config = config_lib.from_checkpoint(meta['config'])
+  config.mesh.update(dict(data=1, fsdp=-1, tensor=1))  # shard parameters over every device
+  setup = build(config, sharding.make_mesh(config.mesh))
+  total = None
+  for step in steps[:-1]:
+    params = source.restore_params(step, setup.abstract_state.params)
+    total = params if total is None else jax.tree.map(jnp.add, total, params)
+  state = source.restore(steps[-1], setup.abstract_state)
+  source.close()
+  total = state.params if total is None else jax.tree.map(jnp.add, total, state.params)
+  averaged = state.replace(params=jax.tree.map(lambda x: (x / last).astype(x.dtype), total))
+  target = Checkpoints(os.path.join(workdir, AVERAGED_DIR), config, max_to_keep=1,
+                       async_save=False)
+  for step in target.steps():  # one average at a time: a new one replaces the old
+    target.delete(step)
+  target.save(steps[-1], averaged, None, _vocab_file(workdir, meta), force=True)
+  target.close()
+  return steps[-1], steps
+
+
+def _vocab_file(workdir: str, meta: dict) -> str:
+  """The vocabulary to store with the average: the workdir's or, when absent, the copy
+  inside the checkpoint (translate checks the workdir's against it)."""
+  path = os.path.join(workdir, tokenizer_lib.VOCAB_FILE)
+  if not files.path(path).exists():
+    path = os.path.join(workdir, AVERAGED_DIR, tokenizer_lib.VOCAB_FILE)
+    files.write_atomically(path, base64.b64decode(meta['vocab_model']))
+  return path

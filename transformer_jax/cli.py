@@ -1,10 +1,12 @@
-"""What every command shares: the --config flag, clean exits on user errors, and the
-`transformer-jax COMMAND ...` console script."""
+"""What every command shares: the --config and --workdir flags, clean exits on user
+errors, progress lines, and the `transformer-jax COMMAND ...` console script."""
 from __future__ import annotations
 
+import math
 import os
 import runpy
 import sys
+import time
 
 import jax
 
@@ -12,7 +14,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from transformer_jax import config as config_lib
-from transformer_jax.errors import UserError  # noqa: F401 (re-exported for commands)
+from transformer_jax.errors import UserError
 
 COMMANDS = ('train', 'translate', 'evaluate', 'average', 'info', 'aot')
 
@@ -41,6 +43,19 @@ def required_workdir() -> str:
   if WORKDIR.value is None:
     raise UserError('--workdir is required: the directory for checkpoints and logs.')
   return WORKDIR.value
+
+
+def stderr_progress(every_s: float = 2.0):
+  """A progress(done, total) callback printing to stderr at most every `every_s` seconds."""
+  last = [-math.inf]  # the first call always reports
+
+  def report(done, total):
+    now = time.perf_counter()
+    if now - last[0] >= every_s or done == total:
+      last[0] = now
+      print(f'translated {done}/{total} sentences', file=sys.stderr, flush=True)
+
+  return report
 
 
 def use_compilation_cache(directory: str) -> None:

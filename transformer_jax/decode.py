@@ -26,11 +26,11 @@ def length_penalty(length, alpha: float):
   return ((5.0 + length) / 6.0) ** alpha
 
 
-def output_limits(source: jax.Array, max_len: int, extra: int = 50) -> jax.Array:
-  """Per sentence: at most source length + `extra` target tokens (the paper's rule),
-  and never more than the `max_len` steps the loop runs."""
+def output_limits(source: jax.Array, max_len: int, max_extra_len=50) -> jax.Array:
+  """Per sentence: at most source length + `max_extra_len` target tokens (the paper's
+  rule, with 50), and never more than the `max_len` steps the loop runs."""
   source_len = jnp.sum(source != PAD_ID, axis=-1)
-  return jnp.minimum(source_len + extra, max_len)
+  return jnp.minimum(source_len + max_extra_len, max_len)
 
 
 def _gather_beams(x, indices):
@@ -137,7 +137,8 @@ def _next_token_logp(logits, t, limits, eos_id: int):
 
 @_jit_over_split('beam_size', 'max_len', 'eos_id')
 def beam_search(model: Transformer, source: jax.Array, *, beam_size: int = 4,
-                alpha: float = 0.6, max_len: int = 256, eos_id: int = EOS_ID):
+                alpha: float = 0.6, max_len: int = 256, max_extra_len=50,
+                eos_id: int = EOS_ID):
   """Best hypothesis per sentence: (tokens [B, max_len] ending in EOS then PAD, score [B]).
 
   Each step extends every live hypothesis by every token and keeps the k best; those
@@ -149,7 +150,7 @@ def beam_search(model: Transformer, source: jax.Array, *, beam_size: int = 4,
   """
   batch = source.shape[0]
   cross_kv, source_segments, cache = _prepare(model, source, beam_size, max_len)
-  limits = output_limits(source, max_len)
+  limits = output_limits(source, max_len, max_extra_len)
   state = dict(
       step=jnp.array(0),
       tokens=jnp.full((batch * beam_size,), PAD_ID, jnp.int32),  # BOS = PAD
@@ -201,15 +202,15 @@ def beam_search(model: Transformer, source: jax.Array, *, beam_size: int = 4,
 
 @_jit_over_split('max_len', 'top_k', 'eos_id')
 def sample(model: Transformer, source: jax.Array, key: jax.Array | None = None, *,
-           max_len: int = 256, temperature: float = 0.0, top_k: int = 0,
-           eos_id: int = EOS_ID):
+           max_len: int = 256, max_extra_len=50, temperature: float = 0.0,
+           top_k: int = 0, eos_id: int = EOS_ID):
   """Greedy (temperature 0) or sampled decoding, optionally from the top k tokens.
 
   Returns (tokens [B, max_len], log-probability [B] of the chosen tokens under the model).
   """
   batch = source.shape[0]
   cross_kv, source_segments, cache = _prepare(model, source, 1, max_len)
-  limits = output_limits(source, max_len)
+  limits = output_limits(source, max_len, max_extra_len)
   key = jax.random.key(0) if key is None else key
 
   def cond(s):

@@ -1,48 +1,49 @@
-"""A trained model, anywhere: checkpoint -> config, vocabulary and parameters on the
-devices of this machine, whatever mesh it was trained on."""
+"""A trained model, anywhere: a checkpoint's config, vocabulary and parameters on the
+devices of this machine (whatever mesh it was trained on), and the translation of a
+list of sentences with it. `translate`, `evaluate` and training's validation BLEU all
+decode through `translate_ids`.
+"""
 from __future__ import annotations
 
 import base64
 import dataclasses
+import math
 import os
 
 import jax
+import numpy as np
+from absl import logging
 from flax import nnx
 from ml_collections import ConfigDict
 
 from transformer_jax import checkpoint as checkpoint_lib
 from transformer_jax import config as config_lib
-from transformer_jax import files
-from transformer_jax import sharding
+from transformer_jax import decode, files, sharding
 from transformer_jax.data import tokenizer as tokenizer_lib
+from transformer_jax.data.tokenizer import EOS_ID, PAD_ID, Tokenizer
 from transformer_jax.errors import UserError
-from transformer_jax.steps import build
 from transformer_jax.model import Transformer
+from transformer_jax.steps import build
 
-AVERAGED_DIR = 'averaged'  # `average` writes its checkpoint under WORKDIR/averaged
+
+# ----------------------------------------------------------------------------- restore
 
 
 @dataclasses.dataclass
 class Restored:
   config: ConfigDict
-  tokenizer: tokenizer_lib.Tokenizer
+  tokenizer: Tokenizer
   model: Transformer
   mesh: jax.sharding.Mesh
   step: int
 
 
-def checkpoint_root(workdir: str, averaged: bool) -> str:
-  root = os.path.join(workdir, AVERAGED_DIR) if averaged else workdir
-  if not (files.path(root) / checkpoint_lib.CHECKPOINT_DIR).is_dir():
-    what = 'an averaged checkpoint (run transformer_jax.average first)' if averaged else \
-        'checkpoints (train first, or point --workdir at a training run)'
-    raise UserError(f'{workdir} holds no {what}.')
-  return root
-
-
 def restore(workdir: str, step: int | None = None, averaged: bool = False) -> Restored:
-  """The latest (or `step`'s, or the averaged) checkpoint's model on this machine."""
-  root = checkpoint_root(workdir, averaged)
+  """The latest (or `step`'s, or the averaged) checkpoint's model on this machine.
+
+  Only the parameters are read: the optimizer state (twice their size) is neither
+  loaded nor needed, so a damaged optimizer state does not stop translation."""
+  root = checkpoint_lib.checkpoint_root(workdir, averaged)
   probe = checkpoint_lib.Checkpoints(root, config_lib.defaults(), async_save=False)
   steps = probe.steps()
   if not steps:
@@ -52,20 +53,17 @@ def restore(workdir: str, step: int | None = None, averaged: bool = False) -> Re
     raise UserError(f'No checkpoint at step {step} in {probe.directory}; there are: '
                     f'{", ".join(map(str, steps))}.')
   meta = probe.meta(step)
-  probe.close()
   config = config_lib.from_checkpoint(meta['config'])
   config.mesh.update(dict(data=-1, fsdp=1, tensor=1))  # whatever devices this machine has
   tokenizer = _checkpoint_vocabulary(workdir, meta, config)
   mesh = sharding.make_mesh(config.mesh)
   setup = build(config, mesh)
-  checkpoints = checkpoint_lib.Checkpoints(root, config, async_save=False)
-  state = checkpoints.restore(step, setup.abstract_state)
-  checkpoints.close()
-  model = nnx.merge(setup.graphdef, state.params)
-  return Restored(config, tokenizer, model, mesh, step)
+  params = probe.restore_params(step, setup.abstract_state.params)
+  probe.close()
+  return Restored(config, tokenizer, nnx.merge(setup.graphdef, params), mesh, step)
 
 
-def _checkpoint_vocabulary(workdir, meta, config) -> tokenizer_lib.Tokenizer:
+def _checkpoint_vocabulary(workdir, meta, config) -> Tokenizer:
   """The vocabulary stored in the checkpoint; a vocab.model beside it must be the same."""
   proto = base64.b64decode(meta['vocab_model'])
   local = os.path.join(workdir, tokenizer_lib.VOCAB_FILE)
@@ -74,8 +72,94 @@ def _checkpoint_vocabulary(workdir, meta, config) -> tokenizer_lib.Tokenizer:
       raise UserError(f'{local} does not match the vocabulary the checkpoint was trained '
                       'with. Restore the original file, or remove it to use the copy '
                       'stored in the checkpoint.')
-  tokenizer = tokenizer_lib.Tokenizer(proto, local, config.data.lowercase)
+  tokenizer = Tokenizer(proto, local, config.data.lowercase)
   if tokenizer.vocab_size != config.model.vocab_size:
     raise UserError('The checkpoint is inconsistent: its vocabulary has '
                     f'{tokenizer.vocab_size} pieces, its config {config.model.vocab_size}.')
   return tokenizer
+
+
+# ----------------------------------------------------------------------------- decode
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """How to decode: the paper's beam search (width 4, length penalty 0.6) by default."""
+  beam_size: int = 4
+  alpha: float = 0.6
+  max_extra_len: int = 50     # output length limit = source length + max_extra_len
+  batch_size: int = 32
+  max_input_len: int = 256    # source tokens; longer lines are truncated with a warning
+  method: str = 'beam'        # beam | greedy | sample
+  temperature: float = 1.0
+  top_k: int = 0
+  seed: int = 0
+
+  def __post_init__(self):
+    if self.method not in ('beam', 'greedy', 'sample'):
+      raise UserError(f'--decode must be beam, greedy or sample, got {self.method!r}.')
+    for name in ('beam_size', 'batch_size', 'max_input_len'):
+      if getattr(self, name) < 1:
+        raise UserError(f'--{name} must be at least 1, got {getattr(self, name)}.')
+    if self.max_extra_len < 0:
+      raise UserError(f'--max_extra_len must be at least 0, got {self.max_extra_len}.')
+
+
+def encode_sources(tokenizer: Tokenizer, lines: list[str], max_input_len: int) -> list[list[int]]:
+  """Token ids of each line with EOS appended; an empty line stays empty (no input)."""
+  sources = []
+  for number, ids in enumerate(tokenizer.encode_batch(lines), 1):
+    if len(ids) + 1 > max_input_len:
+      logging.warning('line %d has %d tokens; translating its first %d '
+                      '(raise --max_input_len to keep more)', number, len(ids), max_input_len - 1)
+      ids = ids[:max_input_len - 1]
+    sources.append(ids + [EOS_ID] if ids else [])
+  return sources
+
+
+def _bucket(length: int) -> int:
+  """Source lengths are padded to powers of two (at least 8): one compile per bucket."""
+  return max(8, 2 ** math.ceil(math.log2(max(length, 1))))
+
+
+def translate_ids(model, mesh, sources: list[list[int]], s: Settings,
+                  progress=None) -> list[list[int]]:
+  """Token ids in, token ids out (EOS and padding removed), in the input order.
+
+  Sentences are sorted by length into fixed-size batches of power-of-two lengths, so
+  decoding compiles once per bucket; batches are sharded over the mesh's data axis."""
+  rows = s.batch_size + (-s.batch_size) % sharding.data_parallel_size(mesh)
+  order = sorted((i for i, src in enumerate(sources) if src), key=lambda i: len(sources[i]))
+  outputs: list[list[int]] = [[] for _ in sources]  # empty inputs translate to empty
+  for start in range(0, len(order), rows):
+    chunk = order[start:start + rows]
+    length = _bucket(max(len(sources[i]) for i in chunk))
+    batch = np.full((rows, length), PAD_ID, np.int32)
+    for row, i in enumerate(chunk):
+      batch[row, :len(sources[i])] = sources[i]
+    tokens = np.asarray(jax.device_get(_decode(model, mesh, batch, length + s.max_extra_len, s)))
+    for row, i in enumerate(chunk):
+      ids = tokens[row].tolist()
+      outputs[i] = ids[:ids.index(EOS_ID)] if EOS_ID in ids else [t for t in ids if t != PAD_ID]
+    if progress:
+      progress(start + len(chunk), len(order))
+  return outputs
+
+
+def _decode(model, mesh, batch, max_len, s: Settings):
+  source = jax.device_put(batch, sharding.batch_sharding(mesh))
+  if s.method == 'beam':
+    return decode.beam_search(model, source, beam_size=s.beam_size, alpha=s.alpha,
+                              max_len=max_len, max_extra_len=s.max_extra_len)[0]
+  temperature = 0.0 if s.method == 'greedy' else s.temperature
+  return decode.sample(model, source, jax.random.key(s.seed), max_len=max_len,
+                       max_extra_len=s.max_extra_len, temperature=temperature,
+                       top_k=s.top_k)[0]
+
+
+def translate_texts(restored: Restored, lines: list[str], s: Settings,
+                    progress=None) -> list[str]:
+  """Sentences in, translations out, one per line, in the input order."""
+  sources = encode_sources(restored.tokenizer, lines, s.max_input_len)
+  outputs = translate_ids(restored.model, restored.mesh, sources, s, progress)
+  return [restored.tokenizer.decode(ids) for ids in outputs]

@@ -100,10 +100,6 @@ class Reporter:
                                               if k != 'tokens'), flush=True)
     return values
 
-  def message(self, text: str) -> None:
-    if self.enabled:
-      print(text, flush=True)
-
   def close(self) -> None:
     for writer in self._writers.values():
       writer.close()

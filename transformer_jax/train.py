@@ -1,195 +1,17 @@
 """`python -m transformer_jax.train --config=FILE --workdir=DIR`: train, resuming from DIR.
 
-The loop reads as a short story: build the mesh and start compiling the step; build the
-vocabulary and the data meanwhile; restore the latest checkpoint or initialize; then
-step, log, evaluate and checkpoint until done or preempted. The steps themselves, and the state they update, are in `steps.py`.
+The loop itself is `loop.train`; this command connects the processes of a multi-host
+run, trains, and prints the last metrics as JSON.
 """
 from __future__ import annotations
 
 import json
 import os
-import signal
-import time
 
 import jax
-import numpy as np
 from absl import flags
-from flax import nnx
-from ml_collections import ConfigDict
 
-from transformer_jax import checkpoint as checkpoint_lib
-from transformer_jax import cli, sharding
-from transformer_jax import metrics as metrics_lib
-from transformer_jax.data import datasets, pipeline
-from transformer_jax.errors import UserError
-from transformer_jax.steps import (abstract_batch, build, compile_in_background, compile_steps,
-                                   init_state)
-
-
-# ----------------------------------------------------------------------------- loop
-
-
-class Preemption:
-  """SIGTERM (the preemption notice of TPU VMs and schedulers) or the end of the run's
-  time budget (`train.stop_after_minutes`) sets a flag; the loop saves a checkpoint at
-  the next step boundary and exits cleanly."""
-
-  def __init__(self, stop_after_minutes: float = 0.0):
-    self._requested = False
-    self.deadline = (time.monotonic() + 60 * stop_after_minutes
-                     if stop_after_minutes > 0 else float('inf'))
-    signal.signal(signal.SIGTERM, self._handle)
-
-  def _handle(self, signum, frame):
-    del signum, frame
-    self._requested = True
-
-  @property
-  def reason(self) -> str:
-    return 'SIGTERM' if self._requested else 'train.stop_after_minutes reached'
-
-  def requested(self, step: int, every: int) -> bool:
-    stop = self._requested or time.monotonic() > self.deadline
-    if jax.process_count() == 1:
-      return stop
-    if step % every:  # agreeing costs a host sync: only every `every` steps
-      return False
-    from jax.experimental import multihost_utils  # every host must stop at the same step
-    return bool(np.any(multihost_utils.process_allgather(np.asarray(stop))))
-
-
-def evaluate(config, eval_step, params, split, mesh) -> dict:
-  sums = []
-  for batch in pipeline.eval_batches(config, split, batch_size=config.train.eval_batch_size):
-    del batch['index']
-    sums.append(eval_step(params, sharding.place_batch(batch, mesh)))
-  return metrics_lib.device_sums(sums)
-
-
-class BleuTracker:
-  """Validation BLEU with the decoding code `evaluate` uses, and the best checkpoints by
-  it, kept in WORKDIR/best (translate and evaluate accept --workdir=WORKDIR/best)."""
-
-  def __init__(self, config, workdir, tokenizer, mesh):
-    from transformer_jax import evaluate as evaluate_lib  # noqa: PLC0415
-    from transformer_jax import translate as translate_lib  # noqa: PLC0415
-    self._evaluate, self._translate = evaluate_lib, translate_lib
-    sources, self.references = evaluate_lib.split_pairs(config, 'validation')
-    n = config.train.bleu_sentences
-    self.sources = translate_lib.encode_sources(tokenizer, sources[:n], 4 * config.data.max_len)
-    self.references = self.references[:n]
-    self.tokenizer, self.mesh = tokenizer, mesh
-    self.best = checkpoint_lib.Checkpoints(os.path.join(workdir, 'best'), config,
-                                           max_to_keep=config.train.keep_best,
-                                           best_metric='bleu')
-
-  def __call__(self, graphdef, params) -> float:
-    model = nnx.merge(graphdef, params)
-    outputs = self._translate.translate_ids(model, self.mesh, self.sources,
-                                            self._translate.Settings())
-    hypotheses = [self.tokenizer.decode(ids) for ids in outputs]
-    # A lowercasing model writes no case: score it case-insensitively.
-    return self._evaluate.scores(hypotheses, self.references,
-                                 lowercase=self.tokenizer.lowercase)['bleu']
-
-  def close(self):
-    self.best.close()
-
-
-def _validation_split(config, tokenizer):
-  try:
-    source = datasets.data_source(config.data, 'validation')
-  except UserError:
-    return None  # a corpus without a validation split trains without evaluation
-  return pipeline.TokenizedSplit(source, config.data, tokenizer)
-
-
-def restore_or_init(setup, checkpoints, data_iterator, say):
-  """The latest checkpoint (state and data position), or a fresh state."""
-  step = checkpoints.latest_step()
-  if step is None:
-    return init_state(setup)
-  state = checkpoints.restore(step, setup.abstract_state, data_iterator)
-  say(f'resumed from the checkpoint at step {step} in {checkpoints.directory}')
-  return state
-
-
-def train(config: ConfigDict, workdir: str) -> dict:
-  """Train until `train.num_steps`, resuming from the workdir; returns the last metrics."""
-  checkpoint_lib.check_writable(workdir)
-  mesh = sharding.make_mesh(config.mesh)
-  sharding.check_batch(config.data.batch_size, mesh)
-  say = (lambda text: print(text, flush=True)) if jax.process_index() == 0 else (lambda _: 0)
-  setup = build(config, mesh)
-  train_step_fn, eval_step_fn = compile_steps(setup)
-  train_step_fn = compile_in_background(train_step_fn, setup.abstract_state,
-                                        abstract_batch(config, mesh))
-  tokenizer = pipeline.get_tokenizer(config, workdir)
-  checkpoints = checkpoint_lib.Checkpoints(workdir, config)
-  if checkpoints.latest_step() is not None:  # a mismatch fails before any data is read
-    checkpoints.check_compatible(checkpoints.latest_step(), tokenizer.path)
-  train_split = pipeline.training_split(config, tokenizer)
-  eval_split = _validation_split(config, tokenizer)
-  batches = iter(pipeline.train_dataset(config, train_split))
-  state = restore_or_init(setup, checkpoints, batches, say)
-  step = int(state.step)
-  t = config.train
-  preemption = Preemption(t.stop_after_minutes)
-  reporter = metrics_lib.Reporter(workdir, config, step, t.num_steps, preemption.deadline)
-  bleu = BleuTracker(config, workdir, tokenizer, mesh) if t.bleu_every and eval_split else None
-  history, last = [], {}
-  try:
-    while step < t.num_steps:
-      state, metrics = train_step_fn(state, sharding.place_batch(next(batches), mesh))
-      step += 1
-      history.append(metrics)
-      reporter.progress(step)
-      preempted = preemption.requested(step, t.log_every)
-      checkpoint_due = step % t.checkpoint_every == 0 or step == t.num_steps or preempted
-      if step % t.log_every == 0 or checkpoint_due:
-        last = _log_interval(reporter, step, history, checkpoints, t.skip_nonfinite)
-        history = []
-      if eval_split is not None and ((t.eval_every and step % t.eval_every == 0)
-                                     or step == t.num_steps):
-        sums = evaluate(config, eval_step_fn, state.params, eval_split, mesh)
-        last.update({f'eval_{k}': v for k, v in reporter.eval(step, sums).items()})
-      if bleu is not None and (step % t.bleu_every == 0 or step == t.num_steps):
-        started = time.perf_counter()
-        last['eval_bleu'] = bleu(setup.graphdef, state.params)
-        reporter.eval(step, {}, {'bleu': last['eval_bleu'],
-                                 'bleu_seconds': time.perf_counter() - started})
-        bleu.best.save(step, state, None, tokenizer.path, metrics={'bleu': last['eval_bleu']})
-      if checkpoint_due:
-        checkpoints.save(step, state, batches, tokenizer.path, force=preempted)
-      if preempted:
-        checkpoints.wait()
-        say(f'{preemption.reason}: saved the checkpoint at step {step}; exiting. Run the '
-            'same command to resume.')
-        break
-  finally:
-    checkpoints.close()
-    reporter.close()
-    if bleu is not None:
-      bleu.close()
-  return last
-
-
-def _log_interval(reporter, step, history, checkpoints, skip_nonfinite) -> dict:
-  """Log the steps since the last line; stop on a non-finite loss unless told to skip."""
-  sums = metrics_lib.device_sums(history)
-  bad = int(len(history) - sums.pop('finite'))
-  if bad and not skip_nonfinite:
-    good = checkpoints.latest_step()
-    raise UserError(
-        f'Non-finite loss or gradient within steps {step - len(history) + 1}..{step}; '
-        f'stopped without saving (the update was not applied). Last good checkpoint: '
-        f'{"step " + str(good) if good is not None else "none"} in {checkpoints.directory}. '
-        'Lower train.learning_rate, set train.clip_grad_norm, or set '
-        'train.skip_nonfinite=True to skip such updates.')
-  extra = {'learning_rate': float(jax.device_get(history[-1]['learning_rate'])),
-           'grad_norm': sums.pop('grad_norm') / len(history), 'skipped_steps': bad}
-  sums.pop('learning_rate')
-  return reporter.train(step, sums, extra)
+from transformer_jax import cli, loop
 
 
 def initialize_distributed() -> None:
@@ -210,7 +32,7 @@ def main(argv):
   config = cli.resolved_config()
   workdir = cli.required_workdir()
   initialize_distributed()
-  last = train(config, workdir)
+  last = loop.train(config, workdir)
   if jax.process_index() == 0:
     print(json.dumps({'final': last}), flush=True)
 

@@ -131,6 +131,17 @@ def _read_lines(path: str) -> list[str]:
     return decode_lines(f.read(), path)
 
 
+def read_lines(path: str | None) -> list[str]:
+  """Lines of a user's text file (or stdin for None or '-'), decoded strictly."""
+  if path in (None, '-'):
+    return decode_lines(sys.stdin.buffer.read(), 'stdin')
+  try:
+    with open(path, 'rb') as f:
+      return decode_lines(f.read(), path)
+  except OSError as e:
+    raise UserError(f'Cannot read {path}: {e.strerror}.') from None
+
+
 def decode_lines(raw: bytes, name: str) -> list[str]:
   """Text lines of `raw`, decoded strictly: bytes that are not UTF-8 name their line."""
   lines = raw.split(b'\n')

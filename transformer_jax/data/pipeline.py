@@ -35,6 +35,14 @@ def read(source, indices, chunk: int = 2048) -> Iterator[dict]:
     yield from source.__getitems__(indices[start:start + chunk])
 
 
+def split_pairs(config: ConfigDict, split: str) -> tuple[list[str], list[str]]:
+  """Source and reference texts of a dataset split, in the split's original order."""
+  source = datasets.data_source(config.data, split)
+  examples = sorted(read(source, range(len(source))), key=lambda ex: int(ex.get('index', 0)))
+  return ([ex[config.data.source_lang].decode('utf-8') for ex in examples],
+          [ex[config.data.target_lang].decode('utf-8') for ex in examples])
+
+
 def get_tokenizer(config: ConfigDict, workdir: str) -> Tokenizer:
   """`data.vocab_path` if set, else WORKDIR/vocab.model, trained on the training split
   (source and target jointly) the first time."""

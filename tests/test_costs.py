@@ -1,0 +1,77 @@
+"""What a config costs (costs.py): parameter counts against the paper's shapes, and the
+FLOPs of a training step against the reference workload's count."""
+import json
+
+import pytest
+
+from transformer_jax import config as config_lib
+from transformer_jax.costs import count_params, summary, train_flops
+
+
+def small_config(**changes):
+  c = config_lib.defaults().model
+  c.update(dict(vocab_size=50, d_model=32, num_heads=4, d_ff=48, num_encoder_layers=2,
+                num_decoder_layers=2, **changes))
+  return c
+
+
+def formula_params(m):
+  """Independent count from the paper's shapes (no attention-projection biases)."""
+  d, f, v = m.d_model, m.d_ff, m.vocab_size
+  ffn = 2 * d * f + f + d
+  norm = 2 * d
+  encoder = m.num_encoder_layers * (4 * d * d + ffn + 2 * norm)
+  decoder = m.num_decoder_layers * (8 * d * d + ffn + 3 * norm)
+  embeddings = v * d * (1 if m.share_embeddings else 2)
+  output = 0 if m.tie_output_embedding else v * d
+  final_norms = 2 * norm if m.pre_norm else 0
+  total = encoder + decoder + embeddings + output + final_norms
+  return total, total - embeddings - output
+
+
+
+@pytest.mark.parametrize('name', ['base', 'big'])
+def test_parameter_count_equals_formula(repo, name):
+  cfg = config_lib.load(str(repo / 'configs' / f'{name}.py')).model
+  counts = count_params(cfg)
+  total, non_embedding = formula_params(cfg)
+  assert counts == {'params': total, 'params_non_embedding': non_embedding}
+
+
+
+def test_base_is_the_papers_65m(repo):
+  cfg = config_lib.load(str(repo / 'configs' / 'base.py')).model
+  assert cfg.vocab_size == 37000
+  assert abs(count_params(cfg)['params'] - 65e6) / 65e6 < 0.05
+
+
+
+@pytest.mark.parametrize('changes', [dict(share_embeddings=False),
+                                     dict(tie_output_embedding=False),
+                                     dict(pre_norm=True)])
+def test_parameter_count_switches(changes):
+  cfg = small_config(**changes)
+  assert count_params(cfg)['params'] == formula_params(cfg)[0]
+
+
+
+def test_train_flops_equal_the_reference_workloads_count(repo):
+  w = json.loads((repo / 'bench' / 'workloads' / 'cpu_small.json').read_text())
+  m = config_lib.defaults().model
+  m.update(vocab_size=w['vocab_size'], d_model=w['d_model'], d_ff=w['d_ff'],
+           num_heads=w['num_heads'], num_encoder_layers=w['encoder_layers'],
+           num_decoder_layers=w['decoder_layers'])
+  assert train_flops(m, w['batch'], w['src_len'], w['tgt_len']) == w['train_flops_per_step']
+  # Twice the tokens, twice the matmul work; attention grows faster than linearly.
+  one = train_flops(m, 1, 32, 32)
+  assert train_flops(m, 2, 32, 32) == 2 * one and train_flops(m, 1, 64, 64) > 2 * one
+
+
+def test_summary_of_a_preset(repo):
+  config = config_lib.load(str(repo / 'configs' / 'base.py'))
+  s = summary(config)
+  assert s['params'] == count_params(config.model)['params']
+  assert s['memory_bytes']['total_state'] == 4 * 4 * s['params']  # fp32 params, grads, Adam
+  n = config.data.max_len
+  assert s['flops_per_token_train'] * config.data.batch_size * n == pytest.approx(
+      train_flops(config.model, config.data.batch_size, n, n))

@@ -1,0 +1,146 @@
+"""The training loop (loop.py) in this process: the loss falls, checkpoints written by a
+kill are ignored, the time budget stops it, non-finite steps stop it or are skipped, and
+each refused workdir, checkpoint, mesh or batch is one clear error that changes nothing."""
+import math
+import os
+import pathlib
+import re
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from transformer_jax import checkpoint as checkpoint_lib
+from transformer_jax import inference
+from transformer_jax import metrics as metrics_lib
+from transformer_jax.errors import UserError
+from transformer_jax.loop import train
+
+
+def test_loss_falls_on_the_synthetic_corpus(tiny_config, tmp_path):
+  config = tiny_config(num_steps=60, log_every=1,
+                       checkpoint_every=60, eval_every=60)
+  config.data.batch_size = 16
+  last = train(config, str(tmp_path))
+  losses = [r['loss'] for r in metrics_lib.read(str(tmp_path))]
+  assert len(losses) == 60
+  assert losses[0] > math.log(config.model.vocab_size) - 0.3  # starts near uniform
+  assert np.mean(losses[-10:]) < losses[0] - 0.8
+  assert math.isfinite(last['eval_loss']) and last['eval_loss'] < losses[0] - 0.8
+  assert checkpoint_lib.Checkpoints(str(tmp_path), config).steps() == [60]
+  assert os.listdir(tmp_path / 'tensorboard' / 'train')  # event files were written
+
+
+def test_half_written_checkpoint_is_ignored(tiny_config, tmp_path):
+  config = tiny_config(num_steps=4, checkpoint_every=4)
+  train(config, str(tmp_path))
+  # What a kill during an async save leaves behind: a temporary step directory.
+  partial = tmp_path / 'checkpoints' / '8.orbax-checkpoint-tmp-1234567'
+  shutil.copytree(tmp_path / 'checkpoints' / '4', partial)
+  (partial / 'state' / 'manifest.ocdbt').write_bytes(b'garbage')
+  config.train.num_steps = 6
+  train(config, str(tmp_path))
+  assert [r['step'] for r in metrics_lib.read(str(tmp_path))] == list(range(1, 7))
+  assert checkpoint_lib.Checkpoints(str(tmp_path), config).latest_step() == 6
+
+
+def test_time_budget_saves_and_stops_early(tiny_config, tmp_path, capsys):
+  config = tiny_config(num_steps=1000,
+                       checkpoint_every=1000, stop_after_minutes=1e-4)  # 6 ms: the first step
+  train(config, str(tmp_path))
+  steps = [r['step'] for r in metrics_lib.read(str(tmp_path))]
+  assert steps and steps[-1] < 1000
+  assert checkpoint_lib.Checkpoints(str(tmp_path), config).steps() == [steps[-1]]
+  assert 'train.stop_after_minutes reached' in capsys.readouterr().out
+
+
+def test_workdir_not_writable(tiny_config, tmp_path):
+  (tmp_path / 'file').write_text('x')
+  config = tiny_config()
+  with pytest.raises(UserError, match='not writable'):
+    train(config, str(tmp_path / 'file' / 'workdir'))
+
+
+def test_checkpoint_of_other_training_records_is_refused(tiny_config, tmp_path):
+  config = tiny_config(num_steps=2, checkpoint_every=2)
+  config.data.lowercase = True
+  train(config, str(tmp_path))
+  # Whatever restores the checkpoint lowercases its input as training did.
+  restored = inference.restore(str(tmp_path))
+  assert restored.tokenizer.encode('The Dog SLEEPS.') == restored.tokenizer.encode(
+      'the dog sleeps.')
+  before = sorted(p.name for p in (tmp_path / 'checkpoints').iterdir())
+  config.data.lowercase, config.train.num_steps = False, 4  # other token ids
+  with pytest.raises(UserError, match=r'other records \(lowercase: checkpoint True, '
+                     r'config False\)'):
+    train(config, str(tmp_path))
+  config.data.lowercase, config.data.subword_samples = True, 2  # K sampled copies of each pair
+  with pytest.raises(UserError, match=r'trained on other records \(subword_samples: '
+                     r'checkpoint 0, config 2\).*Use a new --workdir'):
+    train(config, str(tmp_path))
+  config.data.subword_samples, config.seed = 0, 1  # another shuffle order
+  with pytest.raises(UserError, match=r'other records \(seed: checkpoint 0, config 1\)'):
+    train(config, str(tmp_path))
+  assert sorted(p.name for p in (tmp_path / 'checkpoints').iterdir()) == before
+
+
+def test_checkpoint_of_another_vocabulary_is_refused(tiny_config, tmp_path):
+  run = tmp_path / 'run'
+  config = tiny_config(num_steps=2, checkpoint_every=2)
+  train(config, str(run))
+  before = sorted(p.name for p in (run / 'checkpoints').iterdir())
+  # The same pieces plus an unknown protobuf field (number 200, varint 1): a vocabulary
+  # that loads and has the same size, but is not the file the checkpoint was trained with.
+  other = tmp_path / 'other.model'
+  other.write_bytes(pathlib.Path(config.data.vocab_path).read_bytes() + b'\xc0\x0c\x01')
+  config.data.vocab_path, config.train.num_steps = str(other), 4
+  with pytest.raises(UserError, match=rf'step 2 in {re.escape(str(run))}.* was trained '
+                     rf'with another vocabulary than {re.escape(str(other))}\. Restore'):
+    train(config, str(run))
+  assert sorted(p.name for p in (run / 'checkpoints').iterdir()) == before
+
+
+def test_mesh_that_does_not_match_the_devices(tiny_config, tmp_path):
+  config = tiny_config()
+  config.mesh.update(dict(data=3, fsdp=1, tensor=1))
+  with pytest.raises(UserError, match='multiply to 3 but there are 8 devices'):
+    train(config, str(tmp_path))
+
+
+def test_batch_not_divisible_by_data_parallel_size(tiny_config, tmp_path):
+  config = tiny_config()
+  config.data.batch_size = 12
+  with pytest.raises(UserError, match='batch_size=12 is not divisible by the data-parallel size 8'):
+    train(config, str(tmp_path))
+
+
+def test_non_finite_loss_stops_without_saving(tiny_config, saved_params, tmp_path):
+  config = tiny_config(num_steps=2, checkpoint_every=2)
+  train(config, str(tmp_path))
+  config.train.update(dict(num_steps=8, learning_rate=1e30))  # diverges at once
+  with pytest.raises(UserError, match=r'Non-finite loss or gradient within steps .*'
+                                      r'Last good checkpoint: step 2 in '):
+    train(config, str(tmp_path))
+  assert checkpoint_lib.Checkpoints(str(tmp_path), config).steps() == [2]
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(saved_params(tmp_path, config, 2)))
+
+
+def test_non_finite_updates_can_be_skipped(tiny_config, saved_params, tmp_path):
+  config = tiny_config(num_steps=6, checkpoint_every=6,
+                       learning_rate=1e30, warmup_steps=1, skip_nonfinite=True)
+  train(config, str(tmp_path))
+  assert sum(r['skipped_steps'] for r in metrics_lib.read(str(tmp_path))) > 0
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(saved_params(tmp_path, config, 6)))
+
+
+@pytest.mark.slow
+def test_training_tracks_bleu_and_keeps_the_best_checkpoints(trained, command_process):
+  workdir, config = trained
+  bleu = {r['step']: r['bleu'] for r in metrics_lib.read(str(workdir), 'eval') if 'bleu' in r}
+  assert sorted(bleu) == [100, 200, 300] and bleu[300] > bleu[100]
+  best = checkpoint_lib.Checkpoints(str(workdir / 'best'), config).steps()
+  assert best == sorted(sorted(bleu, key=bleu.get)[-2:])
+  result = command_process('translate', f'--workdir={workdir / "best"}',
+                           stdin=b'The dog sleeps.\n')
+  assert result.code == 0 and result.out.strip(), result.err

@@ -1,0 +1,65 @@
+"""What a config costs: parameters, FLOPs per training step and the training state's
+memory. Parameters are counted from the model itself (built abstractly, no memory
+used); FLOPs use the usual analytic count (bench/workloads/README.md): 6 x weights x
+tokens for every matmul, plus attention scores and values, plus the output projection.
+"""
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from ml_collections import ConfigDict
+
+from transformer_jax.model import VOCAB, Transformer
+
+
+def abstract_params(model_cfg: ConfigDict):
+  """The model's nnx.Param state as shapes only (nothing is allocated)."""
+  model = nnx.eval_shape(lambda: Transformer(model_cfg, rngs=nnx.Rngs(0)))
+  return nnx.state(model, nnx.Param)
+
+
+def count_params(model_cfg: ConfigDict) -> dict[str, int]:
+  """Total parameters (a shared embedding counted once) and those without a vocab axis."""
+  total = embedding = 0
+  for _, var in nnx.to_flat_state(abstract_params(model_cfg)):
+    size = math.prod(var.shape)
+    total += size
+    if VOCAB in (var.get_metadata().get('out_sharding') or ()):
+      embedding += size
+  return {'params': total, 'params_non_embedding': total - embedding}
+
+
+def train_flops(m: ConfigDict, batch: int, source_len: int, target_len: int) -> float:
+  """Model FLOPs of one training step (forward + backward = 3x forward = 6 per MAC)."""
+  d, f, le, ld = m.d_model, m.d_ff, m.num_encoder_layers, m.num_decoder_layers
+  source_weights = le * (4 * d * d + 2 * d * f) + ld * 2 * d * d  # + cross-attn K, V
+  target_weights = ld * (4 * d * d + 2 * d * d + 2 * d * f)  # self, cross Q and O, FFN
+  matmuls = source_len * source_weights + target_len * target_weights
+  attention = 2 * d * (le * source_len ** 2 + ld * target_len ** 2
+                       + ld * target_len * source_len)
+  output = target_len * d * m.vocab_size
+  return 6.0 * batch * (matmuls + attention + output)
+
+
+def summary(config: ConfigDict) -> dict:
+  m, n = config.model, config.data.max_len
+  counts = count_params(m)
+  param_bytes = counts['params'] * jnp.dtype(m.param_dtype).itemsize
+  step_flops = train_flops(m, config.data.batch_size, n, n)
+  return {
+      **counts,
+      'flops_per_token_train': step_flops / (config.data.batch_size * n),
+      'flops_per_step_train': step_flops,
+      'flops_note': f'per target token, source and target of data.max_len={n} tokens',
+      'memory_bytes': {  # training state only; activations depend on batch and remat
+          'params': param_bytes,
+          'gradients': param_bytes,
+          'adam_moments': 2 * param_bytes,
+          'total_state': 4 * param_bytes,
+      },
+      'devices': [str(d) for d in jax.devices()],
+      'config': config.to_dict(),
+  }

@@ -7,7 +7,7 @@ import pathlib
 import pytest
 
 from transformer_jax import config as config_lib
-from transformer_jax.data import datasets, pipeline
+from transformer_jax.data import datasets, pipeline, synthetic
 from transformer_jax.errors import UserError
 
 MULTI30K = pathlib.Path(__file__).resolve().parent / 'data' / 'multi30k'
@@ -44,13 +44,19 @@ def parallel_text_config(tmp_path, **data):
 
 
 
-def test_synthetic_builds_offline_with_three_splits(pipeline_corpus):
-  config, _, _ = pipeline_corpus
-  assert len(datasets.data_source(config.data, 'train')) == 100_000
+def test_synthetic_builds_offline_with_three_splits(tmp_path, monkeypatch):
+  """The builder of the built-in corpus, over fewer pairs (test_synthetic.py checks the
+  100,000 / 1,000 / 1,000 that `synthetic.splits` makes by default)."""
+  small = synthetic.splits(train_size=300, eval_size=20)
+  monkeypatch.setattr(synthetic, 'splits', lambda: small)
+  config = make_config(tmp_path)
+  train = datasets.data_source(config.data, 'train')
   validation = datasets.data_source(config.data, 'validation')
-  assert len(validation) == 1000 and len(datasets.data_source(config.data, 'test')) == 1000
-  example = validation[0]
-  assert set(example) == {'en', 'de', 'index'} and example['en'].decode().endswith('.')
+  assert (len(train), len(validation), len(datasets.data_source(config.data, 'test'))) == (
+      300, 20, 20)
+  example = next(ex for ex in pipeline.read(validation, range(20)) if ex['index'] == 3)
+  assert example == {'en': small['validation'][3][0].encode(),
+                     'de': small['validation'][3][1].encode(), 'index': 3}
 
 
 

@@ -31,7 +31,7 @@ def test_a_split_is_scored_into_the_workdir(command, briefly_trained, tmp_path):
                    '--max_extra_len=2', f'--json={tmp_path / "r.json"}')
   assert result.code == 0, result.err
   scores = json.loads((tmp_path / 'r.json').read_text())
-  assert scores['data'] == 'synthetic/test' and scores['sentences'] == 1000
+  assert scores['data'] == 'parallel_text/test' and scores['sentences'] == 200
   assert scores['decode']['method'] == 'greedy' and scores['decode']['max_extra_len'] == 2
 
 

@@ -19,9 +19,10 @@ from transformer_jax import train as train_command
 
 
 def overrides(config, **train):
-  flags = [f'--config.data.tfds_dir={config.data.tfds_dir}',
-           f'--config.data.vocab_path={config.data.vocab_path}',
-           '--config.train.log_every=1', '--config.train.eval_every=0']
+  """Flags that give configs/tiny.py `config`'s data, then `train` keys."""
+  flags = [f'--config.data.{key}={config.data[key]}' for key in
+           ('name', 'data_dir', 'source_lang', 'target_lang', 'tfds_dir', 'vocab_path')]
+  flags += ['--config.train.log_every=1', '--config.train.eval_every=0']
   return flags + [f'--config.train.{k}={v}' for k, v in train.items()]
 
 

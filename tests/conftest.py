@@ -16,6 +16,11 @@ os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 # a fresh directory to measure a cold run.
 os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
                       os.path.expanduser('~/.cache/transformer_jax/xla-tests'))
+# Keep every program, however quick to compile: the model tests run eagerly, and each
+# operation compiled anew for each shape costs about 5 s per forward pass of the test
+# model, 1 s when read back from the cache.
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 
 import dataclasses  # noqa: E402
 import pathlib  # noqa: E402
@@ -29,9 +34,8 @@ FIXTURES = REPO / 'tests' / 'data'
 
 @pytest.fixture(scope='session', autouse=True)
 def compilation_cache():
-  """The commands' compilation cache for this process too, from the first test on: many
-  tests compile the same tiny programs, and the commands run in-process turn it on
-  anyway, so every test sees the same setting whatever ran before it."""
+  """The commands' compilation cache for this process too, from the first test on (the
+  commands run in-process would turn it on midway)."""
   from transformer_jax import cli
   cli.use_compilation_cache(os.environ['JAX_COMPILATION_CACHE_DIR'])
 

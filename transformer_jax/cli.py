@@ -64,7 +64,8 @@ def use_compilation_cache(directory: str) -> None:
   devices and flags, so a changed config only misses the cache."""
   if directory:
     jax.config.update('jax_compilation_cache_dir', os.path.expanduser(directory))
-    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.2)
+    if 'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS' not in os.environ:  # JAX's own setting
+      jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.2)
 
 
 def _fail(message: str):

@@ -10,32 +10,30 @@ import pytest
 from transformer_jax import checkpoint as checkpoint_lib
 from transformer_jax import sharding
 from transformer_jax.errors import UserError
-from transformer_jax.loop import train
 from transformer_jax.steps import build, compile_steps
 
 
-def test_checkpoint_restores_onto_other_meshes_and_continues(tiny_config, fake_batch, saved_params,
-                                                             tmp_path):
-  config = tiny_config(num_steps=4, checkpoint_every=4)
-  config.mesh.update(dict(data=2, fsdp=2, tensor=2))
-  train(config, str(tmp_path))
-  reference = saved_params(tmp_path, config, 4)  # onto one device
+def test_checkpoint_restores_onto_other_meshes_and_continues(briefly_trained, tiny_config,
+                                                             fake_batch, saved_params):
+  """Saved from a mesh of 8 data-parallel devices; restored with FSDP and tensor
+  parallelism, and onto one device; each continues training."""
+  config = tiny_config()
+  reference = saved_params(briefly_trained, config, 6)
   for sizes, devices in (((1, 4, 2), None), ((1, 1, 1), jax.devices()[:1])):
     other = config.copy_and_resolve_references()
     other.mesh.update(dict(zip(('data', 'fsdp', 'tensor'), sizes)))
     mesh = sharding.make_mesh(other.mesh, devices)
     setup = build(other, mesh)
-    checkpoints = checkpoint_lib.Checkpoints(str(tmp_path), other)
-    state = checkpoints.restore(4, setup.abstract_state)
+    checkpoints = checkpoint_lib.Checkpoints(str(briefly_trained), other)
+    state = checkpoints.restore(6, setup.abstract_state)
     checkpoints.close()
-    for a, b in zip(jax.tree.leaves(reference), jax.tree.leaves(state.params)):
+    for a, b in zip(jax.tree.leaves(reference), jax.tree.leaves(state.params), strict=True):
       np.testing.assert_array_equal(a, np.asarray(b))
     assert state.params['encoder_layers'][0]['feed_forward']['w1']['kernel'].sharding.mesh.shape \
         == dict(zip(('data', 'fsdp', 'tensor'), sizes))
     train_step, _ = compile_steps(setup)
     state, metrics = train_step(state, sharding.place_batch(fake_batch(other), mesh))
-    assert int(state.step) == 5 and math.isfinite(float(metrics['loss']))
-
+    assert int(state.step) == 7 and math.isfinite(float(metrics['loss']))
 
 
 def test_parameters_alone_restore_as_the_whole_state_does(briefly_trained, tiny_config):

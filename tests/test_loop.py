@@ -32,17 +32,22 @@ def test_loss_falls_on_the_synthetic_corpus(tiny_config, tmp_path):
   assert os.listdir(tmp_path / 'tensorboard' / 'train')  # event files were written
 
 
-def test_half_written_checkpoint_is_ignored(tiny_config, tmp_path):
-  config = tiny_config(num_steps=4, checkpoint_every=4)
-  train(config, str(tmp_path))
+@pytest.fixture
+def workdir(briefly_trained, tmp_path):
+  """A copy of the briefly trained workdir (checkpoints at steps 2, 4 and 6) to resume."""
+  shutil.copytree(briefly_trained, tmp_path / 'work')
+  return tmp_path / 'work'
+
+
+def test_half_written_checkpoint_is_ignored(tiny_config, workdir):
   # What a kill during an async save leaves behind: a temporary step directory.
-  partial = tmp_path / 'checkpoints' / '8.orbax-checkpoint-tmp-1234567'
-  shutil.copytree(tmp_path / 'checkpoints' / '4', partial)
+  partial = workdir / 'checkpoints' / '8.orbax-checkpoint-tmp-1234567'
+  shutil.copytree(workdir / 'checkpoints' / '6', partial)
   (partial / 'state' / 'manifest.ocdbt').write_bytes(b'garbage')
-  config.train.num_steps = 6
-  train(config, str(tmp_path))
-  assert [r['step'] for r in metrics_lib.read(str(tmp_path))] == list(range(1, 7))
-  assert checkpoint_lib.Checkpoints(str(tmp_path), config).latest_step() == 6
+  config = tiny_config(num_steps=7, checkpoint_every=7, keep_checkpoints=3)
+  train(config, str(workdir))
+  assert [r['step'] for r in metrics_lib.read(str(workdir))] == [2, 4, 6, 7]
+  assert checkpoint_lib.Checkpoints(str(workdir), config).steps() == [4, 6, 7]
 
 
 def test_time_budget_saves_and_stops_early(tiny_config, tmp_path, capsys):
@@ -85,20 +90,18 @@ def test_checkpoint_of_other_training_records_is_refused(tiny_config, tmp_path):
   assert sorted(p.name for p in (tmp_path / 'checkpoints').iterdir()) == before
 
 
-def test_checkpoint_of_another_vocabulary_is_refused(tiny_config, tmp_path):
-  run = tmp_path / 'run'
-  config = tiny_config(num_steps=2, checkpoint_every=2)
-  train(config, str(run))
-  before = sorted(p.name for p in (run / 'checkpoints').iterdir())
+def test_checkpoint_of_another_vocabulary_is_refused(tiny_config, workdir, tmp_path):
+  before = sorted(p.name for p in (workdir / 'checkpoints').iterdir())
   # The same pieces plus an unknown protobuf field (number 200, varint 1): a vocabulary
   # that loads and has the same size, but is not the file the checkpoint was trained with.
+  config = tiny_config(num_steps=8)
   other = tmp_path / 'other.model'
   other.write_bytes(pathlib.Path(config.data.vocab_path).read_bytes() + b'\xc0\x0c\x01')
-  config.data.vocab_path, config.train.num_steps = str(other), 4
-  with pytest.raises(UserError, match=rf'step 2 in {re.escape(str(run))}.* was trained '
+  config.data.vocab_path = str(other)
+  with pytest.raises(UserError, match=rf'step 6 in {re.escape(str(workdir))}.* was trained '
                      rf'with another vocabulary than {re.escape(str(other))}\. Restore'):
-    train(config, str(run))
-  assert sorted(p.name for p in (run / 'checkpoints').iterdir()) == before
+    train(config, str(workdir))
+  assert sorted(p.name for p in (workdir / 'checkpoints').iterdir()) == before
 
 
 def test_mesh_that_does_not_match_the_devices(tiny_config, tmp_path):
@@ -115,15 +118,13 @@ def test_batch_not_divisible_by_data_parallel_size(tiny_config, tmp_path):
     train(config, str(tmp_path))
 
 
-def test_non_finite_loss_stops_without_saving(tiny_config, saved_params, tmp_path):
-  config = tiny_config(num_steps=2, checkpoint_every=2)
-  train(config, str(tmp_path))
-  config.train.update(dict(num_steps=8, learning_rate=1e30))  # diverges at once
-  with pytest.raises(UserError, match=r'Non-finite loss or gradient within steps .*'
-                                      r'Last good checkpoint: step 2 in '):
-    train(config, str(tmp_path))
-  assert checkpoint_lib.Checkpoints(str(tmp_path), config).steps() == [2]
-  assert all(np.isfinite(x).all() for x in jax.tree.leaves(saved_params(tmp_path, config, 2)))
+def test_non_finite_loss_stops_without_saving(tiny_config, saved_params, workdir):
+  config = tiny_config(num_steps=8, learning_rate=1e30)  # diverges at once
+  with pytest.raises(UserError, match=r'Non-finite loss or gradient within steps (7|8)\.\.\1; .*'
+                                      r'Last good checkpoint: step 6 in '):
+    train(config, str(workdir))
+  assert checkpoint_lib.Checkpoints(str(workdir), config).steps() == [2, 4, 6]
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(saved_params(workdir, config, 6)))
 
 
 def test_non_finite_updates_can_be_skipped(tiny_config, saved_params, tmp_path):

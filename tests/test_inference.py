@@ -108,3 +108,19 @@ def test_encode_sources_appends_eos_and_truncates_long_lines(briefly_trained, ca
 def test_bad_settings_are_refused(changes, message):
   with pytest.raises(UserError, match=message):
     inference.Settings(**changes)
+
+
+def test_a_lowercasing_model_lowercases_its_input(tiny_config, tmp_path):
+  """The checkpoint's config decides: a model trained on lowercased text gets lowercased
+  input, whoever restores it."""
+  from transformer_jax.steps import build, init_state
+  config = tiny_config()
+  config.data.lowercase = True
+  setup = build(config, sharding.make_mesh(config.mesh))
+  checkpoints = checkpoint_lib.Checkpoints(str(tmp_path), config, async_save=False)
+  checkpoints.save(1, init_state(setup), None, config.data.vocab_path, force=True)
+  checkpoints.close()
+  tokenizer = inference.restore(str(tmp_path)).tokenizer
+  assert tokenizer.encode('The Dog SLEEPS.') == tokenizer.encode('the dog sleeps.')
+  assert inference.encode_sources(tokenizer, ['The Dog'], 16) == inference.encode_sources(
+      tokenizer, ['the dog'], 16)

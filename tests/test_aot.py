@@ -52,6 +52,7 @@ def test_a_step_that_cannot_fit_is_reported_with_fixes(repo):
 
 
 @pytest.mark.parametrize('flags, message', [
+    ([], '--topology is required, e.g. --topology=v5e:4x4.'),
     (['--topology=v9z:2x2'], 'expected CHIP:SHAPE with CHIP one of v4, v5e'),
     (['--topology=v5e:3x7'], 'is not a TPU slice libtpu knows')])
 def test_unknown_topology_is_a_clear_error(command, repo, flags, message):

@@ -28,13 +28,25 @@ def random_tokens(seed, shape, vocab=50):
   return jax.random.randint(jax.random.key(seed), shape, 3, vocab)
 
 
+@nnx.jit
+def forward(model, source, target, **segments):
+  """The model's logits, compiled as the train step compiles it (one program per shape,
+  which the tests' compilation cache keeps; op-by-op it is ~5x slower to start)."""
+  return model(source, target, **segments)
+
+
+@nnx.jit
+def encode(model, source):
+  return model.encode(source)
+
+
 @pytest.mark.parametrize('pre_norm', [False, True])
 def test_output_shapes(pre_norm):
   model = build(small_config(pre_norm=pre_norm))
   source, target = random_tokens(0, (3, 7)), random_tokens(1, (3, 5))
-  logits = model(source, shift_right(target))
+  logits = forward(model, source, shift_right(target))
   assert logits.shape == (3, 5, 50) and logits.dtype == jnp.float32
-  assert model.encode(source).shape == (3, 7, 32)
+  assert encode(model, source).shape == (3, 7, 32)
   assert np.isfinite(np.asarray(logits)).all()
 
 
@@ -60,7 +72,7 @@ def test_decoder_is_causal():
   source, target = random_tokens(0, (2, 6)), random_tokens(1, (2, 8))
   t = 5
   changed = target.at[:, t].set((target[:, t] + 7) % 47 + 3)
-  before, after = model(source, target), model(source, changed)
+  before, after = forward(model, source, target), forward(model, source, changed)
   np.testing.assert_allclose(before[:, :t], after[:, :t], atol=1e-6)
   assert float(jnp.abs(before[:, t:] - after[:, t:]).max()) > 1e-3
 
@@ -69,8 +81,9 @@ def test_source_padding_changes_no_output():
   model = build(small_config())
   source, target = random_tokens(0, (2, 6)), random_tokens(1, (2, 5))
   padded = jnp.pad(source, ((0, 0), (0, 4)), constant_values=PAD_ID)
-  np.testing.assert_allclose(model.encode(padded)[:, :6], model.encode(source), atol=1e-5)
-  np.testing.assert_allclose(model(padded, target), model(source, target), atol=1e-5)
+  np.testing.assert_allclose(encode(model, padded)[:, :6], encode(model, source), atol=1e-5)
+  np.testing.assert_allclose(forward(model, padded, target), forward(model, source, target),
+                             atol=1e-5)
 
 
 def test_target_padding_changes_no_real_output():
@@ -78,7 +91,8 @@ def test_target_padding_changes_no_real_output():
   source, target = random_tokens(0, (2, 6)), random_tokens(1, (2, 5))
   padded = jnp.pad(target, ((0, 0), (0, 3)), constant_values=PAD_ID)
   inputs = shift_right(padded)
-  np.testing.assert_allclose(model(source, inputs)[:, :5], model(source, shift_right(target)),
+  np.testing.assert_allclose(forward(model, source, inputs)[:, :5],
+                             forward(model, source, shift_right(target)),
                              atol=1e-5)
 
 
@@ -95,10 +109,11 @@ def test_packed_row_equals_separate_rows():
   source, source_seg, source_pos = pack(s1, s2)
   target, target_seg, target_pos = pack(t1, t2)
   target = shift_right(target, target_seg)  # each sentence starts from BOS
-  packed = model(source, target, source_positions=source_pos, source_segments=source_seg,
-                 target_positions=target_pos, target_segments=target_seg)
-  np.testing.assert_allclose(packed[:, :3], model(s1, shift_right(t1)), atol=1e-5)
-  np.testing.assert_allclose(packed[:, 3:], model(s2, shift_right(t2)), atol=1e-5)
+  packed = forward(model, source, target, source_positions=source_pos,
+                   source_segments=source_seg, target_positions=target_pos,
+                   target_segments=target_seg)
+  np.testing.assert_allclose(packed[:, :3], forward(model, s1, shift_right(t1)), atol=1e-5)
+  np.testing.assert_allclose(packed[:, 3:], forward(model, s2, shift_right(t2)), atol=1e-5)
 
 
 def test_positional_encoding_matches_the_paper():

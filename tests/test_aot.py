@@ -1,9 +1,6 @@
 """`aot` compiles the real train step for TPU topologies on this CPU host (libtpu comes
 with the test extra) and reports memory, FLOPs and collectives; too big is an error."""
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
@@ -15,18 +12,17 @@ SMALL = ['--config.model.d_model=256', '--config.model.d_ff=1024', '--config.mod
          '--config.model.num_heads=4', '--config.data.batch_size=16', '--config.data.max_len=32']
 
 
-def run_aot(repo, *flags):
-  return subprocess.run([sys.executable, '-m', 'transformer_jax.aot', '--config=configs/tiny.py',
-                         *flags], cwd=repo, capture_output=True, text=True, timeout=900,
-                        env=dict(os.environ, JAX_PLATFORMS='cpu'))
+def run_aot(command_process, *flags):
+  return command_process('aot', '--config=configs/tiny.py', *flags)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize('topology, chips', [('v5e:2x2', 4), ('v4:2x2x1', 4)])
-def test_compiles_for_tpu_topologies_and_counts_flops_like_info(repo, topology, chips):
-  result = run_aot(repo, f'--topology={topology}', '--config.mesh.fsdp=2', *SMALL)
-  assert result.returncode == 0, result.stderr[-2000:]
-  report = json.loads(result.stdout)
+def test_compiles_for_tpu_topologies_and_counts_flops_like_info(command_process, repo, topology,
+                                                                chips):
+  result = run_aot(command_process, f'--topology={topology}', '--config.mesh.fsdp=2', *SMALL)
+  assert result.code == 0, result.err[-2000:]
+  report = json.loads(result.out)
   assert report['chips'] == chips and report['mesh'] == {'data': 2, 'fsdp': 2, 'tensor': 1}
   config = config_lib.load(str(repo / 'configs' / 'tiny.py'))
   config.model.update(d_model=256, d_ff=1024, vocab_size=512, num_heads=4)
@@ -42,13 +38,13 @@ def test_compiles_for_tpu_topologies_and_counts_flops_like_info(repo, topology, 
 
 
 @pytest.mark.slow
-def test_a_step_that_cannot_fit_is_reported_with_fixes(repo):
-  result = run_aot(repo, '--topology=v5e:2x2', '--config.model.vocab_size=32000',
+def test_a_step_that_cannot_fit_is_reported_with_fixes(command_process):
+  result = run_aot(command_process, '--topology=v5e:2x2', '--config.model.vocab_size=32000',
                    '--config.data.batch_size=4096', '--config.data.max_len=256')
-  assert result.returncode == 3, result.stderr[-2000:]
-  assert json.loads(result.stdout)['fits'] is False
-  assert 'but a v5e chip has 16 GiB' in result.stderr
-  assert 'mesh.fsdp' in result.stderr
+  assert result.code == 3, result.err[-2000:]
+  assert json.loads(result.out)['fits'] is False
+  assert 'but a v5e chip has 16 GiB' in result.err
+  assert 'mesh.fsdp' in result.err
 
 
 @pytest.mark.parametrize('flags, message', [

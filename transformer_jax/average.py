@@ -4,7 +4,7 @@ averaging.
 Writes the mean of the last N checkpoints' parameters (at or before step S, with
 `--until_step`) as WORKDIR/averaged/checkpoints/STEP, replacing an earlier average;
 `translate --averaged` and `evaluate --averaged` read it. The paper averaged the last 5
-(base) or 20 (big).
+(base) or 20 (big). On several processes each holds its devices' share of the sum.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import os
 from absl import flags
 
 from transformer_jax import checkpoint as checkpoint_lib
-from transformer_jax import cli
+from transformer_jax import cli, distributed
 from transformer_jax.errors import UserError
 
 
@@ -23,7 +23,7 @@ def main(argv):
     raise UserError(f'--last must be at least 1, got {_LAST.value}.')
   workdir = cli.required_workdir()
   step, steps = checkpoint_lib.average(workdir, _LAST.value, _UNTIL.value)
-  print(f'averaged checkpoints {", ".join(map(str, steps))} into '
+  distributed.say(f'averaged checkpoints {", ".join(map(str, steps))} into '
         f'{os.path.join(workdir, checkpoint_lib.AVERAGED_DIR)} (step {step})')
 
 

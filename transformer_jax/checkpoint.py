@@ -56,7 +56,11 @@ class Checkpoints:
         max_to_keep=max_to_keep or config.train.keep_checkpoints,
         enable_async_checkpointing=async_save, create=True,
         best_fn=(lambda metrics: metrics[best_metric]) if best_metric else None,
-        best_mode='max')
+        best_mode='max',
+        # Several processes: training's two managers (latest, best) may save the same step
+        # at once, and Orbax names its barriers by step; a prefix per directory keeps apart.
+        multiprocessing_options=ocp.options.MultiprocessingOptions(
+            barrier_sync_key_prefix=hashlib.sha1(str(self.directory).encode()).hexdigest()[:8]))
     self._manager = ocp.CheckpointManager(self.directory, options=options,
                                           item_names=('state', 'data', 'meta'))
     self.config = config
@@ -92,6 +96,12 @@ class Checkpoints:
     the fix."""
     meta = self.meta(step)
     where = f'The checkpoint at step {step} in {self.directory}'
+    saved_by = self.process_count(step)
+    if saved_by not in (None, jax.process_count()):
+      raise UserError(f'{where} was saved by {saved_by} processes, and this run has '
+                      f'{jax.process_count()}: each process resumes its own share of the '
+                      f'data. Resume with {saved_by} processes (hosts), or start a new '
+                      '--workdir.')
     diffs = _differences(meta['config']['model'], self.config.model, MODEL_SHAPE_KEYS)
     if diffs:
       raise UserError(f'{where} is of another model ({diffs}). Use a new --workdir, or a '
@@ -106,6 +116,11 @@ class Checkpoints:
       raise UserError(f'{where} was trained on other records ({diffs}): its saved '
                       'data-iterator position would not continue that run. Use a new '
                       "--workdir, or the checkpoint's data settings.")
+
+  def process_count(self, step: int) -> int | None:
+    """How many processes saved the data-iterator state at `step` (None: none saved)."""
+    names = [p.name for p in (self.directory / str(step) / 'data').glob('process_*-of-*.json')]
+    return int(names[0].rsplit('-of-', 1)[1].split('.')[0]) if names else None
 
   def restore(self, step: int, abstract_state, data_iterator=None):
     """The state at `step`, placed as `abstract_state`'s shardings say (any mesh);
@@ -144,7 +159,8 @@ def _differences(saved: dict, ours: ConfigDict, keys) -> str:
 
 def check_writable(workdir: str) -> None:
   try:
-    probe = files.path(workdir) / f'.write-test-{os.getpid()}'
+    # Named per process: on a pod slice, several hosts probe one bucket at once.
+    probe = files.path(workdir) / f'.write-test-{jax.process_index()}-{os.getpid()}'
     probe.parent.mkdir(parents=True, exist_ok=True)
     probe.write_text('ok')
     probe.unlink()

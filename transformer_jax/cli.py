@@ -14,9 +14,10 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from transformer_jax import config as config_lib
+from transformer_jax import distributed
 from transformer_jax.errors import UserError
 
-COMMANDS = ('train', 'translate', 'evaluate', 'average', 'info', 'aot')
+COMMANDS = ('prepare', 'train', 'translate', 'evaluate', 'average', 'info', 'aot')
 
 
 # The flags every command shares, defined once (absl forbids defining a flag twice, and
@@ -46,7 +47,10 @@ def required_workdir() -> str:
 
 
 def stderr_progress(every_s: float = 2.0):
-  """A progress(done, total) callback printing to stderr at most every `every_s` seconds."""
+  """A progress(done, total) callback printing to stderr at most every `every_s` seconds
+  (on process 0 only; None elsewhere)."""
+  if not distributed.is_writer():
+    return None
   last = [-math.inf]  # the first call always reports
 
   def report(done, total):
@@ -86,12 +90,16 @@ def _parse_flags(argv):
 
 
 def run(main):
-  """absl's app.run, but a UserError prints one line (no traceback) and exits 2."""
+  """absl's app.run, but a UserError prints one line (no traceback) and exits 2.
+
+  Every command joins a multi-process run first (`distributed.initialize`): on a pod
+  slice, the same command runs on every worker."""
   def guarded(argv):
     if flags.FLAGS['verbosity'].using_default_value:
       logging.set_verbosity(logging.WARNING)  # Orbax and TFDS are chatty at INFO; -v 0 shows it
     use_compilation_cache(COMPILATION_CACHE.value)
     try:
+      distributed.initialize()
       return main(argv)
     except UserError as e:
       _fail(str(e))

@@ -58,6 +58,8 @@ def defaults() -> ConfigDict:
   c.data.subword_alpha = 0.3     # their sampling sharpness: lower = more varied pieces
   c.data.lowercase = False       # lowercase all text first (the literature's Multi30k
                                  # setting); output is lowercased, validation BLEU too
+  c.data.prepare_timeout_minutes = 180.0  # several processes: how long the others wait
+                                 # while process 0 builds the dataset and vocabulary
 
   c.train = ConfigDict()
   c.train.num_steps = 1000
@@ -195,6 +197,8 @@ def _check_values(c: ConfigDict) -> None:
              f'got {m[key]!r}.')
   for key in ('max_len', 'batch_size'):
     _require(c.data[key] >= 1, f'data.{key} must be at least 1, got {c.data[key]}.')
+  _require(c.data.prepare_timeout_minutes > 0, 'data.prepare_timeout_minutes must be > 0, '
+           f'got {c.data.prepare_timeout_minutes}.')
   _require(c.data.subword_samples >= 0, 'data.subword_samples must be >= 0 (0 = off), '
            f'got {c.data.subword_samples}.')
   _require(c.data.subword_alpha > 0, 'data.subword_alpha must be > 0, '

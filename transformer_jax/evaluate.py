@@ -3,7 +3,8 @@
 Translates a split of the checkpoint's dataset (default: test) or `--src`/`--ref` files,
 and reports sacreBLEU's BLEU (cased, detokenized, 13a by default: the comparable number)
 and chrF with their signatures, as a console line and a JSON file. `--tokenize` and
-`--lowercase` give the tokenized, lowercased variants some papers report.
+`--lowercase` give the tokenized, lowercased variants some papers report. On several
+processes each translates its devices' rows of every batch; process 0 reports.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import time
 
 from absl import flags
 
-from transformer_jax import cli, files, inference, inference_flags, scoring
+from transformer_jax import cli, distributed, files, inference, inference_flags, scoring
 from transformer_jax.data import datasets, pipeline
 from transformer_jax.errors import UserError
 
@@ -31,6 +32,7 @@ def sources_and_references(restored) -> tuple[str, list[str], list[str]]:
     restored.config.data.data_dir = _DATA_DIR.value
   if _TFDS_DIR.value:
     restored.config.data.tfds_dir = _TFDS_DIR.value
+  pipeline.prepare(restored.config, None)  # several processes: built once, by process 0
   sources, references = pipeline.split_pairs(restored.config, _SPLIT.value)
   return f'{restored.config.data.name}/{_SPLIT.value}', sources, references
 
@@ -50,6 +52,8 @@ def main(argv):
             'decode': dataclasses.asdict(settings),
             'translate_seconds': time.perf_counter() - start,
             **scoring.scores(hypotheses, references, _TOKENIZE.value, _LOWERCASE.value)}
+  if not distributed.is_writer():  # on several processes, process 0 reports
+    return
   print(f'{what} step {restored.step}: BLEU {result["bleu"]:.2f} ({result["bleu_signature"]})'
         f'  chrF {result["chrf"]:.2f} ({result["chrf_signature"]})', flush=True)
   out = _JSON.value or os.path.join(

@@ -18,7 +18,7 @@ from ml_collections import ConfigDict
 
 from transformer_jax import checkpoint as checkpoint_lib
 from transformer_jax import config as config_lib
-from transformer_jax import decode, files, sharding
+from transformer_jax import decode, distributed, files, sharding
 from transformer_jax.data import tokenizer as tokenizer_lib
 from transformer_jax.data.tokenizer import EOS_ID, PAD_ID, Tokenizer
 from transformer_jax.errors import UserError
@@ -127,7 +127,9 @@ def translate_ids(model, mesh, sources: list[list[int]], s: Settings,
   """Token ids in, token ids out (EOS and padding removed), in the input order.
 
   Sentences are sorted by length into fixed-size batches of power-of-two lengths, so
-  decoding compiles once per bucket; batches are sharded over the mesh's data axis."""
+  decoding compiles once per bucket; batches are sharded over the mesh's data axis. On
+  several processes each passes the same sentences, decodes its devices' rows, and
+  every process gets every translation."""
   rows = s.batch_size + (-s.batch_size) % sharding.data_parallel_size(mesh)
   order = sorted((i for i, src in enumerate(sources) if src), key=lambda i: len(sources[i]))
   outputs: list[list[int]] = [[] for _ in sources]  # empty inputs translate to empty
@@ -137,7 +139,7 @@ def translate_ids(model, mesh, sources: list[list[int]], s: Settings,
     batch = np.full((rows, length), PAD_ID, np.int32)
     for row, i in enumerate(chunk):
       batch[row, :len(sources[i])] = sources[i]
-    tokens = np.asarray(jax.device_get(_decode(model, mesh, batch, length + s.max_extra_len, s)))
+    tokens = distributed.gather(_decode(model, mesh, batch, length + s.max_extra_len, s))
     for row, i in enumerate(chunk):
       ids = tokens[row].tolist()
       outputs[i] = ids[:ids.index(EOS_ID)] if EOS_ID in ids else [t for t in ids if t != PAD_ID]
@@ -147,7 +149,7 @@ def translate_ids(model, mesh, sources: list[list[int]], s: Settings,
 
 
 def _decode(model, mesh, batch, max_len, s: Settings):
-  source = jax.device_put(batch, sharding.batch_sharding(mesh))
+  source = distributed.global_array(batch, sharding.batch_sharding(mesh))
   if s.method == 'beam':
     return decode.beam_search(model, source, beam_size=s.beam_size, alpha=s.alpha,
                               max_len=max_len, max_extra_len=s.max_extra_len)[0]

@@ -17,7 +17,7 @@ from flax import nnx
 from ml_collections import ConfigDict
 
 from transformer_jax import checkpoint as checkpoint_lib
-from transformer_jax import inference, scoring, sharding
+from transformer_jax import distributed, inference, scoring, sharding
 from transformer_jax import metrics as metrics_lib
 from transformer_jax.data import datasets, pipeline
 from transformer_jax.errors import UserError
@@ -97,13 +97,13 @@ def _validation_split(config, tokenizer):
   return pipeline.TokenizedSplit(source, config.data, tokenizer)
 
 
-def restore_or_init(setup, checkpoints, data_iterator, say):
+def restore_or_init(setup, checkpoints, data_iterator):
   """The latest checkpoint (state and data position), or a fresh state."""
   step = checkpoints.latest_step()
   if step is None:
     return init_state(setup)
   state = checkpoints.restore(step, setup.abstract_state, data_iterator)
-  say(f'resumed from the checkpoint at step {step} in {checkpoints.directory}')
+  distributed.say(f'resumed from the checkpoint at step {step} in {checkpoints.directory}')
   return state
 
 
@@ -112,19 +112,18 @@ def train(config: ConfigDict, workdir: str) -> dict:
   checkpoint_lib.check_writable(workdir)
   mesh = sharding.make_mesh(config.mesh)
   sharding.check_batch(config.data.batch_size, mesh)
-  say = (lambda text: print(text, flush=True)) if jax.process_index() == 0 else (lambda _: 0)
   setup = build(config, mesh)
   train_step_fn, eval_step_fn = compile_steps(setup)
   train_step_fn = compile_in_background(train_step_fn, setup.abstract_state,
                                         abstract_batch(config, mesh))
-  tokenizer = pipeline.get_tokenizer(config, workdir)
+  tokenizer = pipeline.prepare(config, workdir)
   checkpoints = checkpoint_lib.Checkpoints(workdir, config)
   if checkpoints.latest_step() is not None:  # a mismatch fails before any data is read
     checkpoints.check_compatible(checkpoints.latest_step(), tokenizer.path)
   train_split = pipeline.training_split(config, tokenizer)
   eval_split = _validation_split(config, tokenizer)
   batches = iter(pipeline.train_dataset(config, train_split))
-  state = restore_or_init(setup, checkpoints, batches, say)
+  state = restore_or_init(setup, checkpoints, batches)
   step = int(state.step)
   t = config.train
   preemption = Preemption(t.stop_after_minutes)
@@ -156,8 +155,8 @@ def train(config: ConfigDict, workdir: str) -> dict:
         checkpoints.save(step, state, batches, tokenizer.path, force=preempted)
       if preempted:
         checkpoints.wait()
-        say(f'{preemption.reason}: saved the checkpoint at step {step}; exiting. Run the '
-            'same command to resume.')
+        distributed.say(f'{preemption.reason}: saved the checkpoint at step {step}; '
+                        'exiting. Run the same command to resume.')
         break
   finally:
     checkpoints.close()

@@ -3,7 +3,8 @@ stdout (or --output), one line per line, in input order.
 
 Restores the latest (or `--step`, or `--averaged`) checkpoint's parameters on whatever
 devices this machine has, and decodes with beam search (or `--decode=greedy|sample`);
-see `inference.translate_ids` for the batching.
+see `inference.translate_ids` for the batching. On several processes (a pod slice, the
+same command on every worker, each reading the same input) process 0 writes the output.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import sys
 
 from absl import flags
 
-from transformer_jax import cli, inference, inference_flags
+from transformer_jax import cli, distributed, inference, inference_flags
 from transformer_jax.data import datasets
 
 
@@ -22,6 +23,8 @@ def main(argv):
   restored = inference.restore(cli.required_workdir(), inference_flags.STEP.value,
                                inference_flags.AVERAGED.value)
   translations = inference.translate_texts(restored, lines, settings, cli.stderr_progress())
+  if not distributed.is_writer():  # on several processes, every one has every line
+    return
   text = ''.join(t + '\n' for t in translations)
   if _OUTPUT.value in (None, '-'):
     sys.stdout.write(text)

@@ -17,7 +17,7 @@ import jax
 import numpy as np
 from ml_collections import ConfigDict
 
-from transformer_jax import files
+from transformer_jax import distributed, files
 from transformer_jax.data import datasets
 from transformer_jax.data import tokenizer as tokenizer_lib
 from transformer_jax.data.tokenizer import EOS_ID, PAD_ID, Tokenizer
@@ -43,13 +43,37 @@ def split_pairs(config: ConfigDict, split: str) -> tuple[list[str], list[str]]:
           [ex[config.data.target_lang].decode('utf-8') for ex in examples])
 
 
-def get_tokenizer(config: ConfigDict, workdir: str) -> Tokenizer:
+def prepare(config: ConfigDict, workdir: str | None,
+            new_vocab_path: bool = False) -> Tokenizer | None:
+  """The dataset built and the vocabulary trained (or found), once for all processes.
+
+  Process 0 builds them into their shared place (`data.tfds_dir`, the workdir or
+  `data.vocab_path`: a bucket on a pod slice) while the others wait, then the others
+  read them: several processes never write one dataset at once. With no workdir and no
+  `data.vocab_path`, only the dataset; with `new_vocab_path`, a `data.vocab_path` that
+  does not exist yet is trained there (the `prepare` command)."""
+  def job(first: bool):
+    datasets.builder(config.data)  # a worker-local tfds_dir: each builds its own copy
+    if workdir is None and not config.data.vocab_path:
+      return None
+    return get_tokenizer(config, workdir, may_train=first, new_vocab_path=new_vocab_path)
+  return distributed.once('build the dataset and the vocabulary', job,
+                          60 * config.data.prepare_timeout_minutes)
+
+
+def get_tokenizer(config: ConfigDict, workdir: str | None, may_train: bool = True,
+                  new_vocab_path: bool = False) -> Tokenizer:
   """`data.vocab_path` if set, else WORKDIR/vocab.model, trained on the training split
-  (source and target jointly) the first time."""
+  (source and target jointly) the first time, if `may_train`. A `data.vocab_path` that
+  does not exist is an error (a typo, most likely) unless `new_vocab_path`."""
   data = config.data
   path = data.vocab_path or os.path.join(workdir, tokenizer_lib.VOCAB_FILE)
-  if data.vocab_path and not files.path(path).exists():
+  if data.vocab_path and not new_vocab_path and not files.path(path).exists():
     raise UserError(f'data.vocab_path={path} does not exist.')
+  if not may_train and not files.path(path).exists():
+    raise UserError(f'Process {jax.process_index()} cannot see the vocabulary '
+                    f'{path} that process 0 wrote: every process must share the workdir '
+                    '(on a pod slice, a gs:// bucket) or data.vocab_path.')
 
   def training_text():
     source = datasets.data_source(data, 'train')

@@ -1,0 +1,93 @@
+"""Several processes as one run: a TPU pod slice (one process per worker VM), or CPU
+processes joined over gloo. Every command runs the same code on every process; this
+module connects them, says which one writes shared files, lets one process do a
+one-time job while the others wait, and gathers results onto every process.
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable, TypeVar
+
+import jax
+import numpy as np
+from absl import flags
+from jax.experimental import multihost_utils
+
+from transformer_jax.errors import UserError
+
+T = TypeVar('T')
+_barriers = [0]  # each barrier needs an id of its own; all processes count alike
+
+_COORDINATOR = flags.DEFINE_string(
+    'coordinator_address', None, 'host:port of process 0, for multi-process runs off TPU '
+    '(on a TPU pod slice JAX finds its peers itself).')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Processes in a multi-process run.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process, 0..num_processes-1.')
+_HEARTBEAT = flags.DEFINE_integer(
+    'heartbeat_timeout_s', 100, 'A process silent this long counts as dead: the others '
+    'exit with an error instead of waiting for it (JAX distributed heartbeat).')
+
+
+def initialize() -> None:
+  """Connect the processes of a multi-process run, before any other JAX call.
+
+  On a TPU pod slice every worker runs the same command and JAX finds its peers itself;
+  elsewhere (e.g. several CPU processes) the coordinator is given by flags or the
+  standard JAX environment variables. One process: nothing to do.
+  """
+  if _COORDINATOR.value:
+    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                               heartbeat_timeout_seconds=_HEARTBEAT.value)
+  elif len(os.environ.get('TPU_WORKER_HOSTNAMES', '').split(',')) > 1:
+    jax.distributed.initialize(heartbeat_timeout_seconds=_HEARTBEAT.value)
+
+
+def is_writer() -> bool:
+  """Process 0 writes every file all processes share (vocabulary, metrics, results)."""
+  return jax.process_index() == 0
+
+
+def say(text: str) -> None:
+  """A console line, printed once per run (by process 0)."""
+  if is_writer():
+    print(text, flush=True)
+
+
+def barrier(what: str, timeout_s: float) -> None:
+  """Wait until every process gets here; after `timeout_s`, one error naming `what`."""
+  if jax.process_count() == 1:
+    return
+  client = jax._src.distributed.global_state.client  # noqa: SLF001 (the only timed barrier)
+  _barriers[0] += 1
+  try:
+    client.wait_at_barrier(f'transformer_jax {_barriers[0]}: {what}', int(timeout_s * 1000))
+  except Exception as e:  # noqa: BLE001 (jaxlib raises XlaRuntimeError, untyped)
+    raise UserError(f'Process {jax.process_index()} waited {timeout_s:.0f} s for the other '
+                    f'processes to {what}, in vain ({str(e).splitlines()[0][:200]}). '
+                    'Check the other processes\' logs.') from None
+
+
+def once(what: str, job: Callable[[bool], T], timeout_s: float) -> T:
+  """`job(True)` on process 0 first, then `job(False)` on the others.
+
+  For one-time work into shared storage (building the dataset, training the vocabulary):
+  process 0 does it while the others wait, then the others find it done. Where storage
+  is not shared (each worker's own disk), their `job(False)` does it again, locally.
+  """
+  if is_writer():
+    result = job(True)
+  barrier(what, timeout_s)
+  return result if is_writer() else job(False)
+
+
+def gather(x: jax.Array) -> np.ndarray:
+  """The whole of a (possibly multi-process) array, on every process."""
+  if jax.process_count() == 1:
+    return np.asarray(jax.device_get(x))
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def global_array(value: np.ndarray, sharding: jax.sharding.Sharding) -> jax.Array:
+  """A global array from a numpy value that every process holds whole (e.g. a batch of
+  sentences to translate); each process places the slices its devices own."""
+  return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])

@@ -179,6 +179,12 @@ def _parallel_text_files(data: ConfigDict) -> dict:
 
 def builder(data: ConfigDict) -> tfds.core.DatasetBuilder:
   """The TFDS builder `data.name` selects, prepared (built once, then reused)."""
+  if data.tfds_dir.startswith(('gs://', 's3://', 'az://')):
+    # ArrayRecord reads and writes local files only (its C++ file layer has no GCS).
+    raise UserError(f'data.tfds_dir={data.tfds_dir} is a bucket, but TFDS array_record '
+                    'files must be on a local disk (or a gcsfuse mount). Use a local '
+                    'directory; on a pod slice, `launch/tpu.py prepare` builds it once and '
+                    'copies it to every worker.')
   kwargs = dict(data_dir=data.tfds_dir or None, file_format='array_record')
   if data.name == 'synthetic':
     b = Synthetic(**kwargs)

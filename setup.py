@@ -14,7 +14,7 @@ setup(
                 'system for Cloud TPU and CPU',
     long_description=open('README.md', encoding='utf-8').read(),
     long_description_content_type='text/markdown',
-    python_requires='>=3.10',
+    python_requires='>=3.11',  # jax, flax, orbax and grain need it
     packages=find_packages(include=['transformer_jax', 'transformer_jax.*']),
     install_requires=[
         f'jax=={JAX}',

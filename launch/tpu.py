@@ -1,38 +1,58 @@
-"""Cloud TPU VM launcher: create, install, train, logs, delete. Every gcloud call goes
-through `gcloud()`, and `--dry_run` prints the exact commands instead of running them.
+"""Cloud TPU VM launcher: create, install, prepare, train, supervise, logs, delete. Every
+gcloud call goes through `gcloud()`, and `--dry_run` prints the exact commands instead.
 
-  python launch/tpu.py create  --name=mt --zone=us-west4-a --type=v5litepod-8 [--spot] [--queued]
-  python launch/tpu.py install --name=mt --zone=us-west4-a
-  python launch/tpu.py train   --name=mt --zone=us-west4-a --config=configs/tpu_v5e_8_base.py \\
-                               --workdir=gs://BUCKET/run1 [-- --config.train.num_steps=100000]
-  python launch/tpu.py logs    --name=mt --zone=us-west4-a
-  python launch/tpu.py delete  --name=mt --zone=us-west4-a [--queued]
+  python launch/tpu.py create    --name=mt --zone=us-west4-a --type=v5litepod-8 [--spot] [--queued]
+  python launch/tpu.py install   --name=mt --zone=us-west4-a --config=configs/tpu_v5e_8_base.py
+  python launch/tpu.py prepare   --name=mt --zone=us-west4-a --config=... --workdir=gs://BUCKET/run1
+  python launch/tpu.py train     --name=mt --zone=us-west4-a --config=... --workdir=gs://BUCKET/run1 \\
+                                 [-- --config.train.num_steps=100000]
+  python launch/tpu.py supervise --name=mt ... (the create flags, --config, --workdir, -- flags)
+  python launch/tpu.py logs      --name=mt --zone=us-west4-a
+  python launch/tpu.py delete    --name=mt --zone=us-west4-a [--queued]
 
-On a pod slice (e.g. --type=v5litepod-32) `install` and `train` run on every worker
-(`--worker=all`); JAX connects the hosts itself and each reads its own data shard. Their
-checkpoints must meet in one place, so a pod slice's workdir must be a bucket (gs://).
+`install` installs the `tpu` extra on every worker, and on worker 0 also the `tf` extra
+when the config reads a TFDS catalog dataset (WMT), which needs TensorFlow to build.
+`prepare` builds the dataset on worker 0 and copies it to WORKDIR/tfds, and writes the
+vocabulary to WORKDIR/vocab.model: once, for every worker and every later VM. `train`
+copies the dataset from there to each worker's disk (ArrayRecord reads local files) and
+starts `transformer_jax.train` on every worker (`--worker=all`; JAX connects the hosts),
+its log copied to WORKDIR/logs/ every minute. A pod slice's workdir must be a bucket.
+`supervise` keeps a spot or queued slice training: when it is preempted, it waits for
+capacity, recreates it, reinstalls and relaunches `train`, which resumes, until the run
+has written WORKDIR/done.json.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import pathlib
 import shlex
 import subprocess
 import sys
+import time
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 REMOTE_DIR = '$HOME/transformer_jax'  # expanded by the worker's shell
 VENV = '$HOME/venv'
+UV = '$HOME/.local/bin/uv'
+PYTHON = '3.11'
+LOCAL_TFDS = '$HOME/tensorflow_datasets'
 RUNTIME = {'v5litepod': 'v2-alpha-tpuv5-lite', 'v5p': 'v2-alpha-tpuv5',
            'v6e': 'v2-alpha-tpuv6e', 'v4': 'tpu-ubuntu2204-base'}
+OUR_DATASETS = ('synthetic', 'multi30k', 'parallel_text')  # built without TensorFlow
+# A node's (tpu-vm describe) or a queued resource's states, as supervise reads them.
+READY = {'READY', 'ACTIVE'}
+LOST = {'PREEMPTED', 'TERMINATED', 'SUSPENDED', 'FAILED', 'NOT_FOUND'}
 
 
-def gcloud(args: list[str], dry_run: bool) -> None:
-  """The one place a gcloud command is run (or, with --dry_run, printed)."""
-  command = ['gcloud', *args]
-  print(shlex.join(command), flush=True)  # exactly what runs
-  if not dry_run:
-    subprocess.run(command, check=True)
+def gcloud(args: list[str], dry_run: bool, check: bool = True) -> subprocess.CompletedProcess:
+  """The one place a gcloud command is run (or, with --dry_run, printed). $GCLOUD
+  replaces the binary (the tests run a scripted stand-in)."""
+  command = [*shlex.split(os.environ.get('GCLOUD', 'gcloud')), *args]
+  print(shlex.join(['gcloud', *args]), flush=True)  # exactly what runs
+  if dry_run:
+    return subprocess.CompletedProcess(command, 0, '', '')
+  return subprocess.run(command, check=check, capture_output=not check, text=True)
 
 
 def tpu_vm(*args: str) -> list[str]:
@@ -46,21 +66,31 @@ def runtime_version(accelerator: str) -> str:
   return RUNTIME[family]
 
 
-def create(a) -> None:
+def create(a, check: bool = True) -> bool:
+  """Create the VM (or queued resource); with check=False, a failure (e.g. no capacity in
+  the zone) returns False instead of stopping."""
   version = a.version or runtime_version(a.type)
   spot = ['--spot'] if a.spot else []
   if a.queued:
-    gcloud(['compute', 'tpus', 'queued-resources', 'create', a.name, f'--node-id={a.name}',
-            f'--zone={a.zone}', f'--accelerator-type={a.type}', f'--runtime-version={version}',
-            *spot], a.dry_run)
+    args = ['compute', 'tpus', 'queued-resources', 'create', a.name, f'--node-id={a.name}',
+            f'--zone={a.zone}', f'--accelerator-type={a.type}',
+            f'--runtime-version={version}', *spot]
   else:
-    gcloud(tpu_vm('create', a.name, f'--zone={a.zone}', f'--accelerator-type={a.type}',
-                  f'--version={version}', *spot), a.dry_run)
+    args = tpu_vm('create', a.name, f'--zone={a.zone}', f'--accelerator-type={a.type}',
+                  f'--version={version}', *spot)
+  return gcloud(args, a.dry_run, check).returncode == 0
 
 
-def ssh(a, command: str, worker: str = 'all') -> None:
-  gcloud(tpu_vm('ssh', a.name, f'--zone={a.zone}', f'--worker={worker}',
-                f'--command={command}'), a.dry_run)
+def ssh(a, command: str, worker: str = 'all', check: bool = True) -> bool:
+  return gcloud(tpu_vm('ssh', a.name, f'--zone={a.zone}', f'--worker={worker}',
+                       f'--command={command}'), a.dry_run, check).returncode == 0
+
+
+def needs_tensorflow(config_path: str) -> bool:
+  """Whether the config's dataset is a TFDS catalog one (WMT), built with TensorFlow."""
+  sys.path.insert(0, str(REPO))
+  from transformer_jax import config as config_lib  # noqa: PLC0415 (only these actions)
+  return config_lib.load(str(REPO / config_path)).data.name not in OUR_DATASETS
 
 
 def install(a) -> None:
@@ -72,8 +102,14 @@ def install(a) -> None:
     subprocess.run(local, check=True)
   gcloud(tpu_vm('scp', archive, f'{a.name}:{archive}', f'--zone={a.zone}', '--worker=all'),
          a.dry_run)
+  # The TPU runtimes are Ubuntu 22.04, whose Python 3.10 is older than JAX supports
+  # (3.11+): uv brings its own Python into the venv.
   ssh(a, f'mkdir -p {REMOTE_DIR} && tar -xzf {archive} -C {REMOTE_DIR} && '
-         f'python3 -m venv {VENV} && {VENV}/bin/pip install -q -e "{REMOTE_DIR}[tpu]"')
+         f'(test -x {UV} || curl -LsSf https://astral.sh/uv/install.sh | sh) && '
+         f'{UV} venv -q --allow-existing --python {PYTHON} {VENV} && '
+         f'{UV} pip install -q --python {VENV} -e "{REMOTE_DIR}[tpu]"')
+  if needs_tensorflow(a.config):  # only worker 0 builds the dataset (prepare)
+    ssh(a, f'{UV} pip install -q --python {VENV} -e "{REMOTE_DIR}[tpu,tf]"', worker='0')
 
 
 def is_pod_slice(accelerator: str) -> bool:
@@ -81,16 +117,92 @@ def is_pod_slice(accelerator: str) -> bool:
   return int(accelerator.rsplit('-', 1)[1]) > 8
 
 
+def check_workdir(a) -> None:
+  if not a.workdir.startswith('gs://'):
+    sys.exit(f'error: --workdir={a.workdir or "(none)"} must be a bucket, '
+             'e.g. --workdir=gs://BUCKET/run1: the workers and any VM that replaces them '
+             'after a preemption read the data, vocabulary and checkpoints from it.')
+
+
+def command_flags(a) -> str:
+  return (f'--config="{a.config}" --workdir="{a.workdir}" '
+          f'--config.data.tfds_dir="{LOCAL_TFDS}" ' + ' '.join(shlex.quote(f) for f in a.extra))
+
+
+def prepare(a) -> None:
+  """Worker 0 builds the dataset and trains the vocabulary; the dataset goes to the bucket."""
+  check_workdir(a)
+  ssh(a, f'cd {REMOTE_DIR} && {VENV}/bin/python -m transformer_jax.prepare {command_flags(a)} '
+         f'&& gcloud storage rsync -r {LOCAL_TFDS} "{a.workdir}/tfds"', worker='0')
+
+
 def train(a) -> None:
-  if not a.workdir:
-    sys.exit('error: train needs --workdir, e.g. --workdir=gs://BUCKET/run1.')
-  if is_pod_slice(a.type) and not a.workdir.startswith('gs://'):
-    sys.exit(f'error: --workdir={a.workdir} is on each worker\'s own disk, but the '
-             f'{a.type} slice has several workers and their checkpoints must meet: use '
-             '--workdir=gs://BUCKET/DIR.')
-  flags = ' '.join(shlex.quote(f) for f in a.extra)
-  ssh(a, f'cd {REMOTE_DIR} && nohup {VENV}/bin/python -m transformer_jax.train '
-         f'--config="{a.config}" --workdir="{a.workdir}" {flags} > $HOME/train.log 2>&1 &')
+  """On every worker: the prepared dataset onto its disk, then train in the background,
+  its log copied to WORKDIR/logs/ every minute and when it ends."""
+  check_workdir(a)
+  log = f'"{a.workdir}/logs/$(hostname).log"'
+  ship = f'gcloud storage cp -q $HOME/train.log {log}'
+  prepared = f'"{a.workdir}/tfds"'
+  script = (f'mkdir -p {LOCAL_TFDS} && if gcloud storage ls {prepared} > /dev/null 2>&1; '
+            f'then gcloud storage rsync -r {prepared} {LOCAL_TFDS}; fi && cd {REMOTE_DIR} && '
+            f'{VENV}/bin/python -m transformer_jax.train {command_flags(a)}')
+  alive = 'pgrep -f "transformer_jax[.]train" > /dev/null'
+  ssh(a, f'(while sleep 60 && {alive}; do {ship}; done) > /dev/null 2>&1 & '
+         f'nohup bash -c {shlex.quote(f"{script} > $HOME/train.log 2>&1; {ship}")} '
+         '> /dev/null 2>&1 &')
+
+
+def state(a) -> str:
+  """READY / ACTIVE, CREATING / PROVISIONING / ..., PREEMPTED, ..., or NOT_FOUND."""
+  if a.queued:
+    args = ['compute', 'tpus', 'queued-resources', 'describe', a.name, f'--zone={a.zone}',
+            '--format=value(state.state)']
+  else:
+    args = tpu_vm('describe', a.name, f'--zone={a.zone}', '--format=value(state)')
+  result = gcloud(args, a.dry_run, check=False)
+  if a.dry_run:
+    return 'READY'
+  return result.stdout.strip() if result.returncode == 0 else 'NOT_FOUND'
+
+
+def finished(a) -> bool:
+  """Whether the run wrote WORKDIR/done.json (train does on reaching num_steps)."""
+  result = gcloud(['storage', 'ls', f'{a.workdir}/done.json'], a.dry_run, check=False)
+  return not a.dry_run and result.returncode == 0
+
+
+def running(a) -> bool:
+  """Whether `train` runs on every worker (ssh --worker=all fails if one lacks it)."""
+  # [.]: the pattern does not match the shell that runs it
+  return ssh(a, 'pgrep -f "transformer_jax[.]train" > /dev/null', check=False)
+
+
+def supervise(a) -> None:
+  """Keep the run going until it is done: recreate a lost slice (waiting for capacity),
+  reinstall, relaunch `train` (which resumes); relaunch it too if it stopped on a slice
+  that is still up (e.g. a worker died and the others exited)."""
+  check_workdir(a)
+  restarts, launched = 0, False
+  while not finished(a):
+    now = state(a)
+    if launched and (now in LOST or (now in READY and not running(a))):
+      restarts += 1
+      if restarts > a.max_restarts:
+        sys.exit(f'error: gave up after {a.max_restarts} restarts (--max_restarts).')
+      print(f'restart {restarts}: {a.name} is {now} and train is not running', flush=True)
+      launched = False
+    if now in LOST:
+      if now != 'NOT_FOUND':
+        delete(a)
+      create(a, check=False)  # no capacity now: try again at the next poll
+    elif now in READY and not launched:
+      install(a)
+      train(a)  # resumes from the latest checkpoint in the workdir
+      launched = True
+    if a.dry_run:
+      return
+    time.sleep(a.poll_s)
+  print(f'training finished: {a.workdir}/done.json', flush=True)
 
 
 def logs(a) -> None:
@@ -105,9 +217,13 @@ def delete(a) -> None:
     gcloud(tpu_vm('delete', a.name, f'--zone={a.zone}', '--quiet'), a.dry_run)
 
 
+ACTIONS = {'create': create, 'install': install, 'prepare': prepare, 'train': train,
+           'supervise': supervise, 'logs': logs, 'delete': delete}
+
+
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('action', choices=['create', 'install', 'train', 'logs', 'delete'])
+  parser.add_argument('action', choices=list(ACTIONS))
   parser.add_argument('--name', required=True)
   parser.add_argument('--zone', required=True)
   parser.add_argument('--type', default='v5litepod-8', help='accelerator type')
@@ -115,13 +231,15 @@ def main(argv=None) -> None:
   parser.add_argument('--spot', action='store_true')
   parser.add_argument('--queued', action='store_true', help='use a queued resource')
   parser.add_argument('--config', default='configs/tpu_v5e_8_base.py')
-  parser.add_argument('--workdir', default='', help='gs://BUCKET/DIR (any path on one host)')
+  parser.add_argument('--workdir', default='', help='gs://BUCKET/DIR')
+  parser.add_argument('--poll_s', type=float, default=60, help='supervise: seconds between checks')
+  parser.add_argument('--max_restarts', type=int, default=100, help='supervise: then give up')
   parser.add_argument('--dry_run', action='store_true', help='print the commands only')
   argv = sys.argv[1:] if argv is None else argv
   split = argv.index('--') if '--' in argv else len(argv)
   a = parser.parse_args(argv[:split])
   a.extra = argv[split + 1:]  # train flags after --, passed through
-  {'create': create, 'install': install, 'train': train, 'logs': logs, 'delete': delete}[a.action](a)
+  ACTIONS[a.action](a)
 
 
 if __name__ == '__main__':

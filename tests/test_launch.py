@@ -1,4 +1,8 @@
-"""The TPU launcher's dry runs print the exact gcloud commands, single host and pod."""
+"""The TPU launcher: its dry runs print the exact gcloud commands, single host and pod,
+and `supervise` recreates a preempted slice and relaunches training, run against a
+scripted stand-in for gcloud (tests/fake_gcloud.py)."""
+import json
+import os
 import shlex
 import subprocess
 import sys
@@ -16,16 +20,27 @@ def test_single_host_flow(repo):
   (create,) = dry_run(repo, 'create', *common)
   assert create == ['gcloud', 'compute', 'tpus', 'tpu-vm', 'create', 'mt', '--zone=us-west4-a',
                     '--accelerator-type=v5litepod-8', '--version=v2-alpha-tpuv5-lite']
-  archive, scp, setup = dry_run(repo, 'install', *common)
+  archive, scp, setup, tf = dry_run(repo, 'install', *common,
+                                    '--config=configs/tpu_v5e_8_base.py')
   assert archive[:2] == ['git', '-C'] and 'archive' in archive
   assert scp[:5] == ['gcloud', 'compute', 'tpus', 'tpu-vm', 'scp'] and '--worker=all' in scp
-  assert 'pip install' in setup[-1] and '[tpu]' in setup[-1]
+  assert 'uv venv' in setup[-1] and '--python 3.11' in setup[-1]  # the VM's Python is 3.10
+  assert 'pip install' in setup[-1] and '[tpu]"' in setup[-1] and '--worker=all' in setup
+  # WMT14 is a TFDS catalog dataset: TensorFlow on worker 0, which prepares it.
+  assert '--worker=0' in tf and '[tpu,tf]' in tf[-1]
+  (prepare,) = dry_run(repo, 'prepare', *common, '--config=configs/tpu_v5e_8_base.py',
+                       '--workdir=gs://b/run1')
+  assert '--worker=0' in prepare and 'python -m transformer_jax.prepare' in prepare[-1]
+  assert 'gcloud storage rsync -r $HOME/tensorflow_datasets "gs://b/run1/tfds"' in prepare[-1]
   (train,) = dry_run(repo, 'train', *common, '--config=configs/tpu_v5e_8_base.py',
-                     '--workdir=/data/run1', '--', '--config.train.num_steps=100')
+                     '--workdir=gs://b/run1', '--', '--config.train.num_steps=100')
   assert train[:6] == ['gcloud', 'compute', 'tpus', 'tpu-vm', 'ssh', 'mt']
   command = train[-1]
+  assert 'gcloud storage rsync -r "gs://b/run1/tfds" $HOME/tensorflow_datasets' in command
   assert ('python -m transformer_jax.train --config="configs/tpu_v5e_8_base.py" '
-          '--workdir="/data/run1" --config.train.num_steps=100') in command
+          '--workdir="gs://b/run1" --config.data.tfds_dir="$HOME/tensorflow_datasets" '
+          '--config.train.num_steps=100') in command
+  assert 'gs://b/run1/logs/$(hostname).log' in command  # the log outlives the VM
   (logs,) = dry_run(repo, 'logs', *common)
   assert '--worker=0' in logs and 'tail' in logs[-1]
   (delete,) = dry_run(repo, 'delete', *common)
@@ -47,8 +62,54 @@ def test_pod_slice_on_spot_queued_resources(repo):
   assert delete[:5] == ['gcloud', 'compute', 'tpus', 'queued-resources', 'delete']
 
 
-def test_pod_slice_refuses_a_workdir_on_local_disks(repo):
+def test_a_workdir_on_local_disks_is_refused(repo):
   result = subprocess.run([sys.executable, 'launch/tpu.py', '--dry_run', 'train', '--name=pod',
                            '--zone=us-east5-a', '--type=v5litepod-32', '--workdir=/data/run'],
                           cwd=repo, capture_output=True, text=True, timeout=60)
   assert result.returncode != 0 and 'gs://' in result.stderr and not result.stdout
+
+
+def supervise(repo, tmp_path, **script):
+  """`supervise` against fake_gcloud.py with `script`; returns (exit code, calls)."""
+  state = tmp_path / 'gcloud.json'
+  state.write_text(json.dumps({'calls': [], 'creates': 0, 'trains': 0, 'running': True,
+                               **script}))
+  result = subprocess.run(
+      [sys.executable, 'launch/tpu.py', 'supervise', '--name=pod', '--zone=z', '--spot',
+       '--type=v5litepod-32', '--config=configs/tiny.py', '--workdir=gs://b/run',
+       '--poll_s=0', '--max_restarts=3'], cwd=repo, capture_output=True, text=True,
+      timeout=120, env=dict(os.environ, GCLOUD=f'{sys.executable} {repo}/tests/fake_gcloud.py',
+                            FAKE_GCLOUD_STATE=str(state)))
+  calls = [' '.join(c[:5]) if c[0] != 'storage' else ' '.join(c[:2])
+           for c in json.loads(state.read_text())['calls']]
+  return result, calls
+
+
+def test_supervise_recreates_a_preempted_slice_and_relaunches_training(repo, tmp_path):
+  result, calls = supervise(repo, tmp_path, done_after=2, creates=1,
+                            states=['READY', 'PREEMPTED', 'NOT_FOUND', 'NOT_FOUND', 'CREATING',
+                                    'READY'])
+  assert result.returncode == 0, result.stderr
+  ssh, describe = 'compute tpus tpu-vm ssh pod', 'compute tpus tpu-vm describe pod'
+  assert calls == [
+      'storage ls', describe, 'compute tpus tpu-vm scp /tmp/transformer_jax.tar.gz', ssh, ssh,
+      'storage ls', describe, 'compute tpus tpu-vm delete pod', 'compute tpus tpu-vm create pod',
+      'storage ls', describe, 'compute tpus tpu-vm create pod',  # no capacity the first time
+      'storage ls', describe, 'compute tpus tpu-vm create pod',
+      'storage ls', describe,  # CREATING: wait
+      'storage ls', describe, 'compute tpus tpu-vm scp /tmp/transformer_jax.tar.gz', ssh, ssh,
+      'storage ls']  # done.json: finished
+  assert 'training finished' in result.stdout
+
+
+def test_supervise_relaunches_training_that_stopped_on_a_live_slice(repo, tmp_path):
+  """A worker died and the others exited: the slice is READY but train is not running."""
+  result, calls = supervise(repo, tmp_path, done_after=2, running=False, states=['READY'])
+  assert result.returncode == 0, result.stderr
+  assert calls.count('compute tpus tpu-vm ssh pod') == 5  # install, train, pgrep, install, train
+  assert 'restart 1' in result.stdout
+
+
+def test_supervise_gives_up_after_max_restarts(repo, tmp_path):
+  result, _ = supervise(repo, tmp_path, done_after=99, running=False, states=['READY'])
+  assert result.returncode != 0 and '--max_restarts' in result.stderr

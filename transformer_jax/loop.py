@@ -108,7 +108,8 @@ def restore_or_init(setup, checkpoints, data_iterator):
 
 
 def train(config: ConfigDict, workdir: str) -> dict:
-  """Train until `train.num_steps`, resuming from the workdir; returns the last metrics."""
+  """Train until `train.num_steps`, resuming from the workdir; returns the last metrics
+  and their `step` (empty if there was nothing left to train)."""
   checkpoint_lib.check_writable(workdir)
   mesh = sharding.make_mesh(config.mesh)
   sharding.check_batch(config.data.batch_size, mesh)
@@ -139,7 +140,8 @@ def train(config: ConfigDict, workdir: str) -> dict:
       preempted = preemption.requested(step, t.log_every)
       checkpoint_due = step % t.checkpoint_every == 0 or step == t.num_steps or preempted
       if step % t.log_every == 0 or checkpoint_due:
-        last = _log_interval(reporter, step, history, checkpoints, t.skip_nonfinite)
+        last = {**_log_interval(reporter, step, history, checkpoints, t.skip_nonfinite),
+                'step': step}
         history = []
       if eval_split is not None and ((t.eval_every and step % t.eval_every == 0)
                                      or step == t.num_steps):

@@ -42,10 +42,24 @@ SAMPLING = ['--decode=sample', '--seed=1', '--max_extra_len=10']
 
 
 def cpu_model() -> str:
-  for line in pathlib.Path('/proc/cpuinfo').read_text().splitlines():
-    if line.startswith('model name'):
-      return line.split(':', 1)[1].strip()
-  return platform.processor()
+  """The CPU's name, and whether it has AMX or AVX-512 bf16 (figures depend on them)."""
+  info = pathlib.Path('/proc/cpuinfo')
+  if not info.exists():
+    return platform.processor()
+  text = info.read_text()
+  name = next((line.split(':', 1)[1].strip() for line in text.splitlines()
+               if line.startswith('model name')), platform.processor())
+  features = [label for flag, label in (('amx_bf16', 'AMX'), ('avx512_bf16', 'AVX-512 bf16'))
+              if f' {flag}' in text]
+  return f'{name} ({", ".join(features)})' if features else name
+
+
+def commit() -> str:
+  """HEAD, marked -dirty when the working tree has changes."""
+  def git(*args):
+    return subprocess.run(['git', *args], cwd=REPO, capture_output=True, text=True).stdout
+  head = git('rev-parse', '--short', 'HEAD').strip()
+  return head + ('-dirty' if git('status', '--porcelain', '--untracked-files=no').strip() else '')
 
 
 def start_gcs_emulator() -> tuple[subprocess.Popen, dict]:
@@ -245,7 +259,8 @@ def main() -> None:
   record = {'ok': len(rehearsal.phases) == 8 and all(p['ok'] for p in rehearsal.phases.values()),
             'processes': a.processes, 'devices_per_process': a.devices, 'steps': a.steps,
             'storage': 'local directory' if a.local else 'gs:// bucket (GCS emulator)',
-            'seconds': round(time.perf_counter() - started, 1), 'machine': cpu_model(),
+            'seconds': round(time.perf_counter() - started, 1), 'commit': commit(),
+            'date': time.strftime('%Y-%m-%d'), 'machine': cpu_model(),
             'cpus': os.cpu_count(), 'command': 'python bench/pod_rehearsal.py ' +
             ' '.join(sys.argv[1:]), 'phases': rehearsal.phases}
   text = json.dumps(record, indent=2)

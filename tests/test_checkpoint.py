@@ -73,6 +73,14 @@ def test_average_is_the_mean_of_the_last_checkpoints(briefly_trained, tiny_confi
     checkpoint_lib.average(str(workdir), 3, until_step=5)
 
 
+def test_the_number_of_processes_that_saved_is_known(briefly_trained, tiny_config):
+  checkpoints = checkpoint_lib.Checkpoints(str(briefly_trained), tiny_config())
+  try:
+    assert [checkpoints.process_count(step) for step in checkpoints.steps()] == [1, 1, 1]
+  finally:
+    checkpoints.close()
+
+
 def test_a_workdir_without_checkpoints_is_named(tmp_path):
   with pytest.raises(UserError, match='holds no checkpoints .train first'):
     checkpoint_lib.checkpoint_root(str(tmp_path))

@@ -158,3 +158,9 @@ def test_read_lines_of_a_file_or_stdin(tmp_path, monkeypatch):
   with pytest.raises(UserError, match=r'Cannot read .*nope\.txt: No such file'):
     datasets.read_lines(str(tmp_path / 'nope.txt'))
 
+
+
+def test_a_bucket_tfds_dir_is_refused_in_one_line(tmp_path):
+  """ArrayRecord cannot write or read gs:// objects: say so before TFDS fails deep inside."""
+  with pytest.raises(UserError, match='gs://b/tfds is a bucket.*local disk'):
+    datasets.data_source(make_config('gs://b/tfds').data, 'train')

@@ -1,0 +1,41 @@
+"""The `prepare` command: the dataset built and the vocabulary trained where the config
+says, ready for `train` to read (several processes preparing at once are tested in
+test_local_pod.py)."""
+import json
+
+from transformer_jax import prepare
+from transformer_jax.data import tokenizer as tokenizer_lib
+
+
+def test_prepare_builds_the_dataset_and_the_vocabulary(command, repo, synthetic, tmp_path):
+  vocab = tmp_path / 'shared' / 'vocab.model'  # a data.vocab_path that does not exist yet
+  tfds = tmp_path / 'tfds'
+  flags = [f'--config={repo / "configs" / "tiny.py"}', '--config.data.name=parallel_text',
+           f'--config.data.data_dir={synthetic.data["data_dir"]}',
+           f'--config.data.tfds_dir={tfds}', f'--config.data.vocab_path={vocab}']
+  result = command(prepare, *flags)
+  assert result.code == 0, result.err
+  report = json.loads(result.out.strip().splitlines()[-1])
+  assert report['splits'] == {'test': 200, 'train': 2000, 'validation': 200}
+  assert report['vocabulary'] == str(vocab) and report['vocab_size'] == 128
+  assert tokenizer_lib.load(str(vocab), 128).encode('the cat') != []
+  assert any(tfds.rglob('*.array_record*'))
+  trained_at = vocab.stat().st_mtime_ns
+  again = command(prepare, *flags)  # prepared: found, not rebuilt
+  assert again.code == 0 and json.loads(again.out.strip().splitlines()[-1]) == report
+  assert vocab.stat().st_mtime_ns == trained_at
+
+
+def test_prepare_into_the_workdir(command, repo, synthetic, tmp_path):
+  result = command(prepare, f'--config={repo / "configs" / "tiny.py"}',
+                   f'--workdir={tmp_path / "run"}', '--config.data.name=parallel_text',
+                   f'--config.data.data_dir={synthetic.data["data_dir"]}',
+                   f'--config.data.tfds_dir={tmp_path / "tfds"}')
+  assert result.code == 0, result.err
+  assert (tmp_path / 'run' / tokenizer_lib.VOCAB_FILE).exists()
+
+
+def test_prepare_needs_a_place_for_the_vocabulary(command, repo):
+  result = command(prepare, f'--config={repo / "configs" / "tiny.py"}')
+  assert result.code == 2 and len(result.err.strip().splitlines()) == 1
+  assert '--config.data.vocab_path' in result.err and '--workdir' in result.err

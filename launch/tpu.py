@@ -1,7 +1,7 @@
 """Cloud TPU VM launcher: create, install, prepare, train, supervise, logs, delete. Every
 gcloud call goes through `gcloud()`, and `--dry_run` prints the exact commands instead.
 
-  python launch/tpu.py create    --name=mt --zone=us-west4-a --type=v5litepod-8 [--spot] [--queued]
+  python launch/tpu.py create    --name=mt --zone=us-west4-a --type=v5litepod-8 [--spot|--queued]
   python launch/tpu.py install   --name=mt --zone=us-west4-a --config=configs/tpu_v5e_8_base.py
   python launch/tpu.py prepare   --name=mt --zone=us-west4-a --config=... --workdir=gs://BUCKET/run1
   python launch/tpu.py train     --name=mt --zone=us-west4-a --config=... --workdir=gs://BUCKET/run1 \\

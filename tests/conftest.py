@@ -190,13 +190,6 @@ def trained(tmp_path_factory):
   return workdir, c
 
 
-@dataclasses.dataclass
-class Result:
-  code: int
-  out: str
-  err: str
-
-
 @pytest.fixture
 def command(capsys, monkeypatch):
   """command(module, *flags) -> Result: a command's `main`, run in this process exactly as
@@ -204,6 +197,7 @@ def command(capsys, monkeypatch):
   code), without the seconds a new process spends importing JAX."""
   from absl import flags
   from transformer_jax import cli
+  from transformer_jax.local_pod import Result
 
   def reset_flags():
     flags.FLAGS.unparse_flags()  # every flag back to its default
@@ -244,6 +238,7 @@ def command_process():
   """command_process(name, *flags, stdin=None) -> Result: `python -m transformer_jax.NAME
   FLAGS` in a new process, from the repository root, as a user runs it."""
   import subprocess
+  from transformer_jax.local_pod import Result
 
   def run(name, *argv, stdin: bytes | None = None):
     result = subprocess.run([sys.executable, '-m', f'transformer_jax.{name}', *map(str, argv)],

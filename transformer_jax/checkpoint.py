@@ -21,7 +21,7 @@ import orbax.checkpoint as ocp
 from ml_collections import ConfigDict
 
 from transformer_jax import config as config_lib
-from transformer_jax import files, sharding
+from transformer_jax import distributed, files, sharding
 from transformer_jax.data import tokenizer as tokenizer_lib
 from transformer_jax.errors import UserError
 from transformer_jax.steps import build
@@ -222,7 +222,12 @@ def _vocab_file(workdir: str, meta: dict) -> str:
   """The vocabulary to store with the average: the workdir's or, when absent, the copy
   inside the checkpoint (translate checks the workdir's against it)."""
   path = os.path.join(workdir, tokenizer_lib.VOCAB_FILE)
-  if not files.path(path).exists():
-    path = os.path.join(workdir, AVERAGED_DIR, tokenizer_lib.VOCAB_FILE)
-    files.write_atomically(path, base64.b64decode(meta['vocab_model']))
+  if files.path(path).exists():
+    return path
+  path = os.path.join(workdir, AVERAGED_DIR, tokenizer_lib.VOCAB_FILE)
+
+  def write(first: bool) -> None:
+    if first:  # process 0; a workdir is shared by every process
+      files.write_atomically(path, base64.b64decode(meta['vocab_model']))
+  distributed.once('write the vocabulary of the average', write, timeout_s=600)
   return path

@@ -3,8 +3,8 @@ gcloud call goes through `gcloud()`, and `--dry_run` prints the exact commands i
 
   python launch/tpu.py create    --name=mt --zone=us-west4-a --type=v5litepod-8 [--spot|--queued]
   python launch/tpu.py install   --name=mt --zone=us-west4-a --config=configs/tpu_v5e_8_base.py
-  python launch/tpu.py prepare   --name=mt --zone=us-west4-a --config=... --workdir=gs://BUCKET/run1
-  python launch/tpu.py train     --name=mt --zone=us-west4-a --config=... --workdir=gs://BUCKET/run1 \\
+  python launch/tpu.py prepare   --name=mt --zone=us-west4-a --config=... --workdir=gs://B/run1
+  python launch/tpu.py train     --name=mt --zone=us-west4-a --config=... --workdir=gs://B/run1 \\
                                  [-- --config.train.num_steps=100000]
   python launch/tpu.py supervise --name=mt ... (the create flags, --config, --workdir, -- flags)
   python launch/tpu.py logs      --name=mt --zone=us-west4-a

@@ -132,7 +132,9 @@ def command_flags(a) -> str:
 def prepare(a) -> None:
   """Worker 0 builds the dataset and trains the vocabulary; the dataset goes to the bucket."""
   check_workdir(a)
-  ssh(a, f'cd {REMOTE_DIR} && {VENV}/bin/python -m transformer_jax.prepare {command_flags(a)} '
+  # JAX_PLATFORMS=cpu: worker 0 alone, not joined to the slice's other workers.
+  ssh(a, f'cd {REMOTE_DIR} && JAX_PLATFORMS=cpu {VENV}/bin/python -m transformer_jax.prepare '
+         f'{command_flags(a)} '
          f'&& gcloud storage rsync -r {LOCAL_TFDS} "{a.workdir}/tfds"', worker='0')
 
 

@@ -26,7 +26,12 @@ def test_prepare_builds_the_dataset_and_the_vocabulary(command, repo, synthetic,
   assert vocab.stat().st_mtime_ns == trained_at
 
 
-def test_prepare_into_the_workdir(command, repo, synthetic, tmp_path):
+def test_prepare_into_the_workdir_on_one_worker_of_a_pod(command, repo, synthetic, tmp_path,
+                                                         monkeypatch):
+  """As `launch/tpu.py prepare` runs it on worker 0 of a pod slice: JAX_PLATFORMS=cpu
+  keeps it out of the slice (it would otherwise wait for the other workers to join)."""
+  monkeypatch.setenv('TPU_WORKER_HOSTNAMES', 'worker-0,worker-1,worker-2,worker-3')
+  monkeypatch.setenv('JAX_PLATFORMS', 'cpu')
   result = command(prepare, f'--config={repo / "configs" / "tiny.py"}',
                    f'--workdir={tmp_path / "run"}', '--config.data.name=parallel_text',
                    f'--config.data.data_dir={synthetic.data["data_dir"]}',

@@ -32,13 +32,15 @@ def initialize() -> None:
   """Connect the processes of a multi-process run, before any other JAX call.
 
   On a TPU pod slice every worker runs the same command and JAX finds its peers itself;
-  elsewhere (e.g. several CPU processes) the coordinator is given by flags or the
-  standard JAX environment variables. One process: nothing to do.
+  elsewhere (e.g. several CPU processes) the coordinator is given by flags. One process:
+  nothing to do. A process told to use the CPU only (JAX_PLATFORMS=cpu) on a pod worker
+  is not part of the slice: `prepare` runs so on worker 0 alone.
   """
   if _COORDINATOR.value:
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                                heartbeat_timeout_seconds=_HEARTBEAT.value)
-  elif len(os.environ.get('TPU_WORKER_HOSTNAMES', '').split(',')) > 1:
+  elif (len(os.environ.get('TPU_WORKER_HOSTNAMES', '').split(',')) > 1
+        and os.environ.get('JAX_PLATFORMS', '') != 'cpu'):
     jax.distributed.initialize(heartbeat_timeout_seconds=_HEARTBEAT.value)
 
 

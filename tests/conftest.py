@@ -75,18 +75,17 @@ def synthetic(tmp_path_factory) -> Corpus:
 
 @pytest.fixture(scope='session')
 def pipeline_corpus(synthetic, tmp_path_factory):
-  """(config, tokenizer, tokenized training split) of the shared corpus with a 256-piece
+  """(config, tokenizer, training token store) of the shared corpus with a 256-piece
   vocabulary, 32-token rows of 8: what the data pipeline tests read."""
   from transformer_jax import config as config_lib
-  from transformer_jax.data import datasets, pipeline
+  from transformer_jax.data import pipeline
   c = config_lib.defaults()
   c.model.vocab_size = 256
   c.data.update(max_len=32, batch_size=8, **synthetic.data)
   config = config_lib.validate(c)
-  tokenizer = pipeline.get_tokenizer(config, str(tmp_path_factory.mktemp('vocab256')))
-  train = pipeline.TokenizedSplit(datasets.data_source(config.data, 'train'), config.data,
-                                  tokenizer)
-  return config, tokenizer, train
+  workdir = str(tmp_path_factory.mktemp('vocab256'))
+  tokenizer = pipeline.get_tokenizer(config, workdir)
+  return config, tokenizer, pipeline.training_store(config, workdir, tokenizer)
 
 
 @pytest.fixture(scope='session')

@@ -1,5 +1,6 @@
 """Checkpoints (checkpoint.py): restoring onto other meshes and continuing, parameters
 alone, averaging, and the refusals of a workdir without them."""
+import json
 import math
 import shutil
 
@@ -73,10 +74,22 @@ def test_average_is_the_mean_of_the_last_checkpoints(briefly_trained, tiny_confi
     checkpoint_lib.average(str(workdir), 3, until_step=5)
 
 
-def test_the_number_of_processes_that_saved_is_known(briefly_trained, tiny_config):
-  checkpoints = checkpoint_lib.Checkpoints(str(briefly_trained), tiny_config())
+def test_the_data_position_is_one_record_and_an_old_per_process_one_is_refused(
+    briefly_trained, tiny_config, tmp_path):
+  """The stream's position is saved once (the same on every process); a checkpoint of the
+  earlier pipeline (Grain states, one file per process) cannot be continued: one line."""
+  workdir = tmp_path / 'work'
+  shutil.copytree(briefly_trained, workdir)
+  data = workdir / 'checkpoints' / '6' / 'data'
+  assert set(json.loads((data / 'metadata').read_text())) == {'epoch', 'position', 'deferred'}
+  checkpoints = checkpoint_lib.Checkpoints(str(workdir), tiny_config())
   try:
-    assert [checkpoints.process_count(step) for step in checkpoints.steps()] == [1, 1, 1]
+    vocab = tiny_config().data.vocab_path
+    checkpoints.check_compatible(6, vocab)  # today's: accepted
+    (data / 'metadata').unlink()
+    (data / 'process_0-of-1.json').write_text('{"next_index": 48}')
+    with pytest.raises(UserError, match='earlier input pipeline.*new --workdir'):
+      checkpoints.check_compatible(6, vocab)
   finally:
     checkpoints.close()
 

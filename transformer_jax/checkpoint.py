@@ -1,8 +1,8 @@
 """Orbax checkpoints: train state, data-iterator state, config and vocabulary.
 
 Each step directory holds three items: `state` (parameters, optimizer state, step, RNG;
-sharded arrays written by every host), `data` (the Grain iterator state of each host)
-and `meta` (the config and the SentencePiece model, so a checkpoint directory is
+sharded arrays written by every host), `data` (the training stream's position: the same
+on every host, so a run resumes on any number of hosts) and `meta` (the config and the SentencePiece model, so a checkpoint directory is
 self-contained). Orbax writes into a temporary directory and renames it when complete,
 so a checkpoint half-written by a kill is never listed, never loaded. Restoring takes the
 target shardings, so a checkpoint restores onto any mesh. `average` writes the mean of
@@ -14,7 +14,6 @@ import base64
 import hashlib
 import os
 
-import grain
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
@@ -77,8 +76,8 @@ class Checkpoints:
     sha, model = vocab_fingerprint(vocab_path)
     meta = {'config': self.config.to_dict(), 'vocab_sha256': sha, 'vocab_model': model}
     items = dict(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
-    if data_iterator is not None:  # one file per host
-      items['data'] = grain.checkpoint.CheckpointSave(data_iterator)
+    if data_iterator is not None:  # (epoch, position): the same on every process
+      items['data'] = ocp.args.JsonSave(data_iterator.get_state())
     self._manager.save(step, force=force, metrics=metrics,
                        args=ocp.args.Composite(**items))
 
@@ -96,12 +95,10 @@ class Checkpoints:
     the fix."""
     meta = self.meta(step)
     where = f'The checkpoint at step {step} in {self.directory}'
-    saved_by = self.process_count(step)
-    if saved_by not in (None, jax.process_count()):
-      raise UserError(f'{where} was saved by {saved_by} processes, and this run has '
-                      f'{jax.process_count()}: each process resumes its own share of the '
-                      f'data. Resume with {saved_by} processes (hosts), or start a new '
-                      '--workdir.')
+    if self.per_process_data_state(step):
+      raise UserError(f'{where} holds the data position of an earlier input pipeline '
+                      '(one per process), which this version cannot continue. Use a new '
+                      '--workdir; translate, evaluate and average still read it.')
     diffs = _differences(meta['config']['model'], self.config.model, MODEL_SHAPE_KEYS)
     if diffs:
       raise UserError(f'{where} is of another model ({diffs}). Use a new --workdir, or a '
@@ -117,18 +114,20 @@ class Checkpoints:
                       'data-iterator position would not continue that run. Use a new '
                       "--workdir, or the checkpoint's data settings.")
 
-  def process_count(self, step: int) -> int | None:
-    """How many processes saved the data-iterator state at `step` (None: none saved)."""
-    names = [p.name for p in (self.directory / str(step) / 'data').glob('process_*-of-*.json')]
-    return int(names[0].rsplit('-of-', 1)[1].split('.')[0]) if names else None
+  def per_process_data_state(self, step: int) -> bool:
+    """Whether `step` holds Grain iterator states, one per process (before 2026-12-02)."""
+    return any((self.directory / str(step) / 'data').glob('process_*-of-*.json'))
 
   def restore(self, step: int, abstract_state, data_iterator=None):
     """The state at `step`, placed as `abstract_state`'s shardings say (any mesh);
     `data_iterator`, if given, is moved to where it was when the checkpoint was saved."""
     items = {'state': ocp.args.StandardRestore(abstract_state)}
     if data_iterator is not None:
-      items['data'] = grain.checkpoint.CheckpointRestore(data_iterator)
-    return self._manager.restore(step, args=ocp.args.Composite(**items))['state']
+      items['data'] = ocp.args.JsonRestore()
+    restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+    if data_iterator is not None:
+      data_iterator.set_state(restored['data'])
+    return restored['state']
 
   def restore_params(self, step: int, abstract_params):
     """Only the parameters of the state at `step` (placed as `abstract_params` says): the

@@ -53,11 +53,15 @@ def defaults() -> ConfigDict:
   c.data.truncate = False        # training pairs over max_len: truncate (True) or drop
   c.data.packing = True          # pack several pairs into each row (segment ids + positions)
   c.data.batch_size = 64         # rows per global batch: a pair each, or max_len tokens if packed
-  c.data.subword_samples = 0     # subword regularization (Kudo, 2018): train on this many
-                                 # sampled segmentations of each pair; 0 = the best one only
+  c.data.subword_samples = 0     # subword regularization (Kudo, 2018): K sampled
+                                 # segmentations of each pair, one per epoch in turn,
+                                 # drawn on the fly; 0 = the best one only
   c.data.subword_alpha = 0.3     # their sampling sharpness: lower = more varied pieces
   c.data.lowercase = False       # lowercase all text first (the literature's Multi30k
                                  # setting); output is lowercased, validation BLEU too
+  c.data.store_dir = ''          # the training split's token store ('' = WORKDIR/store)
+  c.data.store_cache = ''        # local copies of a store in a bucket ('' = ~/.cache/...)
+  c.data.prefetch = 2            # training batches made ahead, in a thread
   c.data.prepare_timeout_minutes = 180.0  # several processes: how long the others wait
                                  # while process 0 builds the dataset and vocabulary
 
@@ -197,6 +201,7 @@ def _check_values(c: ConfigDict) -> None:
              f'got {m[key]!r}.')
   for key in ('max_len', 'batch_size'):
     _require(c.data[key] >= 1, f'data.{key} must be at least 1, got {c.data[key]}.')
+  _require(c.data.prefetch >= 1, f'data.prefetch must be at least 1, got {c.data.prefetch}.')
   _require(c.data.prepare_timeout_minutes > 0, 'data.prepare_timeout_minutes must be > 0, '
            f'got {c.data.prepare_timeout_minutes}.')
   _require(c.data.subword_samples >= 0, 'data.subword_samples must be >= 0 (0 = off), '

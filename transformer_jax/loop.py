@@ -20,6 +20,7 @@ from transformer_jax import checkpoint as checkpoint_lib
 from transformer_jax import distributed, inference, scoring, sharding
 from transformer_jax import metrics as metrics_lib
 from transformer_jax.data import datasets, pipeline
+from transformer_jax.data.stream import Prefetch
 from transformer_jax.errors import UserError
 from transformer_jax.steps import (abstract_batch, build, compile_in_background, compile_steps,
                                    init_state)
@@ -121,10 +122,11 @@ def train(config: ConfigDict, workdir: str) -> dict:
   checkpoints = checkpoint_lib.Checkpoints(workdir, config)
   if checkpoints.latest_step() is not None:  # a mismatch fails before any data is read
     checkpoints.check_compatible(checkpoints.latest_step(), tokenizer.path)
-  train_split = pipeline.training_split(config, tokenizer)
+  store = pipeline.training_store(config, workdir, tokenizer)
   eval_split = _validation_split(config, tokenizer)
-  batches = iter(pipeline.train_dataset(config, train_split))
-  state = restore_or_init(setup, checkpoints, batches)
+  stream = pipeline.train_stream(config, store, tokenizer)
+  state = restore_or_init(setup, checkpoints, stream)
+  batches = Prefetch(stream, config.data.prefetch)  # from the restored position
   step = int(state.step)
   t = config.train
   preemption = Preemption(t.stop_after_minutes)
@@ -161,6 +163,7 @@ def train(config: ConfigDict, workdir: str) -> dict:
                         'exiting. Run the same command to resume.')
         break
   finally:
+    batches.close()
     checkpoints.close()
     reporter.close()
     if bleu is not None:

@@ -3,9 +3,11 @@ the vocabulary before training.
 
 Builds the TFDS dataset `data.name` selects into `data.tfds_dir` (TensorFlow is needed
 only by TFDS catalog builders such as `wmt14_translate/de-en`) and trains the
-SentencePiece vocabulary at `data.vocab_path` (or WORKDIR/vocab.model). On a pod slice,
-run it once with both in a bucket; the workers' `train` then only reads them and needs
-no TensorFlow. `train` does the same on its own if nothing is prepared, so this command
+SentencePiece vocabulary at `data.vocab_path` (or WORKDIR/vocab.model), then tokenizes
+the training split into the token store (`data.store_dir`, or WORKDIR/store; every
+process of a multi-process run tokenizes its share of the shards). On a pod slice run it
+once with the vocabulary and store in a bucket; the workers' `train` then only reads
+them and needs no TensorFlow. `train` does the same on its own if nothing is prepared, so this command
 is optional off a pod. Prints what it built, as JSON.
 """
 from __future__ import annotations
@@ -26,10 +28,13 @@ def main(argv):
                     'gs://BUCKET/vocab.model) or --workdir=DIR (DIR/vocab.model).')
   tokenizer = pipeline.prepare(config, workdir, new_vocab_path=True)
   b = datasets.builder(config.data)
-  distributed.say(json.dumps({
-      'dataset': config.data.name, 'tfds_dir': str(b.data_dir),
-      'splits': {name: split.num_examples for name, split in sorted(b.info.splits.items())},
-      'vocabulary': tokenizer.path, 'vocab_size': tokenizer.vocab_size}))
+  report = {'dataset': config.data.name, 'tfds_dir': str(b.data_dir),
+            'splits': {name: s.num_examples for name, s in sorted(b.info.splits.items())},
+            'vocabulary': tokenizer.path, 'vocab_size': tokenizer.vocab_size}
+  if workdir or config.data.store_dir:
+    store = pipeline.training_store(config, workdir, tokenizer)
+    report.update(store=store.directory, store_tokens=store.tokens_total())
+  distributed.say(json.dumps(report))
 
 
 if __name__ == '__main__':

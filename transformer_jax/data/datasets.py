@@ -230,6 +230,13 @@ def _require_network(name: str, host: str = 'www.statmt.org') -> None:
                     'a machine with network access and point data.tfds_dir at it.') from None
 
 
+def dataset_id(data: ConfigDict, split: str) -> str:
+  """Names the split's exact contents: builder, config (for parallel_text a fingerprint
+  of the files), version and size."""
+  b = builder(data)
+  return f'{b.info.full_name}/{split}/{b.info.splits[split].num_examples}'
+
+
 def data_source(data: ConfigDict, split: str):
   """Random-access examples of one split: len() and [i] -> {lang: bytes, 'index': int}."""
   b = builder(data)

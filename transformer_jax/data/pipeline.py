@@ -1,13 +1,16 @@
-"""The Grain input pipeline: tokenize, append EOS, drop or truncate long pairs, pack or
-pad into fixed shapes, batch; each host reads only its own shard of the split.
+"""The input pipeline: preparing the dataset and vocabulary, the training split's token
+store and stream, and evaluation batches.
 
-Training batches are dicts of int32 [rows, max_len] arrays: `source`, `target` and their
-`*_segment_ids` (0 = padding, 1, 2, ... = the pairs in a row) and `*_positions`. The
-training iterator is a Grain iterator whose `get_state()` / `set_state()` make a resumed
-run see exactly the batches an uninterrupted run would.
+Batches are dicts of int32 [rows, max_len] arrays: `source`, `target` and their
+`*_segment_ids` (0 = padding, 1, 2, ... = the pairs in a row) and `*_positions`.
+Training batches come from `stream.Stream` over the token store (`store.py`), whose
+`get_state()` / `set_state()` make a resumed run, on any number of processes, see
+exactly the batches an uninterrupted run would. Evaluation batches are Grain batches of
+each host's shard of the split, tokenized at start (validation splits are small).
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from typing import Iterator
@@ -19,7 +22,10 @@ from ml_collections import ConfigDict
 
 from transformer_jax import distributed, files
 from transformer_jax.data import datasets
+from transformer_jax.data import store as store_lib
+from transformer_jax.data import stream as stream_lib
 from transformer_jax.data import tokenizer as tokenizer_lib
+from transformer_jax.data.store import TokenStore
 from transformer_jax.data.tokenizer import EOS_ID, PAD_ID, Tokenizer
 from transformer_jax.errors import UserError
 
@@ -87,44 +93,28 @@ def get_tokenizer(config: ConfigDict, workdir: str | None, may_train: bool = Tru
 
 
 class TokenizedSplit:
-  """This host's shard of a split, tokenized once with EOS appended; random access.
+  """This host's shard of an evaluation split, tokenized once with EOS appended; random
+  access. (Training reads the token store instead: store.py, stream.py.)
 
-  Tokenizing up front in large batches (SentencePiece's C++ batch encoder) keeps the
-  per-step pipeline to shuffling, packing and batching of small integer arrays. Token
-  ids are stored flat with offsets: about 2 bytes per token for vocabularies < 65,536.
-
-  With `sample_seed` set and `data.subword_samples` = K > 0 (training only), it holds K
-  segmentations of each pair sampled from the unigram model instead of the best one:
-  K records per pair, drawn up front with seeds derived from `sample_seed`, so a
-  resumed run rebuilds the very same records.
+  Token ids are stored flat with offsets: about 2 bytes per token for vocabularies
+  < 65,536.
   """
 
   def __init__(self, source, data: ConfigDict, tokenizer: Tokenizer, *,
-               process_index: int | None = None, process_count: int | None = None,
-               sample_seed: int | None = None):
+               process_index: int | None = None, process_count: int | None = None):
     if process_index is None:
       process_index, process_count = jax.process_index(), jax.process_count()
     self.split_size = len(source)
     if self.split_size == 0:
       raise UserError(f"The split of dataset '{data.name}' is empty: nothing to read.")
     dtype = np.uint16 if tokenizer.vocab_size <= 2 ** 16 else np.int32
-    samples = data.subword_samples if sample_seed is not None else 0
     ids = {field: [] for field in FIELDS}
     index = []
     examples = read(source, range(process_index, len(source), process_count))
-    for chunk_number, chunk in enumerate(_chunks(examples)):
-      texts = [[ex[lang].decode('utf-8') for ex in chunk]
-               for lang in (data.source_lang, data.target_lang)]
-      for copy in range(max(samples, 1)):
-        index.extend(int(ex.get('index', -1)) for ex in chunk)
-        for field_number, field in enumerate(FIELDS):
-          if samples:
-            seed = np.random.SeedSequence(
-                [sample_seed, chunk_number, copy, field_number]).generate_state(1)[0]
-            ids[field].extend(tokenizer.sample_batch(texts[field_number],
-                                                     data.subword_alpha, int(seed)))
-          else:
-            ids[field].extend(tokenizer.encode_batch(texts[field_number]))
+    for chunk in _chunks(examples):
+      index.extend(int(ex.get('index', -1)) for ex in chunk)
+      for field, lang in zip(FIELDS, (data.source_lang, data.target_lang)):
+        ids[field].extend(tokenizer.encode_batch([ex[lang].decode('utf-8') for ex in chunk]))
     self.index = np.asarray(index, np.int64)
     self._flat, self._offsets = {}, {}
     for field in FIELDS:
@@ -146,11 +136,45 @@ class TokenizedSplit:
     return out
 
 
-def training_split(config: ConfigDict, tokenizer: Tokenizer) -> TokenizedSplit:
-  """This host's shard of the training split; with `data.subword_samples` set, its
-  sampled segmentations, seeded by `config.seed`."""
-  return TokenizedSplit(datasets.data_source(config.data, 'train'), config.data, tokenizer,
-                        sample_seed=config.seed)
+def training_store(config: ConfigDict, workdir: str, tokenizer: Tokenizer) -> TokenStore:
+  """The training split's token store, prepared first if it is not (every process
+  tokenizes its share of the shards); under `data.store_dir` or WORKDIR/store."""
+  source = datasets.data_source(config.data, 'train')
+  root = config.data.store_dir or os.path.join(workdir, 'store')
+  directory = os.path.join(root, store_lib.key(
+      config.data, datasets.dataset_id(config.data, 'train'),
+      hashlib.sha256(files.path(tokenizer.path).read_bytes()).hexdigest()))
+  store_lib.build(source, config.data, tokenizer, directory)
+  return TokenStore(directory, config.data.store_cache)
+
+
+def train_stream(config: ConfigDict, store: TokenStore, tokenizer: Tokenizer,
+                 **process) -> stream_lib.Stream:
+  """The training batches of this process: `stream.Stream` over the store; with
+  `data.subword_samples` = K > 0, each pair's segmentation sampled anew each epoch (K
+  different ones, in turn), seeded by the pair and the epoch."""
+  sampler = None
+  if config.data.subword_samples:
+    sampler = _subword_sampler(config, tokenizer)
+  return stream_lib.Stream(store, config.data, config.seed, sampler=sampler, **process)
+
+
+def _subword_sampler(config: ConfigDict, tokenizer: Tokenizer):
+  data = config.data
+  source = datasets.data_source(data, 'train')
+
+  def sample(ids, epoch: int) -> dict:
+    examples = source.__getitems__(ids.tolist())
+    out = {field: [] for field in FIELDS}
+    for pair, example in zip(ids.tolist(), examples):
+      for number, (field, lang) in enumerate(zip(FIELDS, (data.source_lang, data.target_lang))):
+        seed = np.random.SeedSequence([config.seed, epoch % data.subword_samples, pair,
+                                       number]).generate_state(1)[0]
+        pieces = tokenizer.sample_batch([example[lang].decode('utf-8')], data.subword_alpha,
+                                        int(seed))[0]
+        out[field].append(np.asarray(pieces + [EOS_ID], np.int32))
+    return out
+  return sample
 
 
 def _chunks(examples, size: int = 8192):
@@ -174,10 +198,6 @@ def _truncate(max_len: int):
   return truncate
 
 
-def _fits(max_len: int):
-  return lambda example: all(len(example[field]) <= max_len for field in FIELDS)
-
-
 def _pad_row(max_len: int):
   """One pair per row: pad to max_len; segment 1 on tokens, positions 0..n-1."""
   def pad(example):
@@ -193,31 +213,6 @@ def _pad_row(max_len: int):
       out['index'] = example['index']
     return out
   return pad
-
-
-def _rows_per_host(global_rows: int, process_count: int) -> int:
-  if global_rows % process_count:
-    raise UserError(f'data.batch_size={global_rows} must be divisible by the number of '
-                    f'hosts ({process_count}).')
-  return global_rows // process_count
-
-
-def train_dataset(config: ConfigDict, split: TokenizedSplit, *,
-                  process_count: int | None = None) -> grain.IterDataset:
-  """Infinite, shuffled (reshuffled every epoch) batches of this host's shard."""
-  data = config.data
-  rows = _rows_per_host(data.batch_size, process_count or jax.process_count())
-  ds = grain.MapDataset.source(split).seed(config.seed).shuffle().repeat(None)
-  ds = ds.map(_truncate(data.max_len)) if data.truncate else ds.filter(_fits(data.max_len))
-  ds = ds.map(lambda ex: {field: ex[field] for field in FIELDS}).to_iter_dataset()
-  if data.packing:
-    ds = grain.experimental.FirstFitPackIterDataset(
-        ds, length_struct={field: data.max_len for field in FIELDS},
-        num_packing_bins=rows, shuffle_bins=True, seed=config.seed)
-    ds = ds.batch(rows, drop_remainder=True)
-    # Grain names the packed outputs x_segment_ids and x_positions, as the model expects.
-    return ds.map(lambda batch: {k: v.astype(np.int32) for k, v in batch.items()})
-  return ds.map(_pad_row(data.max_len)).batch(rows, drop_remainder=True)
 
 
 def eval_batches(config: ConfigDict, split: TokenizedSplit, *, batch_size: int,

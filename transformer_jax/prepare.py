@@ -7,8 +7,8 @@ SentencePiece vocabulary at `data.vocab_path` (or WORKDIR/vocab.model), then tok
 the training split into the token store (`data.store_dir`, or WORKDIR/store; every
 process of a multi-process run tokenizes its share of the shards). On a pod slice run it
 once with the vocabulary and store in a bucket; the workers' `train` then only reads
-them and needs no TensorFlow. `train` does the same on its own if nothing is prepared, so this command
-is optional off a pod. Prints what it built, as JSON.
+them and needs no TensorFlow. `train` does the same on its own if nothing is prepared,
+so this command is optional off a pod. Prints what it built, as JSON.
 """
 from __future__ import annotations
 

@@ -3,9 +3,10 @@
 Each step directory holds three items: `state` (parameters, optimizer state, step, RNG;
 sharded arrays written by every host), `data` (the training stream's position: the same
 on every host, so a run resumes on any number of hosts) and `meta` (the config and the
-SentencePiece model, so a checkpoint directory is self-contained). Orbax writes into a temporary directory and renames it when complete,
-so a checkpoint half-written by a kill is never listed, never loaded. Restoring takes the
-target shardings, so a checkpoint restores onto any mesh. `average` writes the mean of
+SentencePiece model, so a checkpoint directory is self-contained). Orbax writes into a
+temporary directory and renames it when complete, so a checkpoint half-written by a kill
+is never listed, never loaded. Restoring takes the target shardings, so a checkpoint
+restores onto any mesh. `average` writes the mean of
 the last N checkpoints' parameters as a checkpoint of its own, under WORKDIR/averaged.
 """
 from __future__ import annotations

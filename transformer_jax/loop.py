@@ -133,18 +133,24 @@ def train(config: ConfigDict, workdir: str) -> dict:
   reporter = metrics_lib.Reporter(workdir, config, step, t.num_steps, preemption.deadline)
   bleu = BleuTracker(config, workdir, tokenizer, mesh) if t.bleu_every and eval_split else None
   history, last = [], {}
+  waited, interval_start = 0.0, None  # time the loop waited for input, since when
   try:
     while step < t.num_steps:
-      state, metrics = train_step_fn(state, sharding.place_batch(next(batches), mesh))
+      started = time.perf_counter()
+      interval_start = interval_start or started  # (evaluation and saving left out)
+      batch = next(batches)
+      waited += time.perf_counter() - started
+      state, metrics = train_step_fn(state, sharding.place_batch(batch, mesh))
       step += 1
       history.append(metrics)
       reporter.progress(step)
       preempted = preemption.requested(step, t.log_every)
       checkpoint_due = step % t.checkpoint_every == 0 or step == t.num_steps or preempted
       if step % t.log_every == 0 or checkpoint_due:
-        last = {**_log_interval(reporter, step, history, checkpoints, t.skip_nonfinite),
-                'step': step}
-        history = []
+        input_wait = waited / max(time.perf_counter() - interval_start, 1e-9)
+        last = {**_log_interval(reporter, step, history, checkpoints, t.skip_nonfinite,
+                                input_wait), 'step': step}
+        history, waited, interval_start = [], 0.0, None
       if eval_split is not None and ((t.eval_every and step % t.eval_every == 0)
                                      or step == t.num_steps):
         sums = evaluate(config, eval_step_fn, state.params, eval_split, mesh)
@@ -171,8 +177,9 @@ def train(config: ConfigDict, workdir: str) -> dict:
   return last
 
 
-def _log_interval(reporter, step, history, checkpoints, skip_nonfinite) -> dict:
-  """Log the steps since the last line; stop on a non-finite loss unless told to skip."""
+def _log_interval(reporter, step, history, checkpoints, skip_nonfinite, input_wait) -> dict:
+  """Log the steps since the last line; stop on a non-finite loss unless told to skip.
+  `input_wait`: the fraction of the interval the loop waited for the next batch."""
   sums = metrics_lib.device_sums(history)
   bad = int(len(history) - sums.pop('finite'))
   if bad and not skip_nonfinite:
@@ -184,6 +191,7 @@ def _log_interval(reporter, step, history, checkpoints, skip_nonfinite) -> dict:
         'Lower train.learning_rate, set train.clip_grad_norm, or set '
         'train.skip_nonfinite=True to skip such updates.')
   extra = {'learning_rate': float(jax.device_get(history[-1]['learning_rate'])),
-           'grad_norm': sums.pop('grad_norm') / len(history), 'skipped_steps': bad}
+           'grad_norm': sums.pop('grad_norm') / len(history), 'skipped_steps': bad,
+           'input_wait': input_wait}
   sums.pop('learning_rate')
   return reporter.train(step, sums, extra)

@@ -81,7 +81,7 @@ class Reporter:
       line = (f'step {step}/{self.num_steps}  loss {values["loss"]:.4f}  '
               f'acc {values["accuracy"]:.3f}  lr {values["learning_rate"]:.2e}  '
               f'{values["target_tokens_per_s"]:,.0f} tgt tok/s  {step_time:.3f} s/step  '
-              f'ETA {_duration(eta)}')
+              f'input wait {values.get("input_wait", 0):.0%}  ETA {_duration(eta)}')
       print(('\r' + ' ' * 100 + '\r' if self._tty else '') + line, flush=True)
     return values
 

@@ -12,9 +12,11 @@ import contextlib
 import gzip
 import hashlib
 import importlib.util
+import itertools
 import os
 import socket
 import sys
+from typing import Iterator
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -112,23 +114,31 @@ class ParallelText(tfds.core.GeneratorBasedBuilder):
     return _examples(pairs, self._languages)
 
 
-def read_parallel(source_path: str, target_path: str) -> list[tuple[str, str]]:
-  """Aligned lines of two text files (plain or .gz), checked: same count, UTF-8, not empty."""
-  sides = [_read_lines(source_path), _read_lines(target_path)]
-  if len(sides[0]) != len(sides[1]):
-    raise UserError(f'{source_path} has {len(sides[0])} lines but {target_path} has '
-                    f'{len(sides[1])}; line i of one must translate line i of the other.')
-  if not sides[0]:
+def read_parallel(source_path: str, target_path: str) -> Iterator[tuple[str, str]]:
+  """Aligned lines of two text files (plain or .gz), streamed (memory does not grow with
+  the corpus) and checked: same count, UTF-8, not empty."""
+  sources, targets = _stream_lines(source_path), _stream_lines(target_path)
+  count = 0
+  for count, (source, target) in enumerate(itertools.zip_longest(sources, targets), 1):
+    if source is None or target is None:  # one file ended first: count the other's rest
+      rest = 1 + sum(1 for _ in (sources if target is None else targets))
+      counts = ((count - 1 + rest, count - 1) if target is None
+                else (count - 1, count - 1 + rest))
+      raise UserError(f'{source_path} has {counts[0]} lines but {target_path} has '
+                      f'{counts[1]}; line i of one must translate line i of the other.')
+    yield source, target
+  if count == 0:
     raise UserError(f'{source_path} and {target_path} are empty: the split has no pairs.')
-  return list(zip(*sides))
 
 
-def _read_lines(path: str) -> list[str]:
+def _stream_lines(path: str) -> Iterator[str]:
+  """The lines of a plain or .gz text file, one at a time, decoded strictly."""
   if not os.path.exists(path):
     raise UserError(f'Missing corpus file {path}.')
   opener = gzip.open if path.endswith('.gz') else open
   with opener(path, 'rb') as f:
-    return decode_lines(f.read(), path)
+    for number, raw in enumerate(f, 1):
+      yield _decode_line(raw.rstrip(b'\n'), path, number)
 
 
 def read_lines(path: str | None) -> list[str]:
@@ -147,14 +157,15 @@ def decode_lines(raw: bytes, name: str) -> list[str]:
   lines = raw.split(b'\n')
   if lines and lines[-1] == b'':
     lines.pop()  # the newline that ends the last line
-  out = []
-  for number, line in enumerate(lines, 1):
-    try:
-      out.append(line.decode('utf-8').rstrip('\r'))
-    except UnicodeDecodeError as e:
-      raise UserError(f'{name}, line {number}: bytes that are not UTF-8 ({e.reason} at '
-                      f'byte {e.start}); convert it to UTF-8, e.g. with iconv.') from None
-  return out
+  return [_decode_line(line, name, number) for number, line in enumerate(lines, 1)]
+
+
+def _decode_line(line: bytes, name: str, number: int) -> str:
+  try:
+    return line.decode('utf-8').rstrip('\r')
+  except UnicodeDecodeError as e:
+    raise UserError(f'{name}, line {number}: bytes that are not UTF-8 ({e.reason} at '
+                    f'byte {e.start}); convert it to UTF-8, e.g. with iconv.') from None
 
 
 def _parallel_text_files(data: ConfigDict) -> dict:

@@ -1,8 +1,8 @@
 """Commands as several processes on this machine, as on a pod slice's workers
 (`local_pod`: `jax.distributed` on localhost, gloo collectives, 4 or 2 CPU devices
 each): training with evaluation and BLEU from a corpus nobody prepared, `evaluate` and
-`translate` equal to one process, a checkpoint of 2 processes refused on 1, and the
-losses of 2 processes equal to 1's.
+`translate` equal to one process, a run resumed on another number of processes, and
+the losses of 2 processes equal to 1's.
 """
 import json
 import os
@@ -30,38 +30,27 @@ def run(repo, tmp_path, command, processes, devices=4):
   return results
 
 
-@pytest.fixture(scope='module')
-def repeated(tmp_path_factory):
-  """One sentence pair, repeated: every row of every batch is alike, so a 1-process and
-  a 2-process run (each host packs its own shard) see equal batches."""
-  root = tmp_path_factory.mktemp('repeated')
-  for split, n in (('train', 64), ('validation', 16)):
-    (root / f'{split}.en').write_text('the dog sees the cat in the park\n' * n)
-    (root / f'{split}.de').write_text('der hund sieht die katze im park\n' * n)
-  return root
-
-
-def test_two_processes_match_one(repo, repeated, tmp_path):
-  flags = [*TINY, f'--config.data.data_dir={repeated}', f'--config.data.tfds_dir={repeated}/tfds',
-           '--config.model.vocab_size=24', '--config.train.num_steps=6',
+def test_two_processes_match_one(repo, synthetic, tmp_path):
+  """Distinct sentences: the global batches do not depend on the number of processes, so
+  2 processes x 4 devices train as 1 x 8; the data position is saved once."""
+  flags = [*TINY, *(f'--config.data.{k}={v}' for k, v in synthetic.data.items()),
+           f'--config.data.vocab_path={synthetic.vocab}', '--config.train.num_steps=6',
            '--config.train.checkpoint_every=6']
   one, two = tmp_path / 'one', tmp_path / 'two'
   run(repo, tmp_path, ['train', f'--workdir={one}', *flags], processes=1, devices=8)
-  run(repo, tmp_path, ['train', f'--workdir={two}', *flags,
-                       f'--config.data.vocab_path={one / "vocab.model"}'], processes=2)
+  run(repo, tmp_path, ['train', f'--workdir={two}', *flags], processes=2)
   single, multi = metrics_lib.read(str(one)), metrics_lib.read(str(two))
   assert [r['step'] for r in multi] == list(range(1, 7))
   np.testing.assert_allclose([r['loss'] for r in multi], [r['loss'] for r in single], rtol=1e-6)
   assert single[-1]['loss'] < single[0]['loss']
-  # Each process saved its own data-iterator state into the one checkpoint.
-  assert {'process_0-of-2.json', 'process_1-of-2.json'} <= set(
-      os.listdir(two / 'checkpoints' / '6' / 'data'))
+  saved = os.listdir(two / 'checkpoints' / '6' / 'data')
+  assert 'metadata' in saved and not any(n.startswith('process_') for n in saved)
 
 
-def test_training_with_bleu_from_a_corpus_nobody_prepared(repo, synthetic, tmp_path, command):
+def test_training_with_bleu_from_a_corpus_nobody_prepared(repo, synthetic, tmp_path):
   """Both processes start on an unbuilt dataset and no vocabulary: process 0 builds them
-  while the other waits; validation BLEU every 3 steps; the best checkpoints kept; a
-  checkpoint of 2 processes is then refused, in one line, by 1."""
+  while the other waits, then each tokenizes its share of the token store; validation
+  BLEU every 3 steps; the best checkpoints kept."""
   workdir, tfds = tmp_path / 'run', tmp_path / 'tfds'  # nothing built there yet
   flags = [*TINY, f'--config.data.data_dir={synthetic.data["data_dir"]}',
            f'--config.data.tfds_dir={tfds}', '--config.train.num_steps=6',
@@ -74,11 +63,28 @@ def test_training_with_bleu_from_a_corpus_nobody_prepared(repo, synthetic, tmp_p
   assert sorted(os.listdir(workdir / 'best' / 'checkpoints')) == ['3', '6']
   assert (workdir / 'vocab.model').exists()
 
-  from transformer_jax import train
-  refused = command(train, f"--workdir={workdir}", *flags,
-                    '--config.train.num_steps=9')
-  assert refused.code == 2
-  assert 'saved by 2 processes' in refused.err and len(refused.err.strip().splitlines()) == 1
+
+def test_a_run_resumes_on_another_number_of_processes(repo, synthetic, tmp_path):
+  """Saved at step 6 on 2 processes, continued on 1; and from 1 to 2: steps 7-12 have the
+  losses of an uninterrupted run (the batches are the same: the data order depends on
+  the seed and the step only). 4 devices in every run."""
+  flags = [*TINY, *(f'--config.data.{k}={v}' for k, v in synthetic.data.items()),
+           f'--config.data.vocab_path={synthetic.vocab}', '--config.train.checkpoint_every=6']
+
+  def train(workdir, steps, processes):
+    run(repo, tmp_path, ['train', f'--workdir={workdir}', *flags,
+                         f'--config.train.num_steps={steps}'], processes=processes,
+        devices=4 // processes)
+    return [r['loss'] for r in metrics_lib.read(str(workdir))]
+
+  uninterrupted = train(tmp_path / 'one', 12, 1)
+  for first, then in ((2, 1), (1, 2)):
+    workdir = tmp_path / f'{first}_then_{then}'
+    train(workdir, 6, first)
+    losses = train(workdir, 12, then)
+    assert len(losses) == 12
+    np.testing.assert_allclose(losses[6:], uninterrupted[6:], rtol=1e-5)
+    assert losses[6:] != losses[:6]
 
 
 @pytest.fixture(scope='module')

@@ -4,7 +4,7 @@ memory. Prints one JSON object (and writes it with --record).
   python bench/input_pipeline.py --pairs=500000 [--root=DIR] [--record=FILE]
   python bench/input_pipeline.py --multi30k_steps=200    # also: input wait in `train`
 
-A corpus of N pairs with WMT-like lengths (Zipf-distributed pseudo-words, ~23 per
+A corpus of N pairs with WMT-like lengths (Zipf-distributed pseudo-words, ~27 per
 sentence: ~30 tokens per side with an 8,192-piece vocabulary; the total is reported) is
 generated into ROOT (reused when there). Then, timed:
 
@@ -40,7 +40,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / 'bench'))
 from pod_rehearsal import commit, cpu_model  # noqa: E402
 
-WORDS_PER_SENTENCE = 23
+WORDS_PER_SENTENCE = 27
 
 
 def write_corpus(directory: pathlib.Path, pairs: int, seed: int = 0) -> None:

@@ -12,8 +12,9 @@ gcloud call goes through `gcloud()`, and `--dry_run` prints the exact commands i
 
 `install` installs the `tpu` extra on every worker, and on worker 0 also the `tf` extra
 when the config reads a TFDS catalog dataset (WMT), which needs TensorFlow to build.
-`prepare` builds the dataset on worker 0 and copies it to WORKDIR/tfds, and writes the
-vocabulary to WORKDIR/vocab.model: once, for every worker and every later VM. `train`
+`prepare` builds the dataset on worker 0 and copies it to WORKDIR/tfds, writes the
+vocabulary to WORKDIR/vocab.model, then has every worker tokenize its share of the token
+store into WORKDIR/store: once, for every worker and every later VM. `train`
 copies the dataset from there to each worker's disk (ArrayRecord reads local files) and
 starts `transformer_jax.train` on every worker (`--worker=all`; JAX connects the hosts),
 its log copied to WORKDIR/logs/ every minute. A pod slice's workdir must be a bucket.
@@ -130,12 +131,22 @@ def command_flags(a) -> str:
 
 
 def prepare(a) -> None:
-  """Worker 0 builds the dataset and trains the vocabulary; the dataset goes to the bucket."""
+  """Worker 0 builds the dataset and trains the vocabulary, and copies the dataset to the
+  bucket; then every worker tokenizes its share of the token store into the bucket."""
   check_workdir(a)
   # JAX_PLATFORMS=cpu: worker 0 alone, not joined to the slice's other workers.
   ssh(a, f'cd {REMOTE_DIR} && JAX_PLATFORMS=cpu {VENV}/bin/python -m transformer_jax.prepare '
-         f'{command_flags(a)} '
-         f'&& gcloud storage rsync -r {LOCAL_TFDS} "{a.workdir}/tfds"', worker='0')
+         f'{command_flags(a)} --nostore && '
+         f'gcloud storage rsync -r {LOCAL_TFDS} "{a.workdir}/tfds"', worker='0')
+  ssh(a, f'{fetch_dataset(a)} && cd {REMOTE_DIR} && '
+         f'{VENV}/bin/python -m transformer_jax.prepare {command_flags(a)}')
+
+
+def fetch_dataset(a) -> str:
+  """Shell: the prepared dataset from the bucket onto this worker's disk, if it is there."""
+  prepared = f'"{a.workdir}/tfds"'
+  return (f'mkdir -p {LOCAL_TFDS} && if gcloud storage ls {prepared} > /dev/null 2>&1; '
+          f'then gcloud storage rsync -r {prepared} {LOCAL_TFDS}; fi')
 
 
 def train(a) -> None:
@@ -144,9 +155,7 @@ def train(a) -> None:
   check_workdir(a)
   log = f'"{a.workdir}/logs/$(hostname).log"'
   ship = f'gcloud storage cp -q $HOME/train.log {log}'
-  prepared = f'"{a.workdir}/tfds"'
-  script = (f'mkdir -p {LOCAL_TFDS} && if gcloud storage ls {prepared} > /dev/null 2>&1; '
-            f'then gcloud storage rsync -r {prepared} {LOCAL_TFDS}; fi && cd {REMOTE_DIR} && '
+  script = (f'{fetch_dataset(a)} && cd {REMOTE_DIR} && '
             f'{VENV}/bin/python -m transformer_jax.train {command_flags(a)}')
   alive = 'pgrep -f "transformer_jax[.]train" > /dev/null'
   ssh(a, f'(while sleep 60 && {alive}; do {ship}; done) > /dev/null 2>&1 & '

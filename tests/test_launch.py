@@ -28,10 +28,14 @@ def test_single_host_flow(repo):
   assert 'pip install' in setup[-1] and '[tpu]"' in setup[-1] and '--worker=all' in setup
   # WMT14 is a TFDS catalog dataset: TensorFlow on worker 0, which prepares it.
   assert '--worker=0' in tf and '[tpu,tf]' in tf[-1]
-  (prepare,) = dry_run(repo, 'prepare', *common, '--config=configs/tpu_v5e_8_base.py',
-                       '--workdir=gs://b/run1')
+  prepare, store = dry_run(repo, 'prepare', *common, '--config=configs/tpu_v5e_8_base.py',
+                           '--workdir=gs://b/run1')
   assert '--worker=0' in prepare and 'python -m transformer_jax.prepare' in prepare[-1]
+  assert '--nostore' in prepare[-1] and 'JAX_PLATFORMS=cpu' in prepare[-1]
   assert 'gcloud storage rsync -r $HOME/tensorflow_datasets "gs://b/run1/tfds"' in prepare[-1]
+  # Then every worker tokenizes its shards of the token store, joined as one run.
+  assert '--worker=all' in store and 'transformer_jax.prepare' in store[-1]
+  assert '--nostore' not in store[-1] and 'JAX_PLATFORMS' not in store[-1]
   (train,) = dry_run(repo, 'train', *common, '--config=configs/tpu_v5e_8_base.py',
                      '--workdir=gs://b/run1', '--', '--config.train.num_steps=100')
   assert train[:6] == ['gcloud', 'compute', 'tpus', 'tpu-vm', 'ssh', 'mt']

@@ -1,5 +1,5 @@
-"""The `prepare` command: the dataset built and the vocabulary trained where the config
-says, ready for `train` to read (several processes preparing at once are tested in
+"""The `prepare` command: the dataset built, the vocabulary trained and the token store
+written where the config says, ready for `train` to read (several processes preparing at once are tested in
 test_local_pod.py)."""
 import json
 
@@ -18,6 +18,7 @@ def test_prepare_builds_the_dataset_and_the_vocabulary(command, repo, synthetic,
   report = json.loads(result.out.strip().splitlines()[-1])
   assert report['splits'] == {'test': 200, 'train': 2000, 'validation': 200}
   assert report['vocabulary'] == str(vocab) and report['vocab_size'] == 128
+  assert 'store' not in report  # no workdir, no data.store_dir: nowhere to put one
   assert tokenizer_lib.load(str(vocab), 128).encode('the cat') != []
   assert any(tfds.rglob('*.array_record*'))
   trained_at = vocab.stat().st_mtime_ns
@@ -38,6 +39,9 @@ def test_prepare_into_the_workdir_on_one_worker_of_a_pod(command, repo, syntheti
                    f'--config.data.tfds_dir={tmp_path / "tfds"}')
   assert result.code == 0, result.err
   assert (tmp_path / 'run' / tokenizer_lib.VOCAB_FILE).exists()
+  report = json.loads(result.out.strip().splitlines()[-1])  # and the token store
+  assert report['store'].startswith(str(tmp_path / 'run' / 'store'))
+  assert report['store_tokens']['source'] > 2000 and (tmp_path / 'run' / 'store').is_dir()
 
 
 def test_prepare_needs_a_place_for_the_vocabulary(command, repo):

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 
+from absl import flags
+
 from transformer_jax import cli, distributed
 from transformer_jax.data import datasets, pipeline
 from transformer_jax.errors import UserError
@@ -31,11 +33,14 @@ def main(argv):
   report = {'dataset': config.data.name, 'tfds_dir': str(b.data_dir),
             'splits': {name: s.num_examples for name, s in sorted(b.info.splits.items())},
             'vocabulary': tokenizer.path, 'vocab_size': tokenizer.vocab_size}
-  if workdir or config.data.store_dir:
+  if _STORE.value and (workdir or config.data.store_dir):
     store = pipeline.training_store(config, workdir, tokenizer)
     report.update(store=store.directory, store_tokens=store.tokens_total())
   distributed.say(json.dumps(report))
 
+
+_STORE = flags.DEFINE_bool('store', True, 'Also tokenize the training split into the token '
+                           'store (--nostore: the dataset and vocabulary only).')
 
 if __name__ == '__main__':
   cli.run(main)

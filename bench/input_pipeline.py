@@ -112,7 +112,7 @@ def throughput(stream, batches: int) -> float:
 
 
 RESTART = '''
-import json, resource, sys, time
+import json, sys, time
 started = float(sys.argv[1])
 from transformer_jax.data import pipeline, stream as stream_lib
 from transformer_jax import config as config_lib
@@ -128,8 +128,10 @@ first = time.time() - started
 for _ in range(300):
   next(stream)
 stream.close()
-rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
-print(json.dumps({'restart_to_first_batch_s': first, 'peak_rss_gib': rss}))
+# VmHWM: this process's peak since exec (ru_maxrss would include the parent's at fork).
+with open('/proc/self/status') as f:
+  peak = next(int(line.split()[1]) for line in f if line.startswith('VmHWM')) / 2 ** 20
+print(json.dumps({'restart_to_first_batch_s': first, 'peak_rss_gib': peak}))
 '''
 
 

@@ -1,6 +1,6 @@
 """The `prepare` command: the dataset built, the vocabulary trained and the token store
-written where the config says, ready for `train` to read (several processes preparing at once are tested in
-test_local_pod.py)."""
+written where the config says, ready for `train` to read (several processes preparing
+at once are tested in test_local_pod.py)."""
 import json
 
 from transformer_jax import prepare

@@ -40,7 +40,8 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 class Stream:
   """This process's rows of each global training batch, forever; `get_state` and
-  `set_state` save and restore the position (a dict of two ints)."""
+  `set_state` save and restore the position: epoch, index in the epoch's order, and
+  the pairs waiting for the next batch (a small JSON dict, the same on every process)."""
 
   def __init__(self, store: TokenStore, data: ConfigDict, seed: int, *,
                process_index: int | None = None, process_count: int | None = None,

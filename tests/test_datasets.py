@@ -164,3 +164,20 @@ def test_a_bucket_tfds_dir_is_refused_in_one_line(tmp_path):
   """ArrayRecord cannot write or read gs:// objects: say so before TFDS fails deep inside."""
   with pytest.raises(UserError, match='gs://b/tfds is a bucket.*local disk'):
     datasets.data_source(make_config('gs://b/tfds').data, 'train')
+
+
+def test_a_corpus_larger_than_the_build_buffer_builds_without_tensorflow(tmp_path,
+                                                                         monkeypatch):
+  """TFDS spills a split larger than its memory buffer to temporary files, through
+  tf.io.gfile; here the buffer is 4 KB, so the 200 pairs spill, and the build must not
+  need TensorFlow (absent in the test environment)."""
+  import importlib.util
+  from tensorflow_datasets.core import shuffle
+  assert importlib.util.find_spec('tensorflow') is None
+  monkeypatch.setattr(shuffle, 'MAX_MEM_BUFFER_SIZE', 4096)
+  monkeypatch.setattr(shuffle, 'tf', shuffle.tf)  # restored after the test
+  (tmp_path / 'corpus').mkdir()
+  write_corpus(tmp_path / 'corpus', 'train', *zip(*PAIRS))
+  source = datasets.data_source(parallel_text_config(tmp_path).data, 'train')
+  assert sorted((ex['en'].decode(), ex['fr'].decode()) for ex in
+                pipeline.read(source, range(len(source)))) == sorted(PAIRS)

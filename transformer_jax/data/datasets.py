@@ -210,9 +210,35 @@ def builder(data: ConfigDict) -> tfds.core.DatasetBuilder:
   else:
     b = _catalog_builder(data.name, data.tfds_dir)
   if not b.is_prepared():
+    _spill_without_tensorflow()
     with contextlib.redirect_stdout(sys.stderr):  # stdout may carry translations or JSON
       b.download_and_prepare()
   return b
+
+
+class _LocalFiles:
+  """The corner of `tf.io.gfile` that TFDS's writer uses to spill a split larger than
+  its memory buffer to temporary files, as plain local file I/O (`data.tfds_dir` is
+  always local). Without it, building a corpus of more than ~1 GB needs TensorFlow."""
+
+  class io:  # noqa: N801 (mirrors tf.io.gfile)
+    class gfile:  # noqa: N801
+      GFile = staticmethod(open)
+      exists = staticmethod(os.path.exists)
+      remove = staticmethod(os.remove)
+
+  class errors:  # noqa: N801
+    class ResourceExhaustedError(OSError):
+      message = ''
+
+
+def _spill_without_tensorflow() -> None:
+  """Let TFDS spill to local files without TensorFlow, and hold at most 256 MB of a
+  split in memory while building (its default is 1 GB)."""
+  from tensorflow_datasets.core import shuffle  # noqa: PLC0415 (TFDS internals, here only)
+  shuffle.MAX_MEM_BUFFER_SIZE = min(shuffle.MAX_MEM_BUFFER_SIZE, 256 << 20)
+  if importlib.util.find_spec('tensorflow') is None:
+    shuffle.tf = _LocalFiles
 
 
 def _catalog_builder(name: str, tfds_dir: str) -> tfds.core.DatasetBuilder:

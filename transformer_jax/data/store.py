@@ -167,6 +167,8 @@ def _local_copy(root, cache: str) -> str:
       with open(os.path.join(tmp, f'{name}.npy'), 'wb') as f:
         f.write((root / f'shard-{i:05d}' / f'{name}.npy').read_bytes())
     open(os.path.join(tmp, 'COMPLETE'), 'w').close()
-    shutil.rmtree(shard, ignore_errors=True)
-    os.replace(tmp, shard)
+    try:
+      os.rename(tmp, shard)
+    except OSError:  # another process on this machine copied it first: use theirs
+      shutil.rmtree(tmp, ignore_errors=True)
   return local

@@ -80,6 +80,13 @@ def start_gcs_emulator() -> tuple[subprocess.Popen, dict]:
                       GOOGLE_CLOUD_PROJECT='rehearsal')
 
 
+def committed(checkpoint) -> bool:
+  """Whether Orbax finished the checkpoint: in a bucket its directory exists while it is
+  written (the commit marker comes last); locally, it appears only when complete."""
+  import orbax.checkpoint as ocp
+  return checkpoint.exists() and ocp.step.is_checkpoint_finalized(checkpoint)
+
+
 def write_corpus(root: pathlib.Path) -> None:
   """Distinct sentence pairs of the synthetic task as a parallel_text corpus."""
   from transformer_jax.data import synthetic
@@ -144,9 +151,9 @@ class Rehearsal:
     from etils import epath
     workdir = f'{self.store}/resumed'
     pod = self.pod(['train', f'--workdir={workdir}', *self.train])
-    committed = epath.Path(workdir) / 'checkpoints' / '4'
+    checkpoint = epath.Path(workdir) / 'checkpoints' / '4'
     deadline = time.monotonic() + 600
-    while not (committed.exists() and self.last_step('resumed') >= 6):
+    while not (self.last_step('resumed') >= 6 and committed(checkpoint)):
       if time.monotonic() > deadline or any(p.poll() is not None for p in pod.processes):
         return False, {'error': 'no checkpoint at step 4 and step 6 reached'}
       time.sleep(0.2)

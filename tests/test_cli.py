@@ -3,6 +3,7 @@ the layering rule that keeps commands thin: no module imports a command."""
 import ast
 import json
 import pathlib
+import re
 import sys
 
 import pytest
@@ -68,3 +69,41 @@ def test_progress_lines_are_rate_limited(capsys):
     report(done, 5)
   assert capsys.readouterr().err.splitlines() == ['translated 1/5 sentences',
                                                   'translated 5/5 sentences']
+
+
+@pytest.mark.parametrize('override, named', [
+    ('--config.model.d_model=abc', '--config.model.d_model=abc'),
+    ('--config.model.share_embeddings=maybe', '--config.model.share_embeddings=maybe'),
+    ('--config.model=5', '--config.model=5'),
+])
+def test_a_flag_of_the_wrong_type_is_one_line(command, override, named):
+  from transformer_jax import info
+  result = command(info, f'--config={REPO / "configs" / "tiny.py"}', override)
+  assert result.code == 2 and len(result.err.strip().splitlines()) == 1
+  assert result.err.startswith('error: ') and named in result.err
+  assert 'FATAL' not in result.err and not result.out
+
+
+def test_a_missing_or_broken_config_file_is_one_line(command, tmp_path):
+  from transformer_jax import info
+  result = command(info, f'--config={tmp_path / "nope.py"}')
+  assert result.code == 2 and len(result.err.strip().splitlines()) == 1
+  assert 'nope.py' in result.err and 'does not exist' in result.err
+  broken = tmp_path / 'broken.py'
+  broken.write_text('from transformer_jax.config import defaults\n\ndef get_config(:\n')
+  result = command(info, f'--config={broken}')
+  assert result.code == 2 and len(result.err.strip().splitlines()) == 1
+  assert f'{broken}, line 3' in result.err
+
+
+def test_commands_print_no_library_info_logs_unless_asked(command_process, briefly_trained):
+  """Orbax logs dozens of INFO lines per restore; absl's app.run turns INFO on by itself.
+  By default a command prints only its own lines; --verbosity=0 brings the logs back."""
+  def info_lines(err):  # absl's format: I1201 05:37:15.864239 ...
+    return [line for line in err.splitlines() if re.match(r'I\d{4} \d\d:\d\d', line)]
+  quiet = command_process('translate', f'--workdir={briefly_trained}', stdin=b'hello\n')
+  assert quiet.code == 0, quiet.err
+  assert not info_lines(quiet.err)
+  chatty = command_process('translate', f'--workdir={briefly_trained}', '--verbosity=0',
+                           stdin=b'hello\n')
+  assert chatty.code == 0 and len(info_lines(chatty.err)) > 5

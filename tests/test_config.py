@@ -1,5 +1,6 @@
 """Configs load, override from the command line, and reject bad input clearly."""
 import pathlib
+import re
 
 import pytest
 
@@ -72,3 +73,18 @@ def test_validate_rejects_heads_not_dividing_d_model():
 def test_missing_config_file():
   with pytest.raises(ConfigError, match='does not exist'):
     config_lib.load('configs/nope.py')
+
+
+@pytest.mark.parametrize('key, value, message', [
+    ('learning_rate', -0.5, 'train.learning_rate must be a finite number > 0, got -0.5'),
+    ('learning_rate', float('nan'), 'train.learning_rate must be a finite number > 0'),
+    ('adam_b2', 1.0, 'train.adam_b2 must be in [0, 1)'),
+    ('adam_eps', 0.0, 'train.adam_eps must be > 0'),
+    ('clip_grad_norm', -1.0, 'train.clip_grad_norm must be >= 0'),
+    ('bleu_every', -5, 'train.bleu_every must be >= 0'),
+])
+def test_validate_rejects_out_of_range_training_values(key, value, message):
+  c = config_lib.defaults()
+  c.train[key] = value
+  with pytest.raises(ConfigError, match=re.escape(message)):
+    config_lib.validate(c)

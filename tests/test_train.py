@@ -177,3 +177,14 @@ def test_the_command_requires_a_workdir_and_a_config(command, repo):
       'error: --workdir is required: the directory for checkpoints and logs.')
   result = command(train_command, '--workdir=/tmp/x')
   assert result.code == 2 and '--config is required' in result.err
+
+
+def test_an_error_found_after_the_workdir_check_leaves_no_empty_workdir(command, repo,
+                                                                        tmp_path):
+  """data.batch_size=12 cannot be split over 8 devices: found once the mesh exists,
+  after the workdir was created to check that it is writable."""
+  workdir = tmp_path / 'new_run'
+  result = command(train_command, f'--config={repo / "configs" / "tiny.py"}',
+                   f'--workdir={workdir}', '--config.data.batch_size=12')
+  assert result.code == 2 and 'data-parallel size' in result.err
+  assert not workdir.exists()

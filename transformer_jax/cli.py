@@ -78,13 +78,27 @@ def _fail(message: str):
 
 
 def _parse_flags(argv):
-  """absl flag parsing, with --config.KEY overrides checked against the schema first
-  (ml_collections would otherwise raise a traceback for an unknown key)."""
+  """absl flag parsing, with every error one line (exit 2): --config.KEY overrides are
+  checked against the schema first (ml_collections would raise a traceback for an
+  unknown key), a missing or broken config file is named with its line, and absl's own
+  errors (a wrong type, a bad boolean) lose their FATAL banner and usage hint."""
   try:
     for arg in argv[1:]:
       if arg.startswith('--config.'):
         config_lib.check_key(arg[len('--config.'):].split('=', 1)[0])
-    return app.parse_flags_with_usage(argv)
+      elif arg.startswith('--config='):
+        path = arg[len('--config='):].split(':', 1)[0]  # FILE[:ARGS]
+        if not os.path.isfile(path):
+          raise UserError(f'Config file {path!r} does not exist; pick one under configs/, '
+                          'e.g. --config=configs/default.py.')
+    try:
+      return flags.FLAGS(argv)
+    except flags.Error as e:
+      raise UserError(f'{str(e).rstrip(".")}. Check the value\'s type against the key\'s default '
+                      '(python -m transformer_jax.info --config=FILE prints them).') from None
+    except SyntaxError as e:
+      raise UserError(f'{e.filename}, line {e.lineno}: {e.msg}; fix the config file.'
+                      ) from None
   except UserError as e:
     _fail(str(e))
 
@@ -95,8 +109,10 @@ def run(main):
   Every command joins a multi-process run first (`distributed.initialize`): on a pod
   slice, the same command runs on every worker."""
   def guarded(argv):
-    if flags.FLAGS['verbosity'].using_default_value:
-      logging.set_verbosity(logging.WARNING)  # Orbax and TFDS are chatty at INFO; -v 0 shows it
+    if not flags.FLAGS['verbosity'].present:
+      # Orbax, TFDS and JAX are chatty at INFO (`--verbosity=0` shows it); absl's app.run
+      # turns INFO on by itself, so its flag's "default" cannot tell.
+      logging.set_verbosity(logging.WARNING)
     use_compilation_cache(COMPILATION_CACHE.value)
     try:
       distributed.initialize()

@@ -8,6 +8,7 @@ types and inconsistent values with one message that names the key and the fix.
 from __future__ import annotations
 
 import difflib
+import math
 import importlib.util
 from typing import Any
 
@@ -218,6 +219,14 @@ def _check_values(c: ConfigDict) -> None:
            f'train.schedule=linear_decay decays to zero at train.num_steps, which must '
            f'exceed train.warmup_steps; got num_steps={c.train.num_steps}, '
            f'warmup_steps={c.train.warmup_steps}.')
+  t = c.train
+  _require(math.isfinite(t.learning_rate) and t.learning_rate > 0,
+           f'train.learning_rate must be a finite number > 0, got {t.learning_rate}.')
+  for key in ('adam_b1', 'adam_b2'):
+    _require(0.0 <= t[key] < 1.0, f'train.{key} must be in [0, 1), got {t[key]}.')
+  _require(t.adam_eps > 0, f'train.adam_eps must be > 0, got {t.adam_eps}.')
+  for key in ('weight_decay', 'clip_grad_norm', 'eval_every', 'bleu_every'):
+    _require(t[key] >= 0, f'train.{key} must be >= 0 (0 = off), got {t[key]}.')
   _require(c.train.stop_after_minutes >= 0, 'train.stop_after_minutes must be >= 0 '
            f'(0 = no time limit), got {c.train.stop_after_minutes}.')
   _require(c.data.batch_size % c.train.grad_accum_steps == 0,

@@ -7,9 +7,12 @@ supervise` stops relaunching then).
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 
 from transformer_jax import cli, distributed, files, loop
+from transformer_jax.errors import UserError
 
 DONE_FILE = 'done.json'  # written when the run reaches train.num_steps: a supervisor's signal
 
@@ -21,7 +24,14 @@ def main(argv):
   done = files.path(workdir) / DONE_FILE
   if distributed.is_writer() and done.exists():
     done.unlink()  # a run extended to more steps is not done
-  last = loop.train(config, workdir)
+  existed = files.path(workdir).exists()
+  try:
+    last = loop.train(config, workdir)
+  except UserError:
+    if not existed and not files.is_bucket(workdir):
+      with contextlib.suppress(OSError):  # only if still empty: nothing of value is lost
+        os.rmdir(workdir)
+    raise
   distributed.say(json.dumps({'final': last}))
   if distributed.is_writer() and last.get('step') == config.train.num_steps:
     files.write_atomically(done, json.dumps({'step': last['step'], **last}).encode())

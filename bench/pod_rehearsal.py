@@ -27,7 +27,6 @@ import os
 import pathlib
 import platform
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -60,24 +59,6 @@ def commit() -> str:
     return subprocess.run(['git', *args], cwd=REPO, capture_output=True, text=True).stdout
   head = git('rev-parse', '--short', 'HEAD').strip()
   return head + ('-dirty' if git('status', '--porcelain', '--untracked-files=no').strip() else '')
-
-
-def start_gcs_emulator() -> tuple[subprocess.Popen, dict]:
-  """tests/gcs_emulator.py on a free port; the variables that point every client at it."""
-  from transformer_jax.local_pod import free_port
-  port = free_port()
-  server = subprocess.Popen([sys.executable, str(REPO / 'tests' / 'gcs_emulator.py'), 'start',
-                             '--port', str(port), '--in-memory', '--default-bucket', BUCKET],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  for _ in range(300):
-    try:
-      socket.create_connection(('127.0.0.1', port), timeout=1).close()
-      break
-    except OSError:
-      time.sleep(0.1)
-  url = f'http://127.0.0.1:{port}'
-  return server, dict(STORAGE_EMULATOR_HOST=url, TENSORSTORE_GCS_HTTP_URL=url,
-                      GOOGLE_CLOUD_PROJECT='rehearsal')
 
 
 def committed(checkpoint) -> bool:
@@ -247,7 +228,9 @@ def main() -> None:
   if a.local:
     store = str(root / 'store')
   else:
-    server, env = start_gcs_emulator()
+    sys.path.insert(0, str(REPO / 'tests'))
+    import gcs_emulator  # noqa: PLC0415 (the tests' emulator; needs the test extra)
+    server, env = gcs_emulator.start(BUCKET)
     os.environ.update(env)  # for the processes started, and for reading results here
     store = f'gs://{BUCKET}'
   os.environ['JAX_PLATFORMS'] = 'cpu'

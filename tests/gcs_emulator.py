@@ -1,26 +1,55 @@
-"""gcp-storage-emulator (a GCS server in Python, for tests) with the one response header
-it leaves out and tensorstore, Orbax's GCS client, needs: an object's generation on
-download. Run as `python tests/gcs_emulator.py start --port N --in-memory ...`."""
+"""gcp-storage-emulator (a GCS server in Python, for tests and bench/pod_rehearsal.py)
+with the one response header it leaves out and tensorstore, Orbax's GCS client, needs:
+an object's generation on download.
+
+`start(bucket)` runs it in a new process on a free port and returns the process and the
+variables that point gcsfs, tensorstore and google-cloud-storage at it. As a script:
+`python tests/gcs_emulator.py start --port N --in-memory ...`.
+"""
+import os
+import socket
+import subprocess
 import sys
-
-from gcp_storage_emulator.exceptions import NotFound
-from gcp_storage_emulator.handlers import objects
-
-_download = objects.download
+import time
 
 
-def _download_with_generation(request, response, storage, *args, **kwargs):
-  try:
-    obj = storage.get_file_obj(request.params['bucket_name'], request.params['object_id'])
-    response['x-goog-generation'] = obj['generation']
-  except NotFound:
-    pass  # the original handler answers 404
-  return _download(request, response, storage, *args, **kwargs)
+def start(bucket: str) -> tuple[subprocess.Popen, dict]:
+  """The emulator serving `bucket` on a free port, once it accepts connections."""
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    port = s.getsockname()[1]
+  server = subprocess.Popen([sys.executable, os.path.abspath(__file__), 'start', '--port',
+                             str(port), '--in-memory', '--default-bucket', bucket],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  for _ in range(300):
+    try:
+      socket.create_connection(('127.0.0.1', port), timeout=1).close()
+      break
+    except OSError:
+      time.sleep(0.1)
+  url = f'http://127.0.0.1:{port}'
+  return server, dict(STORAGE_EMULATOR_HOST=url, TENSORSTORE_GCS_HTTP_URL=url,
+                      GOOGLE_CLOUD_PROJECT='test')
 
 
-objects.download = _download_with_generation  # before the server builds its routes
+def _serve() -> int:
+  from gcp_storage_emulator.__main__ import main
+  from gcp_storage_emulator.exceptions import NotFound
+  from gcp_storage_emulator.handlers import objects
 
-from gcp_storage_emulator.__main__ import main  # noqa: E402
+  download = objects.download
+
+  def download_with_generation(request, response, storage, *args, **kwargs):
+    try:
+      obj = storage.get_file_obj(request.params['bucket_name'], request.params['object_id'])
+      response['x-goog-generation'] = obj['generation']
+    except NotFound:
+      pass  # the original handler answers 404
+    return download(request, response, storage, *args, **kwargs)
+
+  objects.download = download_with_generation  # before the server builds its routes
+  return main()
+
 
 if __name__ == '__main__':
-  sys.exit(main())
+  sys.exit(_serve())

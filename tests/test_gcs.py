@@ -4,13 +4,13 @@ gcsfs, Orbax's tensorstore and tensorboardX's google-cloud-storage client all re
 through their documented endpoint variables."""
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 
 import pytest
 from etils import epath
+
+import gcs_emulator
 
 BUCKET = 'transformer-jax-test'
 
@@ -18,29 +18,10 @@ BUCKET = 'transformer-jax-test'
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
-
-
 @pytest.fixture(scope='module')
-def gcs_env(tmp_path_factory, repo):
-  port = _free_port()
-  server = subprocess.Popen(
-      [sys.executable, str(repo / 'tests' / 'gcs_emulator.py'), 'start', '--port', str(port),
-       '--in-memory', '--default-bucket', BUCKET],
-      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  for _ in range(300):  # wait until it accepts connections
-    try:
-      socket.create_connection(('127.0.0.1', port), timeout=1).close()
-      break
-    except OSError:
-      time.sleep(0.1)
-  url = f'http://127.0.0.1:{port}'
-  env = dict(os.environ, JAX_PLATFORMS='cpu', STORAGE_EMULATOR_HOST=url,
-             TENSORSTORE_GCS_HTTP_URL=url, GOOGLE_CLOUD_PROJECT='test')
-  yield env, tmp_path_factory.mktemp('tfds')
+def gcs_env(tmp_path_factory):
+  server, variables = gcs_emulator.start(BUCKET)
+  yield dict(os.environ, JAX_PLATFORMS='cpu', **variables), tmp_path_factory.mktemp('tfds')
   server.terminate()
   server.wait()
 

@@ -8,7 +8,7 @@ from transformer_jax.data import tokenizer as tokenizer_lib
 
 
 def test_prepare_builds_the_dataset_and_the_vocabulary(command, repo, synthetic, tmp_path):
-  vocab = tmp_path / 'shared' / 'vocab.model'  # a data.vocab_path that does not exist yet
+  vocab = tmp_path / 'elsewhere' / 'vocab.model'  # a data.vocab_path that does not exist yet
   tfds = tmp_path / 'tfds'
   flags = [f'--config={repo / "configs" / "tiny.py"}', '--config.data.name=parallel_text',
            f'--config.data.data_dir={synthetic.data["data_dir"]}',

@@ -171,6 +171,43 @@ def saved_params():
   return _saved_params
 
 
+def _flip_bytes(path, offset=None, count=64):
+  """Invert `count` bytes of a file at `offset` (default: its middle), as a bad disk or
+  a bad copy would; returns the original bytes."""
+  import pathlib
+  path = pathlib.Path(path)
+  data = path.read_bytes()
+  start = len(data) // 2 if offset is None else offset
+  damaged = bytearray(data)
+  for i in range(start, min(start + count, len(data))):
+    damaged[i] ^= 0xFF
+  path.write_bytes(bytes(damaged))
+  return data
+
+
+@pytest.fixture(scope='session')
+def flip_bytes():
+  """flip_bytes(path, offset=None, count=64) -> the file's original bytes."""
+  return _flip_bytes
+
+
+def _damage_arrays(step_dir):
+  """Flip 64 bytes near the start of every array data file each process of a checkpoint
+  step wrote (Orbax's OCDBT `ocdbt.process_N/d/` files): some arrays' stored values change."""
+  import pathlib
+  files = [p for p in pathlib.Path(step_dir, 'state').glob('ocdbt.process_*/d/*')
+           if p.stat().st_size > 1024]
+  assert files, f'no array data files in {step_dir}'
+  for path in files:
+    _flip_bytes(path, offset=100)
+
+
+@pytest.fixture(scope='session')
+def damage_arrays():
+  """damage_arrays(step_dir): what a bad disk does to a checkpoint's array data."""
+  return _damage_arrays
+
+
 @pytest.fixture(scope='session')
 def trained(tmp_path_factory):
   """A small model trained for 300 steps on the built-in synthetic dataset (~9 BLEU), with

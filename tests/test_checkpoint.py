@@ -2,6 +2,7 @@
 alone, averaging, and the refusals of a workdir without them."""
 import json
 import math
+import re
 import shutil
 
 import jax
@@ -99,3 +100,90 @@ def test_a_workdir_without_checkpoints_is_named(tmp_path):
     checkpoint_lib.checkpoint_root(str(tmp_path))
   with pytest.raises(UserError, match='holds no averaged checkpoint .run transformer_jax.average'):
     checkpoint_lib.checkpoint_root(str(tmp_path), averaged=True)
+
+
+def _state_leaves(checkpoints, step, abstract_state):
+  return [np.asarray(x) for x in jax.tree.leaves(checkpoints.restore(step, abstract_state))]
+
+
+def test_a_flipped_byte_anywhere_in_a_checkpoint_is_never_loaded(briefly_trained, tiny_config,
+                                                                 tmp_path, flip_bytes):
+  """Every file of a step, damaged in turn: the restore either refuses it in one line or
+  returns exactly the saved values (a byte no value depends on, e.g. a timestamp)."""
+  workdir = tmp_path / 'work'
+  shutil.copytree(briefly_trained, workdir)
+  config = tiny_config()
+  setup = build(config, sharding.make_mesh(config.mesh))
+  checkpoints = checkpoint_lib.Checkpoints(str(workdir), config, async_save=False)
+  saved = _state_leaves(checkpoints, 6, setup.abstract_state)
+  refused = []
+  rng = np.random.default_rng(0)
+  damages = [(path, offset) for path in sorted((workdir / 'checkpoints' / '6').rglob('*'))
+             if path.is_file() for offset in (min(100, path.stat().st_size // 2),
+                                               int(rng.integers(0, path.stat().st_size)))]
+  for path, offset in damages:
+    original = flip_bytes(path, offset, count=1)
+    try:
+      got = _state_leaves(checkpoints, 6, setup.abstract_state)
+      for a, b in zip(saved, got, strict=True):
+        np.testing.assert_array_equal(a, b, err_msg=f'{path} damaged, loaded anyway')
+    except checkpoint_lib.CorruptCheckpoint as e:
+      assert str(e).startswith('The checkpoint at step 6 in ') and '\n' not in str(e)
+      refused.append(path.relative_to(workdir).as_posix())
+    finally:
+      path.write_bytes(original)
+  checkpoints.close()
+  # The arrays' data files are refused whenever damaged; so is the meta item.
+  assert 'checkpoints/6/meta/metadata' in refused
+  assert any('/d/' in p for p in refused), refused
+
+
+def test_a_damaged_step_is_quarantined_and_training_continues_past_it(
+    briefly_trained, tiny_config, tmp_path, damage_arrays, capsys):
+  workdir = tmp_path / 'work'
+  shutil.copytree(briefly_trained, workdir)
+  damage_arrays(workdir / 'checkpoints' / '6')
+  (workdir / 'checkpoints' / '9').mkdir()  # junk named like a step
+  (workdir / 'checkpoints' / '9' / 'notes.txt').write_text('not a checkpoint')
+  from transformer_jax import loop
+  capsys.readouterr()
+  loop.train(tiny_config(num_steps=8, checkpoint_every=2), str(workdir))
+  err = capsys.readouterr().err
+  assert 'step 9 in' in err and "meta item is unreadable" in err
+  assert re.search(r'step 6 in .* failed verification: (\d+ of its arrays differ from their '
+                   r'checksums|it could not be read)', err)
+  quarantined = sorted(p.name.rsplit('-', 2)[0] for p in (workdir / 'quarantine').iterdir())
+  assert quarantined == ['checkpoints-6', 'checkpoints-9']
+  # The step it fell back past is saved again, and later ones too.
+  assert checkpoint_lib.Checkpoints(str(workdir), tiny_config()).steps() == [4, 6, 8]
+
+
+def test_checkpoints_without_checksums_load_with_one_notice(briefly_trained, tiny_config,
+                                                            tmp_path, capsys):
+  """A step saved as before this change (meta without checksums) still restores."""
+  import orbax.checkpoint as ocp
+  workdir = tmp_path / 'work'
+  shutil.copytree(briefly_trained, workdir)
+  config = tiny_config()
+  setup = build(config, sharding.make_mesh(config.mesh))
+  current = checkpoint_lib.Checkpoints(str(workdir), config, async_save=False)
+  state = current.restore(6, setup.abstract_state)
+  meta = current.meta(6)
+  current.close()
+  old = {k: meta[k] for k in ('config', 'vocab_sha256', 'vocab_model')}
+  manager = ocp.CheckpointManager(workdir / 'old' / 'checkpoints',
+                                  item_names=('state', 'data', 'meta'))
+  for step in (1, 2):
+    manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                               meta=ocp.args.JsonSave(old)))
+  manager.wait_until_finished()
+  manager.close()
+  capsys.readouterr()
+  checkpoints = checkpoint_lib.Checkpoints(str(workdir / 'old'), config, async_save=False)
+  for step in (1, 2):
+    restored = checkpoints.restore(step, setup.abstract_state)
+    for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(restored), strict=True):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  checkpoints.close()
+  err = capsys.readouterr().err
+  assert err.count('written before checkpoints carried checksums') == 1

@@ -2,6 +2,7 @@
 the layering rule that keeps commands thin: no module imports a command."""
 import ast
 import json
+import os
 import pathlib
 import re
 import sys
@@ -107,3 +108,21 @@ def test_commands_print_no_library_info_logs_unless_asked(command_process, brief
   chatty = command_process('translate', f'--workdir={briefly_trained}', '--verbosity=0',
                            stdin=b'hello\n')
   assert chatty.code == 0 and len(info_lines(chatty.err)) > 5
+
+
+def test_the_main_job_prints_only_its_own_lines(repo, tmp_path):
+  """The README's main job (shortened) on a machine as a user has it: no JAX_PLATFORMS,
+  libtpu installed (the test extra). No library log line, no libtpu probing."""
+  import subprocess
+  env = {k: v for k, v in os.environ.items() if k not in ('JAX_PLATFORMS', 'XLA_FLAGS')}
+  result = subprocess.run(
+      [sys.executable, '-m', 'transformer_jax.train', '--config=configs/default.py',
+       f'--workdir={tmp_path / "work"}', f'--config.data.tfds_dir={tmp_path / "tfds"}',
+       '--config.train.num_steps=2', '--config.train.log_every=1'],
+      cwd=repo, env=env, capture_output=True, text=True, timeout=900)
+  assert result.returncode == 0, result.stderr
+  assert result.stderr.splitlines() == [
+      f'preparing the synthetic dataset in {tmp_path / "tfds" / "synthetic" / "1.0.0"} '
+      '(once; later runs reuse it)']
+  ours = re.compile(r'^(step \d+/2 |eval step 2 |\{"final")')
+  assert all(ours.match(line) for line in result.stdout.splitlines()), result.stdout

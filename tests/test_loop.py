@@ -113,7 +113,7 @@ def test_batch_not_divisible_by_data_parallel_size(tiny_config, tmp_path):
 def test_non_finite_loss_stops_without_saving(tiny_config, saved_params, workdir):
   config = tiny_config(num_steps=8, learning_rate=1e30)  # diverges at once
   with pytest.raises(UserError, match=r'Non-finite loss or gradient within steps (7|8)\.\.\1; .*'
-                                      r'Last good checkpoint: step 6 in '):
+                                      r'Newest verified checkpoint: step 6; a rerun'):
     train(config, str(workdir))
   assert checkpoint_lib.Checkpoints(str(workdir), config).steps() == [2, 4, 6]
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(saved_params(workdir, config, 6)))

@@ -1,6 +1,8 @@
 """The `translate` command: stdin or files in, translations out in input order, empty
 lines kept; its flags; and each bad input is one clear error."""
 import os
+import re
+import shutil
 
 import pytest
 
@@ -106,3 +108,26 @@ def test_very_long_line_is_truncated_with_a_warning(command_process, trained):
   assert result.code == 0, result.err
   assert 'line 2 has' in result.err and 'translating its first 19' in result.err
   assert len(result.out.split('\n')) == 3
+
+
+def test_a_damaged_checkpoint_is_never_translated_with(command, briefly_trained, tmp_path,
+                                                       damage_arrays):
+  """--step of a step that fails verification: one line. Without --step: the newest step
+  that verifies, with a warning; the damaged one is moved aside."""
+  workdir = tmp_path / 'work'
+  shutil.copytree(briefly_trained, workdir)
+  damage_arrays(workdir / 'checkpoints' / '6')
+  refused = command(translate, f'--workdir={workdir}', '--step=6', stdin=b'x\n')
+  assert refused.code == 2 and len(refused.err.strip().splitlines()) == 1, refused.err
+  assert 'step 6' in refused.err and 'failed verification' in refused.err
+  assert 'choose another --step' in refused.err
+  assert not (workdir / 'checkpoints' / '6').exists()
+  assert len(list((workdir / 'quarantine').iterdir())) == 1
+  fallback = command(translate, f'--workdir={workdir}', '--decode=greedy', stdin=b'x\n')
+  assert fallback.code == 0 and fallback.out.count('\n') == 1
+  damage_arrays(workdir / 'checkpoints' / '4')
+  newest = command(translate, f'--workdir={workdir}', '--decode=greedy', stdin=b'x\n')
+  assert newest.code == 0, newest.err
+  assert re.search(r'warning: The checkpoint at step 4 .* failed verification: .* trying '
+                   'the one before', newest.err)
+  assert sorted(int(p) for p in os.listdir(workdir / 'checkpoints') if p.isdigit()) == [2]

@@ -5,7 +5,14 @@ sharded arrays written by every host), `data` (the training stream's position: t
 on every host, so a run resumes on any number of hosts) and `meta` (the config and the
 SentencePiece model, so a checkpoint directory is self-contained). Orbax writes into a
 temporary directory and renames it when complete, so a checkpoint half-written by a kill
-is never listed, never loaded. Restoring takes the target shardings, so a checkpoint
+is never listed, never loaded.
+
+Nothing is loaded unverified: `meta` carries a checksum of every array's values, taken
+in memory before the save (`checksum.py`), of the data position, and of itself. After a
+restore the values are checksummed again; a step that is unreadable or does not match is
+a `CorruptCheckpoint`, moved aside to DIR/quarantine (so neither "latest" nor Orbax's
+save schedule counts it), and the commands fall back to the newest step that verifies.
+Restoring takes the target shardings, so a checkpoint
 restores onto any mesh. `average` writes the mean of
 the last N checkpoints' parameters as a checkpoint of its own, under WORKDIR/averaged.
 """
@@ -13,7 +20,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
+import time
 
 import jax
 import jax.numpy as jnp
@@ -21,12 +30,13 @@ import orbax.checkpoint as ocp
 from ml_collections import ConfigDict
 
 from transformer_jax import config as config_lib
-from transformer_jax import distributed, files, sharding
+from transformer_jax import checksum, distributed, files, sharding
 from transformer_jax.data import tokenizer as tokenizer_lib
 from transformer_jax.errors import UserError
 from transformer_jax.steps import build
 
 CHECKPOINT_DIR = 'checkpoints'
+QUARANTINE_DIR = 'quarantine'  # beside CHECKPOINT_DIR: steps that failed verification
 AVERAGED_DIR = 'averaged'  # `average` writes its checkpoint under WORKDIR/averaged
 MODEL_SHAPE_KEYS = ('vocab_size', 'd_model', 'num_heads', 'd_ff', 'num_encoder_layers',
                     'num_decoder_layers', 'share_embeddings', 'tie_output_embedding',
@@ -42,6 +52,25 @@ def vocab_fingerprint(vocab_path: str) -> tuple[str, str]:
   """(sha256, base64) of a vocabulary file: what a checkpoint stores to identify it."""
   data = files.path(vocab_path).read_bytes()
   return hashlib.sha256(data).hexdigest(), base64.b64encode(data).decode('ascii')
+
+
+class CorruptCheckpoint(UserError):
+  """A checkpoint step that is unreadable or whose values differ from its checksums."""
+
+  def __init__(self, step: int, directory, reason: str):
+    super().__init__(f'The checkpoint at step {step} in {directory} failed verification: '
+                     f'{reason}.')
+    self.step, self.reason = step, reason
+
+
+def _json_sha256(value) -> str:
+  """The sha256 of a JSON value as it reads back (tuples become lists), keys sorted."""
+  text = json.dumps(json.loads(json.dumps(value)), sort_keys=True)
+  return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _first_line(error: Exception) -> str:
+  return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
 
 
 class Checkpoints:
@@ -64,6 +93,7 @@ class Checkpoints:
     self._manager = ocp.CheckpointManager(self.directory, options=options,
                                           item_names=('state', 'data', 'meta'))
     self.config = config
+    self._unverified_noticed = False
 
   def steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
@@ -75,10 +105,15 @@ class Checkpoints:
            metrics: dict | None = None) -> None:
     """Start an asynchronous save; training continues while it is written."""
     sha, model = vocab_fingerprint(vocab_path)
-    meta = {'config': self.config.to_dict(), 'vocab_sha256': sha, 'vocab_model': model}
-    items = dict(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+    meta = {'config': self.config.to_dict(), 'vocab_sha256': sha, 'vocab_model': model,
+            'checksums': checksum.checksums(state)}  # of the values in memory, now
+    items = dict(state=ocp.args.StandardSave(state))
     if data_iterator is not None:  # (epoch, position): the same on every process
-      items['data'] = ocp.args.JsonSave(data_iterator.get_state())
+      data = data_iterator.get_state()
+      meta['data_sha256'] = _json_sha256(data)
+      items['data'] = ocp.args.JsonSave(data)
+    meta['meta_sha256'] = _json_sha256(meta)
+    items['meta'] = ocp.args.JsonSave(meta)  # one commit with the arrays: no window
     self._manager.save(step, force=force, metrics=metrics,
                        args=ocp.args.Composite(**items))
 
@@ -89,12 +124,84 @@ class Checkpoints:
     self._manager.wait_until_finished()
 
   def meta(self, step: int) -> dict:
-    return self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+    """The step's config, vocabulary and checksums, verified (CorruptCheckpoint if not)."""
+    try:
+      meta = self._manager.restore(
+          step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+      saved = meta.pop('meta_sha256', None)
+    except Exception as e:  # noqa: BLE001 (a missing item, bad JSON, a storage error)
+      raise CorruptCheckpoint(step, self.directory,
+                              f'its meta item is unreadable ({_first_line(e)})') from None
+    if saved is not None and saved != _json_sha256(meta):
+      raise CorruptCheckpoint(step, self.directory, 'its meta item (config, vocabulary, '
+                              'checksums) does not match its checksum')
+    return meta
+
+  def _verify(self, step: int, meta: dict, tree, prefix: str = '') -> None:
+    """Raise CorruptCheckpoint unless `tree`'s values match the checksums in `meta`."""
+    if 'checksums' not in meta:  # written before checkpoints carried checksums
+      if not self._unverified_noticed:
+        distributed.warn(f'the checkpoints in {self.directory} were written before '
+                         'checkpoints carried checksums: loaded without verification.')
+        self._unverified_noticed = True
+      return
+    bad = checksum.mismatches(tree, meta['checksums'], prefix)
+    if bad:
+      raise CorruptCheckpoint(step, self.directory, f'{len(bad)} of its arrays differ from '
+                              f'their checksums ({", ".join(bad[:3])}{", ..." if bad[3:] else ""})')
+
+  def _read(self, step: int, read):
+    """`read()`'s result, or CorruptCheckpoint on every process if any process failed
+    (all of them must go on to the same collectives, or none)."""
+    try:
+      result, reason = read(), None
+    except CorruptCheckpoint as e:
+      result, reason = None, e.reason
+    except Exception as e:  # noqa: BLE001 (TensorStore and Orbax raise many types)
+      result, reason = None, f'it could not be read ({_first_line(e)})'
+    if not distributed.all_true(reason is None):
+      raise CorruptCheckpoint(step, self.directory, reason or 'another process could not '
+                              'read it')
+    return result
+
+  def quarantine(self, step: int) -> str:
+    """Move a step that failed verification aside, out of Orbax's sight; where to."""
+    target = (self.directory.parent / QUARANTINE_DIR /
+              f'{self.directory.name}-{step}-{time.strftime("%Y%m%d-%H%M%S")}')
+
+    def move(first: bool) -> None:
+      if first:
+        try:
+          target.parent.mkdir(parents=True, exist_ok=True)
+          (self.directory / str(step)).rename(target)
+        except Exception as e:  # noqa: BLE001 (read-only storage: skip it, leave it)
+          distributed.warn(f'could not move it aside ({_first_line(e)}).')
+    distributed.once(f'quarantine checkpoint {step}', move, timeout_s=600)
+    self._manager.reload()
+    return str(target)
+
+  def restore_newest(self, restore_step, steps=None):
+    """(step, `restore_step(step)`) of the newest step that verifies, quarantining each
+    newer one with a warning; (None, None) if none does."""
+    for step in reversed(steps or self.steps()):
+      try:
+        return step, restore_step(step)
+      except CorruptCheckpoint as e:
+        distributed.warn(f'{e} Moved it to {self.quarantine(step)}; trying the one before.')
+    return None, None
+
+  def newest_verified(self, abstract_state) -> int | None:
+    """The newest step whose every array verifies (restored in full to check)."""
+    self.wait()
+    return self.restore_newest(lambda step: self.restore(step, abstract_state))[0]
 
   def check_compatible(self, step: int, vocab_path: str) -> None:
     """Refuse a checkpoint from another model shape, vocabulary or training data, naming
     the fix."""
-    meta = self.meta(step)
+    try:
+      meta = self.meta(step)
+    except CorruptCheckpoint:
+      return  # not this step's to judge: restoring quarantines it and falls back
     where = f'The checkpoint at step {step} in {self.directory}'
     if self.per_process_data_state(step):
       raise UserError(f'{where} holds the data position of an earlier input pipeline '
@@ -125,7 +232,17 @@ class Checkpoints:
     items = {'state': ocp.args.StandardRestore(abstract_state)}
     if data_iterator is not None:
       items['data'] = ocp.args.JsonRestore()
-    restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+
+    def read():
+      meta = self.meta(step)
+      restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+      if (data_iterator is not None and 'data_sha256' in meta
+          and _json_sha256(restored['data']) != meta['data_sha256']):
+        raise CorruptCheckpoint(step, self.directory, 'its data position does not match '
+                                'its checksum')
+      return meta, restored
+    meta, restored = self._read(step, read)
+    self._verify(step, meta, restored['state'])  # the same verdict on every process
     if data_iterator is not None:
       data_iterator.set_state(restored['data'])
     return restored['state']
@@ -140,10 +257,16 @@ class Checkpoints:
     # and this one (PyTree, partial) is not the one `save` and `restore` use (Standard).
     reader = ocp.CheckpointManager(self.directory, item_names=('state',),
                                    options=ocp.CheckpointManagerOptions(read_only=True))
+
+    def read():
+      meta = self.meta(step)
+      return meta, reader.restore(step, args=ocp.args.Composite(state=args))['state']['params']
     try:
-      return reader.restore(step, args=ocp.args.Composite(state=args))['state']['params']
+      meta, params = self._read(step, read)
     finally:
       reader.close()
+    self._verify(step, meta, params, prefix='params/')
+    return params
 
   def close(self) -> None:
     self._manager.wait_until_finished()

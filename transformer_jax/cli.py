@@ -2,6 +2,7 @@
 errors, progress lines, and the `transformer-jax COMMAND ...` console script."""
 from __future__ import annotations
 
+import glob
 import math
 import os
 import runpy
@@ -103,6 +104,17 @@ def _parse_flags(argv):
     _fail(str(e))
 
 
+def _quiet_platforms() -> None:
+  """Off a TPU VM, do not let JAX probe for a TPU: with libtpu installed (the tpu and test
+  extras) the probe prints screens of initialization errors before falling back to the
+  CPU. An explicit JAX_PLATFORMS, a GPU, or --verbosity keeps JAX's own choice; `aot`
+  compiles for TPU topologies without a TPU backend."""
+  tpu = glob.glob('/dev/accel*') or glob.glob('/dev/vfio/[0-9]*')
+  if not ('JAX_PLATFORMS' in os.environ or flags.FLAGS['verbosity'].present or tpu
+          or glob.glob('/dev/nvidia[0-9]*')):
+    jax.config.update('jax_platforms', 'cpu')
+
+
 def run(main):
   """absl's app.run, but a UserError prints one line (no traceback) and exits 2.
 
@@ -110,9 +122,11 @@ def run(main):
   slice, the same command runs on every worker."""
   def guarded(argv):
     if not flags.FLAGS['verbosity'].present:
-      # Orbax, TFDS and JAX are chatty at INFO (`--verbosity=0` shows it); absl's app.run
-      # turns INFO on by itself, so its flag's "default" cannot tell.
-      logging.set_verbosity(logging.WARNING)
+      # Orbax, TFDS and JAX are chatty at INFO and WARNING (`--verbosity=0` shows it); our
+      # own warnings are printed lines. absl's app.run turns INFO on by itself, so its
+      # flag's "default" cannot tell.
+      logging.set_verbosity(logging.ERROR)
+    _quiet_platforms()
     use_compilation_cache(COMPILATION_CACHE.value)
     try:
       distributed.initialize()

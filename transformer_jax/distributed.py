@@ -6,6 +6,7 @@ one-time job while the others wait, and gathers results onto every process.
 from __future__ import annotations
 
 import os
+import sys
 from typing import Callable, TypeVar
 
 import jax
@@ -53,6 +54,19 @@ def say(text: str) -> None:
   """A console line, printed once per run (by process 0)."""
   if is_writer():
     print(text, flush=True)
+
+
+def warn(text: str) -> None:
+  """A warning line on stderr, printed once per run (by process 0)."""
+  if is_writer():
+    print(f'warning: {text}', file=sys.stderr, flush=True)
+
+
+def all_true(flag: bool) -> bool:
+  """Whether `flag` holds on every process (a collective: all processes must call it)."""
+  if jax.process_count() == 1:
+    return flag
+  return bool(np.all(multihost_utils.process_allgather(np.asarray(flag))))
 
 
 def barrier(what: str, timeout_s: float) -> None:

@@ -39,19 +39,35 @@ class Restored:
 
 
 def restore(workdir: str, step: int | None = None, averaged: bool = False) -> Restored:
-  """The latest (or `step`'s, or the averaged) checkpoint's model on this machine.
+  """The newest verified (or `step`'s, or the averaged) checkpoint's model on this machine.
 
   Only the parameters are read: the optimizer state (twice their size) is neither
-  loaded nor needed, so a damaged optimizer state does not stop translation."""
+  loaded nor needed, so a damaged optimizer state does not stop translation. A step that
+  fails verification is moved aside: without `step`, the one before is tried."""
   root = checkpoint_lib.checkpoint_root(workdir, averaged)
   probe = checkpoint_lib.Checkpoints(root, config_lib.defaults(), async_save=False)
   steps = probe.steps()
   if not steps:
     raise UserError(f'{probe.directory} holds no complete checkpoint.')
-  step = steps[-1] if step is None else step
-  if step not in steps:
+  if step is not None and step not in steps:
     raise UserError(f'No checkpoint at step {step} in {probe.directory}; there are: '
                     f'{", ".join(map(str, steps))}.')
+  try:
+    if step is not None:
+      return _restore_step(workdir, probe, step)
+    found, restored = probe.restore_newest(lambda s: _restore_step(workdir, probe, s), steps)
+  except checkpoint_lib.CorruptCheckpoint as e:  # the --step the user named
+    raise UserError(f'{e} Moved it to {probe.quarantine(step)}; choose another --step, or '
+                    'omit it for the newest verified one.') from None
+  finally:
+    probe.close()
+  if found is None:
+    raise UserError(f'No checkpoint in {probe.directory} passed verification (each was '
+                    f'moved to {checkpoint_lib.QUARANTINE_DIR}/ beside it); train again.')
+  return restored
+
+
+def _restore_step(workdir: str, probe, step: int) -> Restored:
   meta = probe.meta(step)
   config = config_lib.from_checkpoint(meta['config'])
   config.mesh.update(dict(data=-1, fsdp=1, tensor=1))  # whatever devices this machine has
@@ -59,7 +75,6 @@ def restore(workdir: str, step: int | None = None, averaged: bool = False) -> Re
   mesh = sharding.make_mesh(config.mesh)
   setup = build(config, mesh)
   params = probe.restore_params(step, setup.abstract_state.params)
-  probe.close()
   return Restored(config, tokenizer, nnx.merge(setup.graphdef, params), mesh, step)
 
 

@@ -98,12 +98,14 @@ def _validation_split(config, tokenizer):
   return pipeline.TokenizedSplit(source, config.data, tokenizer)
 
 
-def restore_or_init(setup, checkpoints, data_iterator):
-  """The latest checkpoint (state and data position), or a fresh state."""
-  step = checkpoints.latest_step()
+def restore_or_init(setup, checkpoints, data_iterator, vocab_path):
+  """The newest checkpoint that verifies (state and data position), or a fresh state."""
+  def restore(step):
+    checkpoints.check_compatible(step, vocab_path)  # a mismatch stops, never quarantines
+    return checkpoints.restore(step, setup.abstract_state, data_iterator)
+  step, state = checkpoints.restore_newest(restore)
   if step is None:
     return init_state(setup)
-  state = checkpoints.restore(step, setup.abstract_state, data_iterator)
   distributed.say(f'resumed from the checkpoint at step {step} in {checkpoints.directory}')
   return state
 
@@ -125,7 +127,7 @@ def train(config: ConfigDict, workdir: str) -> dict:
   store = pipeline.training_store(config, workdir, tokenizer)
   eval_split = _validation_split(config, tokenizer)
   stream = pipeline.train_stream(config, store, tokenizer)
-  state = restore_or_init(setup, checkpoints, stream)
+  state = restore_or_init(setup, checkpoints, stream, tokenizer.path)
   batches = Prefetch(stream, config.data.prefetch)  # from the restored position
   step = int(state.step)
   t = config.train
@@ -148,8 +150,9 @@ def train(config: ConfigDict, workdir: str) -> dict:
       checkpoint_due = step % t.checkpoint_every == 0 or step == t.num_steps or preempted
       if step % t.log_every == 0 or checkpoint_due:
         input_wait = waited / max(time.perf_counter() - interval_start, 1e-9)
-        last = {**_log_interval(reporter, step, history, checkpoints, t.skip_nonfinite,
-                                input_wait), 'step': step}
+        last = {**_log_interval(reporter, step, history, t.skip_nonfinite, input_wait,
+                                lambda: checkpoints.newest_verified(setup.abstract_state)),
+                'step': step}
         history, waited, interval_start = [], 0.0, None
       if eval_split is not None and ((t.eval_every and step % t.eval_every == 0)
                                      or step == t.num_steps):
@@ -177,17 +180,19 @@ def train(config: ConfigDict, workdir: str) -> dict:
   return last
 
 
-def _log_interval(reporter, step, history, checkpoints, skip_nonfinite, input_wait) -> dict:
+def _log_interval(reporter, step, history, skip_nonfinite, input_wait, newest_verified
+                  ) -> dict:
   """Log the steps since the last line; stop on a non-finite loss unless told to skip.
-  `input_wait`: the fraction of the interval the loop waited for the next batch."""
+  `input_wait`: the fraction of the interval the loop waited for the next batch;
+  `newest_verified()`: the step a rerun would resume from."""
   sums = metrics_lib.device_sums(history)
   bad = int(len(history) - sums.pop('finite'))
   if bad and not skip_nonfinite:
-    good = checkpoints.latest_step()
+    good = newest_verified()
     raise UserError(
         f'Non-finite loss or gradient within steps {step - len(history) + 1}..{step}; '
-        f'stopped without saving (the update was not applied). Last good checkpoint: '
-        f'{"step " + str(good) if good is not None else "none"} in {checkpoints.directory}. '
+        f'stopped without saving (the update was not applied). Newest verified checkpoint: '
+        f'{"step " + str(good) if good is not None else "none"}; a rerun resumes there. '
         'Lower train.learning_rate, set train.clip_grad_norm, or set '
         'train.skip_nonfinite=True to skip such updates.')
   extra = {'learning_rate': float(jax.device_get(history[-1]['learning_rate'])),

@@ -12,6 +12,7 @@ import contextlib
 import gzip
 import hashlib
 import importlib.util
+import io
 import itertools
 import os
 import socket
@@ -211,7 +212,9 @@ def builder(data: ConfigDict) -> tfds.core.DatasetBuilder:
     b = _catalog_builder(data.name, data.tfds_dir)
   if not b.is_prepared():
     _spill_without_tensorflow()
-    with contextlib.redirect_stdout(sys.stderr):  # stdout may carry translations or JSON
+    print(f'preparing the {data.name} dataset in {b.data_dir} (once; later runs reuse it)',
+          file=sys.stderr, flush=True)  # stdout may carry translations or JSON
+    with contextlib.redirect_stdout(io.StringIO()):  # TFDS's own banners
       b.download_and_prepare()
   return b
 

@@ -87,6 +87,29 @@ def test_a_run_resumes_on_another_number_of_processes(repo, synthetic, tmp_path)
     assert losses[6:] != losses[:6]
 
 
+def test_two_processes_agree_on_a_damaged_checkpoint(repo, synthetic, tmp_path, damage_arrays):
+  """Written by 2 processes, the newest step damaged: both find it fails verification,
+  process 0 moves it aside, both resume from the step before, and training goes on to
+  the same losses (steps 5-8 again) and saves past it."""
+  flags = [*TINY, *(f'--config.data.{k}={v}' for k, v in synthetic.data.items()),
+           f'--config.data.vocab_path={synthetic.vocab}', '--config.train.checkpoint_every=4',
+           '--config.mesh.data=1', '--config.mesh.fsdp=-1']  # each process its own shards
+  workdir = tmp_path / 'run'
+  run(repo, tmp_path, ['train', f'--workdir={workdir}', *flags, '--config.train.num_steps=8'],
+      processes=2, devices=2)
+  first = [r['loss'] for r in metrics_lib.read(str(workdir))]
+  damage_arrays(workdir / 'checkpoints' / '8')
+  results = run(repo, tmp_path, ['train', f'--workdir={workdir}', *flags,
+                                 '--config.train.num_steps=12'], processes=2, devices=2)
+  assert 'step 8 in' in results[0].err and 'failed verification' in results[0].err
+  assert 'resumed from the checkpoint at step 4 ' in results[0].out
+  assert [p.name.split('-')[1] for p in (workdir / 'quarantine').iterdir()] == ['8']
+  losses = [r['loss'] for r in metrics_lib.read(str(workdir))]
+  assert len(losses) == 12 and losses[4:8] == first[4:8]  # exactly
+  assert sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir()
+                if p.name.isdigit())[-2:] == [8, 12]
+
+
 @pytest.fixture(scope='module')
 def test_files(trained, tmp_path_factory):
   """The first 48 test pairs of the trained model's corpus, as --src / --ref files."""

@@ -119,6 +119,16 @@ def test_non_finite_loss_stops_without_saving(tiny_config, saved_params, workdir
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(saved_params(workdir, config, 6)))
 
 
+def test_non_finite_stop_names_the_newest_checkpoint_that_verifies(tiny_config, workdir,
+                                                                 damage_arrays, capsys):
+  """Step 6 damaged: the run falls back to 4, diverges, and names 4, not 6."""
+  damage_arrays(workdir / 'checkpoints' / '6')
+  config = tiny_config(num_steps=8, learning_rate=1e30)
+  with pytest.raises(UserError, match=r'Newest verified checkpoint: step 4; a rerun resumes'):
+    train(config, str(workdir))
+  assert 'step 6 in' in capsys.readouterr().err
+
+
 def test_non_finite_updates_can_be_skipped(tiny_config, saved_params, workdir):
   config = tiny_config(num_steps=9, checkpoint_every=9, learning_rate=1e30,
                        skip_nonfinite=True)

@@ -188,3 +188,42 @@ def test_an_error_found_after_the_workdir_check_leaves_no_empty_workdir(command,
                    f'--workdir={workdir}', '--config.data.batch_size=12')
   assert result.code == 2 and 'data-parallel size' in result.err
   assert not workdir.exists()
+
+
+@pytest.mark.slow
+def test_chaos_kills_and_a_damaged_checkpoint_end_bitwise_equal(tiny_config, saved_params, repo,
+                                                               tmp_path, damage_arrays):
+  """SIGKILL at seeded random moments (compiling, stepping, saving), then a damaged newest
+  checkpoint: the run resumes from the newest step that verifies and ends exactly where an
+  uninterrupted run does."""
+  flags = overrides(tiny_config(), num_steps=16, checkpoint_every=2, keep_checkpoints=8)
+  uninterrupted, chaos = tmp_path / 'a', tmp_path / 'b'
+  code, _, err = run_train(repo, uninterrupted, *flags)
+  assert code == 0, err
+  rng = np.random.default_rng(2026)
+  process = start_train(repo, chaos, *flags)
+  time.sleep(rng.uniform(0.5, 3.0))  # while importing or compiling
+  process.kill()
+  process.communicate()
+  for target in sorted(rng.choice(np.arange(2, 15), 3, replace=False)):
+    process = start_train(repo, chaos, *flags)
+    wait_for_step(chaos, target, process)
+    time.sleep(rng.uniform(0.0, 0.3))  # stepping or saving
+    process.kill()
+    process.communicate()
+  steps = sorted(int(p.name) for p in (chaos / 'checkpoints').iterdir() if p.name.isdigit())
+  assert steps and steps[-1] < 16, steps  # the kills left the run unfinished
+  damage_arrays(chaos / 'checkpoints' / str(steps[-1]))
+  code, out, err = run_train(repo, chaos, *flags)
+  assert code == 0, err
+  assert f'step {steps[-1]} in' in err and 'failed verification' in err
+  resumed_from = steps[-2] if len(steps) > 1 else None
+  if resumed_from:
+    assert f'resumed from the checkpoint at step {resumed_from} ' in out
+  a, b = metrics_lib.read(str(uninterrupted)), metrics_lib.read(str(chaos))
+  assert [r['step'] for r in b] == list(range(1, 17))
+  assert [r['loss'] for r in a] == [r['loss'] for r in b]  # exactly
+  config = tiny_config()
+  for x, y in zip(jax.tree.leaves(saved_params(uninterrupted, config, 16)),
+                  jax.tree.leaves(saved_params(chaos, config, 16)), strict=True):
+    np.testing.assert_array_equal(x, y)

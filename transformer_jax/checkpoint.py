@@ -19,10 +19,12 @@ the last N checkpoints' parameters as a checkpoint of its own, under WORKDIR/ave
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import json
 import os
 import time
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -73,6 +75,27 @@ def _first_line(error: Exception) -> str:
   return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
 
 
+class _MetaHandler(ocp.JsonCheckpointHandler):
+  """Orbax's JSON item, whose value may be a function called when the item is written,
+  in Orbax's background commit: the checksums of a save are computed on the devices while
+  Orbax writes its arrays, and still land in the same commit."""
+
+  async def _save_fn(self, x, directory):
+    await super()._save_fn(x() if callable(x) else x, directory)
+
+
+@ocp.args.register_with_handler(_MetaHandler, for_save=True)
+@dataclasses.dataclass
+class _MetaSave(ocp.args.CheckpointArgs):
+  item: Any  # a JSON dict, or a function returning one
+
+
+@ocp.args.register_with_handler(_MetaHandler, for_restore=True)
+@dataclasses.dataclass
+class _MetaRestore(ocp.args.CheckpointArgs):
+  item: Any = None
+
+
 class Checkpoints:
   """The workdir's checkpoints: save every N steps (async), keep the last N, restore."""
 
@@ -105,15 +128,18 @@ class Checkpoints:
            metrics: dict | None = None) -> None:
     """Start an asynchronous save; training continues while it is written."""
     sha, model = vocab_fingerprint(vocab_path)
-    meta = {'config': self.config.to_dict(), 'vocab_sha256': sha, 'vocab_model': model,
-            'checksums': checksum.checksums(state)}  # of the values in memory, now
+    meta = {'config': self.config.to_dict(), 'vocab_sha256': sha, 'vocab_model': model}
+    lanes = checksum.start(state)  # of the values in memory now; read before any update
     items = dict(state=ocp.args.StandardSave(state))
     if data_iterator is not None:  # (epoch, position): the same on every process
       data = data_iterator.get_state()
       meta['data_sha256'] = _json_sha256(data)
       items['data'] = ocp.args.JsonSave(data)
-    meta['meta_sha256'] = _json_sha256(meta)
-    items['meta'] = ocp.args.JsonSave(meta)  # one commit with the arrays: no window
+
+    def finished_meta() -> dict:  # in the background, while the arrays are written
+      done = {**meta, 'checksums': checksum.digests(lanes)}
+      return {**done, 'meta_sha256': _json_sha256(done)}
+    items['meta'] = _MetaSave(finished_meta)  # one commit with the arrays: no window
     self._manager.save(step, force=force, metrics=metrics,
                        args=ocp.args.Composite(**items))
 
@@ -127,11 +153,14 @@ class Checkpoints:
     """The step's config, vocabulary and checksums, verified (CorruptCheckpoint if not)."""
     try:
       meta = self._manager.restore(
-          step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
-      saved = meta.pop('meta_sha256', None)
+          step, args=ocp.args.Composite(meta=_MetaRestore()))['meta']
     except Exception as e:  # noqa: BLE001 (a missing item, bad JSON, a storage error)
       raise CorruptCheckpoint(step, self.directory,
                               f'its meta item is unreadable ({_first_line(e)})') from None
+    return self._checked_meta(step, meta)
+
+  def _checked_meta(self, step: int, meta) -> dict:
+    saved = meta.pop('meta_sha256', None) if isinstance(meta, dict) else ''
     if saved is not None and saved != _json_sha256(meta):
       raise CorruptCheckpoint(step, self.directory, 'its meta item (config, vocabulary, '
                               'checksums) does not match its checksum')
@@ -229,13 +258,14 @@ class Checkpoints:
   def restore(self, step: int, abstract_state, data_iterator=None):
     """The state at `step`, placed as `abstract_state`'s shardings say (any mesh);
     `data_iterator`, if given, is moved to where it was when the checkpoint was saved."""
-    items = {'state': ocp.args.StandardRestore(abstract_state)}
+    items = {'state': ocp.args.StandardRestore(abstract_state),
+             'meta': _MetaRestore()}  # in one call: no second round trip
     if data_iterator is not None:
       items['data'] = ocp.args.JsonRestore()
 
     def read():
-      meta = self.meta(step)
       restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+      meta = self._checked_meta(step, restored['meta'])
       if (data_iterator is not None and 'data_sha256' in meta
           and _json_sha256(restored['data']) != meta['data_sha256']):
         raise CorruptCheckpoint(step, self.directory, 'its data position does not match '

@@ -7,9 +7,11 @@ for whatever the disk returned. This one is computed on the devices from the arr
 themselves, before the save, and again on the restored arrays, whatever mesh or number
 of processes either side had: each element's bits are mixed with its global index and
 summed modulo 2**32 (integer sums are exact, so the order of the reduction over shards
-and processes does not matter). Two lanes, 64 bits in all: any change to one element
-always changes both (each lane's per-element term is a bijection of the element's bits);
-other changes go unseen with a probability of about 2**-64.
+and processes does not matter). Two lanes, 64 bits in all: h = fmix32(bits ^ index * phi)
+summed, and h * (h | 1) summed. h is a bijection of the element's bits, so any change to
+one element always changes the first lane; other changes go unseen with a probability of
+about 2**-64. Cost on a 2-core CPU: ~50 ms for the 23M elements of the cpu-small train
+state (bench/checkpoint_io.py).
 """
 from __future__ import annotations
 
@@ -56,12 +58,11 @@ def _flat_index(shape) -> jax.Array:
 
 
 def _lanes(x: jax.Array) -> jax.Array:
-  """(2,) uint32: sum of fmix32(word ^ index * golden), sum of word * (2 * index + 1)."""
+  """(2,) uint32: the sums of h and of h * (h | 1), h = fmix32(word ^ index * golden)."""
   words = _words(x)
-  index = _flat_index(words.shape)
-  a = jnp.sum(_fmix32(words ^ (index * _GOLDEN)), dtype=jnp.uint32)
-  b = jnp.sum(words * (2 * index + 1), dtype=jnp.uint32)  # an odd factor: a bijection
-  return jnp.stack([a, b])
+  h = _fmix32(words ^ (_flat_index(words.shape) * _GOLDEN))
+  return jnp.stack([jnp.sum(h, dtype=jnp.uint32),
+                    jnp.sum(h * (h | np.uint32(1)), dtype=jnp.uint32)])
 
 
 def path_name(path) -> str:
@@ -80,10 +81,20 @@ def _all_lanes(tree):
   return jax.tree.map(_lanes, tree)
 
 
+def start(tree):
+  """Start computing `tree`'s checksums on its devices; returns at once (`digests` waits).
+  A collective: every process of a multi-process run calls it with its shards of the same
+  global arrays. Later updates that donate the arrays wait for it to read them."""
+  return _all_lanes(tree)
+
+
 def checksums(tree) -> dict[str, str]:
-  """{path: 16 hex digits} for every array of `tree` (a collective: every process of a
-  multi-process run calls it with its shards of the same global arrays)."""
-  lanes = _all_lanes(tree)
+  """{path: 16 hex digits} for every array of `tree` (a collective, as `start`)."""
+  return digests(start(tree))
+
+
+def digests(lanes) -> dict[str, str]:
+  """{path: 16 hex digits} of what `start` computes (waits for it)."""
   out = {}
   for path, value in jax.tree_util.tree_flatten_with_path(lanes)[0]:
     a, b = np.asarray(value.addressable_shards[0].data)  # replicated on every device

@@ -4,8 +4,8 @@ prints JSON.
 What verification costs: `transformer_jax.checkpoint.Checkpoints` (checksums of every
 array's values taken before the save, verified after the restore) against Orbax doing
 the same save and restore without them (the reference, measured in the same run on the
-same state, each repeat alternating which goes first). Save is timed to completion (the save and its wait);
-the part that blocks training (the checksum and Orbax's copy to host) is reported too.
+same state, each repeat alternating which goes first). Save is timed to completion (the
+save and its wait); the part that blocks training is reported too.
 
   python bench/checkpoint_io.py [--repeats=7] [--dir=DIR] [--record=FILE]
 """

@@ -89,14 +89,15 @@ def test_translate_ids_uses_beam_search_by_default(briefly_trained):
   assert ours == expected
 
 
-def test_encode_sources_appends_eos_and_truncates_long_lines(briefly_trained, caplog):
+def test_encode_sources_appends_eos_and_truncates_long_lines(briefly_trained, capsys):
   tokenizer = inference.restore(str(briefly_trained)).tokenizer
   long_line = ' '.join(['the dog sees the cat'] * 10)
   sources = inference.encode_sources(tokenizer, ['The dog sleeps.', '', long_line], 12)
   assert sources[0][-1] == EOS_ID and sources[0][:-1] == tokenizer.encode('The dog sleeps.')
   assert sources[1] == []
   assert len(sources[2]) == 12 and sources[2][-1] == EOS_ID
-  assert 'line 3 has' in caplog.text and 'translating its first 11' in caplog.text
+  err = capsys.readouterr().err
+  assert 'warning: line 3 has' in err and 'translating its first 11' in err
 
 
 @pytest.mark.parametrize('changes, message', [

@@ -137,7 +137,8 @@ class Checkpoints:
       items['data'] = ocp.args.JsonSave(data)
 
     def finished_meta() -> dict:  # in the background, while the arrays are written
-      done = {**meta, 'checksums': checksum.digests(lanes)}
+      done = {**meta, 'checksums': checksum.digests(lanes),
+              'checksum_algorithm': checksum.ALGORITHM}
       return {**done, 'meta_sha256': _json_sha256(done)}
     items['meta'] = _MetaSave(finished_meta)  # one commit with the arrays: no window
     self._manager.save(step, force=force, metrics=metrics,
@@ -168,10 +169,13 @@ class Checkpoints:
 
   def _verify(self, step: int, meta: dict, tree, prefix: str = '') -> None:
     """Raise CorruptCheckpoint unless `tree`'s values match the checksums in `meta`."""
-    if 'checksums' not in meta:  # written before checkpoints carried checksums
+    algorithm = meta.get('checksum_algorithm')
+    if algorithm != checksum.ALGORITHM:  # written before checksums, or by another version
       if not self._unverified_noticed:
-        distributed.warn(f'the checkpoints in {self.directory} were written before '
-                         'checkpoints carried checksums: loaded without verification.')
+        why = (f'carry checksums of another algorithm ({algorithm})' if algorithm else
+               'were written before checkpoints carried checksums')
+        distributed.warn(f'the checkpoints in {self.directory} {why}: loaded without '
+                         'verification.')
         self._unverified_noticed = True
       return
     bad = checksum.mismatches(tree, meta['checksums'], prefix)

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+ALGORITHM = 'fmix32-index-sum2/1'  # stored beside the checksums: change it with the code
 _GOLDEN = np.uint32(0x9E3779B9)  # 2**32 / phi: spreads consecutive indices apart
 
 

@@ -12,7 +12,6 @@ import os
 
 import jax
 import numpy as np
-from absl import logging
 from flax import nnx
 from ml_collections import ConfigDict
 
@@ -125,8 +124,8 @@ def encode_sources(tokenizer: Tokenizer, lines: list[str], max_input_len: int) -
   sources = []
   for number, ids in enumerate(tokenizer.encode_batch(lines), 1):
     if len(ids) + 1 > max_input_len:
-      logging.warning('line %d has %d tokens; translating its first %d '
-                      '(raise --max_input_len to keep more)', number, len(ids), max_input_len - 1)
+      distributed.warn(f'line {number} has {len(ids)} tokens; translating its first '
+                       f'{max_input_len - 1} (raise --max_input_len to keep more)')
       ids = ids[:max_input_len - 1]
     sources.append(ids + [EOS_ID] if ids else [])
   return sources

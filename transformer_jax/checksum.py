@@ -20,17 +20,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from transformer_jax.dropout import flat_index, fmix32  # its counter hash, reused
+
 ALGORITHM = 'fmix32-index-sum2/1'  # stored beside the checksums: change it with the code
 _GOLDEN = np.uint32(0x9E3779B9)  # 2**32 / phi: spreads consecutive indices apart
-
-
-def _fmix32(h):
-  """MurmurHash3's finalizer: a bijection of uint32 that mixes every bit into every bit."""
-  h = h ^ (h >> 16)
-  h = h * np.uint32(0x85EBCA6B)
-  h = h ^ (h >> 13)
-  h = h * np.uint32(0xC2B2AE35)
-  return h ^ (h >> 16)
 
 
 def _words(x: jax.Array) -> jax.Array:
@@ -40,28 +33,15 @@ def _words(x: jax.Array) -> jax.Array:
   if x.dtype == jnp.bool_:
     x = x.astype(jnp.uint8)
   size = x.dtype.itemsize
-  if size == 4:
-    words = lax.bitcast_convert_type(x, jnp.uint32)
-  elif size == 8:
-    words = lax.bitcast_convert_type(x, jnp.uint32)  # (..., 2)
-  else:
-    words = lax.bitcast_convert_type(x, jnp.dtype(f'uint{8 * size}')).astype(jnp.uint32)
-  return words
-
-
-def _flat_index(shape) -> jax.Array:
-  """Each element's row-major position (no reshape: a sharded array keeps its layout)."""
-  index, stride = jnp.zeros(shape, jnp.uint32), 1
-  for axis in reversed(range(len(shape))):
-    index = index + lax.broadcasted_iota(jnp.uint32, shape, axis) * np.uint32(stride % 2**32)
-    stride *= shape[axis]
-  return index
+  if size >= 4:  # a 64-bit element gives a trailing axis of 2
+    return lax.bitcast_convert_type(x, jnp.uint32)
+  return lax.bitcast_convert_type(x, jnp.dtype(f'uint{8 * size}')).astype(jnp.uint32)
 
 
 def _lanes(x: jax.Array) -> jax.Array:
   """(2,) uint32: the sums of h and of h * (h | 1), h = fmix32(word ^ index * golden)."""
   words = _words(x)
-  h = _fmix32(words ^ (_flat_index(words.shape) * _GOLDEN))
+  h = fmix32(words ^ (flat_index(words.shape) * _GOLDEN))
   return jnp.stack([jnp.sum(h, dtype=jnp.uint32),
                     jnp.sum(h * (h | np.uint32(1)), dtype=jnp.uint32)])
 

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 
-def _fmix32(h: jax.Array) -> jax.Array:
+def fmix32(h: jax.Array) -> jax.Array:
   """MurmurHash3's 32-bit finalizer: a bijection whose output bits each depend on all
   input bits."""
   h = h ^ (h >> 16)
@@ -28,16 +28,22 @@ def _fmix32(h: jax.Array) -> jax.Array:
   return h ^ (h >> 16)
 
 
-def uniform_bits(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-  """uint32 [shape]: hash bits of each element's flat index under `key`."""
-  seeds = jax.random.bits(key, (2,), jnp.uint32)
+def flat_index(shape: tuple[int, ...]) -> jax.Array:
+  """uint32 [shape]: each element's row-major position (modulo 2**32), from per-axis
+  iotas: no reshape, so a sharded array keeps its layout."""
   index = jnp.zeros(shape, jnp.uint32)
   stride = 1
-  for axis in reversed(range(len(shape))):  # row-major flat index, from per-axis iotas
+  for axis in reversed(range(len(shape))):
     iota = jax.lax.broadcasted_iota(jnp.uint32, shape, axis)
     index = index + iota * jnp.uint32(stride % 2 ** 32)
     stride *= shape[axis]
-  return _fmix32(_fmix32(index ^ seeds[0]) + seeds[1])
+  return index
+
+
+def uniform_bits(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+  """uint32 [shape]: hash bits of each element's flat index under `key`."""
+  seeds = jax.random.bits(key, (2,), jnp.uint32)
+  return fmix32(fmix32(flat_index(shape) ^ seeds[0]) + seeds[1])
 
 
 class Dropout(nnx.Module):

@@ -147,3 +147,18 @@ def test_training_tracks_bleu_and_keeps_the_best_checkpoints(trained, command_pr
   result = command_process('translate', f'--workdir={workdir / "best"}',
                            stdin=b'The dog sleeps.\n')
   assert result.code == 0 and result.out.strip(), result.err
+
+
+def test_rdrop_training_resumes_exactly(tiny_config, saved_params, tmp_path):
+  """R-Drop (train.rdrop_alpha) logs its KL; stopped at step 2 and resumed, the run ends
+  with the losses and parameters of one never stopped."""
+  config = tiny_config(num_steps=4, checkpoint_every=2, rdrop_alpha=1.0)
+  train(config, str(tmp_path / 'whole'))
+  train(tiny_config(num_steps=2, checkpoint_every=2, rdrop_alpha=1.0), str(tmp_path / 'cut'))
+  train(config, str(tmp_path / 'cut'))
+  whole, cut = (metrics_lib.read(str(tmp_path / d)) for d in ('whole', 'cut'))
+  assert [r['loss'] for r in whole] == [r['loss'] for r in cut]
+  assert all(r['rdrop_kl'] > 0 for r in whole)
+  for a, b in zip(jax.tree.leaves(saved_params(tmp_path / 'whole', config, 4)),
+                  jax.tree.leaves(saved_params(tmp_path / 'cut', config, 4)), strict=True):
+    np.testing.assert_array_equal(a, b)

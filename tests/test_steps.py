@@ -1,6 +1,6 @@
 """The train step (steps.py): sharded equals unsharded on 8 devices, gradient
 accumulation equals one big batch, the O1-compiled initializer and the step compiled in
-the background give the same bits."""
+the background give the same bits, and R-Drop equals a plain implementation."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -94,4 +94,74 @@ def test_gradient_accumulation_equals_one_big_batch(tiny_config, fake_batch):
   config.train.grad_accum_steps = 4
   _, accumulated, _ = steps_on((1, 1, 1), config, fake_batch, n=1, devices=jax.devices()[:1])
   for a, b in zip(jax.tree.leaves(whole.params), jax.tree.leaves(accumulated.params)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=5e-5)
+
+
+def _plain_rdrop_loss(model, batch, label_smoothing, alpha, rngs):
+  """R-Drop written the obvious way (full logits, optax's smoothed cross-entropy, the two
+  KL directions separately): what `rdrop_sums`' fused version must equal."""
+  from transformer_jax.model import shift_right
+  from transformer_jax.steps import model_inputs
+  twice = jax.tree.map(lambda x: jnp.repeat(x, 2, axis=0), batch)
+  logits = model(twice['source'], shift_right(twice['target'], twice['target_segment_ids']),
+                 rngs=rngs, **model_inputs(twice)).astype(jnp.float32)
+  vocab = logits.shape[-1]
+  labels = optax.smooth_labels(jax.nn.one_hot(twice['target'], vocab), label_smoothing)
+  ce = optax.softmax_cross_entropy(logits, labels)
+  weights = (twice['target'] != 0).astype(jnp.float32)
+  logp = jax.nn.log_softmax(logits).reshape(-1, 2, *logits.shape[1:])
+  p1, p2 = logp[:, 0], logp[:, 1]
+  kl = (jnp.sum(jnp.exp(p1) * (p1 - p2), -1) + jnp.sum(jnp.exp(p2) * (p2 - p1), -1))
+  once = (batch['target'] != 0).astype(jnp.float32)
+  return 0.5 * jnp.sum(ce * weights) + alpha / 4 * jnp.sum(kl * once)
+
+
+def test_rdrop_loss_and_gradient_equal_a_plain_implementation(tiny_config, fake_batch):
+  from flax import nnx
+  from transformer_jax.steps import rdrop_sums
+  config = tiny_config(rdrop_alpha=3.0)
+  setup = build(config, sharding.make_mesh(config.mesh, jax.devices()[:1]))
+  params = init_state(setup).params
+  batch = {k: jnp.asarray(v) for k, v in fake_batch(config).items()}
+
+  def ours(p):
+    model = nnx.merge(setup.graphdef, p)
+    return rdrop_sums(model, batch, 0.1, 3.0, nnx.Rngs(dropout=jax.random.key(5)))['loss']
+
+  def plain(p):
+    model = nnx.merge(setup.graphdef, p)
+    return _plain_rdrop_loss(model, batch, 0.1, 3.0, nnx.Rngs(dropout=jax.random.key(5)))
+
+  (a, ga), (b, gb) = jax.value_and_grad(ours)(params), jax.value_and_grad(plain)(params)
+  np.testing.assert_allclose(float(a), float(b), rtol=1e-5)
+  for x, y in zip(jax.tree.leaves(ga), jax.tree.leaves(gb), strict=True):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=2e-4, atol=2e-6)
+  # The two passes did differ (independent masks), so the KL term was not zero.
+  model = nnx.merge(setup.graphdef, params)
+  kl = rdrop_sums(model, batch, 0.1, 3.0, nnx.Rngs(dropout=jax.random.key(5)))['rdrop_kl']
+  assert float(kl) > 1e-3
+
+
+def test_rdrop_off_is_the_plain_step_and_on_shards_like_it(tiny_config, fake_batch):
+  """alpha 0: the step of token_sums, bit for bit; alpha > 0: 8 sharded devices equal 1,
+  with gradient accumulation."""
+  from flax import nnx
+  from transformer_jax.steps import token_sums
+  config = tiny_config(rdrop_alpha=0.0)
+  config.train.adam_eps = NOISE_EPS
+  setup, state, metrics = steps_on((1, 1, 1), config, fake_batch, n=1,
+                                   devices=jax.devices()[:1])
+  fresh = init_state(setup)
+  batch = {k: jnp.asarray(v) for k, v in fake_batch(config, 0).items()}
+  rng = jax.random.fold_in(jax.random.wrap_key_data(fresh.rng), 0)
+  plain = token_sums(nnx.merge(setup.graphdef, fresh.params), batch, 0.1,
+                     nnx.Rngs(dropout=jax.random.fold_in(rng, 0)))
+  assert float(metrics['loss']) == float(plain['loss'])
+  config.train.update(rdrop_alpha=2.0, grad_accum_steps=2)
+  _, single, m1 = steps_on((1, 1, 1), config, fake_batch, devices=jax.devices()[:1])
+  _, sharded, m8 = steps_on((2, 2, 2), config, fake_batch)
+  np.testing.assert_allclose(float(m1['loss']), float(m8['loss']), rtol=1e-5)
+  np.testing.assert_allclose(float(m1['rdrop_kl']), float(m8['rdrop_kl']), rtol=1e-4)
+  assert float(m1['loss']) != float(metrics['loss'])
+  for a, b in zip(jax.tree.leaves(single.params), jax.tree.leaves(sharded.params)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=5e-5)

@@ -69,6 +69,7 @@ def defaults() -> ConfigDict:
   c.train = ConfigDict()
   c.train.num_steps = 1000
   c.train.label_smoothing = 0.1  # epsilon_ls (section 5.4)
+  c.train.rdrop_alpha = 0.0      # R-Drop (Liang et al., 2021): weight of the KL term; 0 = off
   c.train.learning_rate = 1.0    # scale on d_model^-0.5 * min(step^-0.5, step*warmup^-1.5)
   c.train.warmup_steps = 4000
   c.train.schedule = 'rsqrt'     # the paper's; linear_decay: same warm-up, then to 0 at num_steps
@@ -193,6 +194,8 @@ def _check_values(c: ConfigDict) -> None:
            f'(pad, eos and unk are reserved), got {m.vocab_size}.')
   for key in ('dropout_rate', 'attention_dropout_rate'):
     _require(0.0 <= m[key] < 1.0, f'model.{key} must be in [0, 1), got {m[key]}.')
+  _require(math.isfinite(c.train.rdrop_alpha) and c.train.rdrop_alpha >= 0.0,
+           f'train.rdrop_alpha must be finite and >= 0, got {c.train.rdrop_alpha}.')
   _require(0.0 <= c.train.label_smoothing < 1.0,
            f'train.label_smoothing must be in [0, 1), got {c.train.label_smoothing}.')
   _require(m.matmul_dtype in ('', *DTYPES), f"model.matmul_dtype must be '' or one of "

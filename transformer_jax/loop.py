@@ -198,5 +198,7 @@ def _log_interval(reporter, step, history, skip_nonfinite, input_wait, newest_ve
   extra = {'learning_rate': float(jax.device_get(history[-1]['learning_rate'])),
            'grad_norm': sums.pop('grad_norm') / len(history), 'skipped_steps': bad,
            'input_wait': input_wait}
+  if 'rdrop_kl' in sums:  # R-Drop's symmetric KL per token
+    extra['rdrop_kl'] = sums.pop('rdrop_kl') / max(float(sums['tokens']), 1.0)
   sums.pop('learning_rate')
   return reporter.train(step, sums, extra)

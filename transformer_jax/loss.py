@@ -46,16 +46,16 @@ def projected_cross_entropy(x: jax.Array, kernel: jax.Array, targets: jax.Array,
   """`cross_entropy(x @ kernel)` for hidden states x [N, D] and the pre-softmax kernel
   ([D, V] for layout 'dv', [V, D] for 'vd'), with a gradient that touches the [N, V]
   logits once. Products take operands in `matmul_dtype` when given (precision.py)."""
-  return cross_entropy(_logits(x, kernel, layout, matmul_dtype), targets, label_smoothing)
+  return cross_entropy(output_logits(x, kernel, layout, matmul_dtype), targets, label_smoothing)
 
 
-def _logits(x, kernel, layout, matmul_dtype):
-  # The softmax and loss run in fp32.
+def output_logits(x, kernel, layout, matmul_dtype):
+  """fp32 logits [N, V] of hidden states x [N, D] (the softmax and loss run in fp32)."""
   return precision.einsum(f'nd,{layout}->nv', x, kernel, matmul_dtype).astype(jnp.float32)
 
 
 def _forward(x, kernel, targets, label_smoothing, layout, matmul_dtype):
-  logits = _logits(x, kernel, layout, matmul_dtype)
+  logits = output_logits(x, kernel, layout, matmul_dtype)
   *outputs, lse = _terms(logits, targets, label_smoothing)
   return tuple(outputs), (x, kernel, targets, logits, lse)
 

@@ -50,6 +50,37 @@ def token_sums(model: Transformer, batch: dict, label_smoothing: float, rngs=Non
           'correct': jnp.sum(correct * weights), 'tokens': jnp.sum(weights)}
 
 
+def rdrop_sums(model: Transformer, batch: dict, label_smoothing: float, alpha: float,
+               rngs) -> dict:
+  """R-Drop (Liang et al., 2021): the batch through the model twice, with independent
+  dropout masks (one pass over the batch with every row twice: each row's masks hash its
+  own index), and a consistency term between the two output distributions P1, P2. Per token,
+  the paper's objective halved, so `alpha` means what it does there:
+    loss = (CE1 + CE2) / 2 + alpha / 4 * (KL(P1||P2) + KL(P2||P1)),
+  CE label-smoothed; KL(P1||P2) + KL(P2||P1) = sum_v (p1 - p2) (log p1 - log p2).
+  Sums over non-padding target tokens, counted once; `rdrop_kl` is the symmetric KL."""
+  # Each row next to its copy: [2B, T], a device's rows stay on it.
+  twice = jax.tree.map(lambda x: jnp.repeat(x, 2, axis=0), batch)
+  decoder_input = shift_right(twice['target'], twice['target_segment_ids'])
+  states = model(twice['source'], decoder_input, rngs=rngs, logits=False, **model_inputs(twice))
+  targets = twice['target'].reshape(-1)
+  states = states.reshape(targets.shape[0], -1)
+  kernel, layout = model.output_kernel()
+  loss, nll, correct = loss_lib.projected_cross_entropy(
+      states, kernel, targets, label_smoothing, layout, model.matmul_dtype)
+  # The KL needs both passes' whole distributions: [B, 2, T, V] log-probabilities.
+  logp = jax.nn.log_softmax(loss_lib.output_logits(states, kernel, layout, model.matmul_dtype))
+  logp = logp.reshape(*batch['target'].shape[:1], 2, -1, logp.shape[-1])
+  p1, p2 = logp[:, 0], logp[:, 1]
+  kl = jnp.sum((jnp.exp(p1) - jnp.exp(p2)) * (p1 - p2), axis=-1)  # [B, T]
+  weights = (targets != PAD_ID).astype(jnp.float32)
+  once = (batch['target'] != PAD_ID).astype(jnp.float32)
+  mean_of_passes = lambda x: 0.5 * jnp.sum(x * weights)  # noqa: E731
+  return {'loss': mean_of_passes(loss) + 0.25 * alpha * jnp.sum(kl * once),
+          'nll': mean_of_passes(nll), 'correct': mean_of_passes(correct),
+          'tokens': jnp.sum(once), 'rdrop_kl': jnp.sum(kl * once)}
+
+
 # ----------------------------------------------------------------------------- state
 
 
@@ -133,14 +164,16 @@ def train_step(setup: Setup, state: TrainState, batch: dict) -> tuple[TrainState
     index, micro_batch = inputs
     def loss(params):
       model = nnx.merge(setup.graphdef, params)
-      sums = token_sums(model, micro_batch, t.label_smoothing,
-                        nnx.Rngs(dropout=jax.random.fold_in(rng, index)))
+      rngs = nnx.Rngs(dropout=jax.random.fold_in(rng, index))
+      sums = (rdrop_sums(model, micro_batch, t.label_smoothing, t.rdrop_alpha, rngs)
+              if t.rdrop_alpha else token_sums(model, micro_batch, t.label_smoothing, rngs))
       return sums['loss'], sums
     grads, sums = jax.grad(loss, has_aux=True)(state.params)
     return jax.tree.map(jnp.add, grads_and_sums, (grads, sums)), None
 
+  keys = ('loss', 'nll', 'correct', 'tokens') + (('rdrop_kl',) if t.rdrop_alpha else ())
   zeros = (jax.tree.map(jnp.zeros_like, state.params),
-           {k: jnp.zeros((), jnp.float32) for k in ('loss', 'nll', 'correct', 'tokens')})
+           {k: jnp.zeros((), jnp.float32) for k in keys})
   if t.grad_accum_steps == 1:  # no loop: its carry would copy every gradient once more
     (grads, sums), _ = micro_step(zeros, (0, jax.tree.map(lambda x: x[0], micro)))
   else:

@@ -67,15 +67,19 @@ def test_beam_size_one_is_greedy(seed):
 
 def enumerate_scores(model, source, max_len, alpha):
   """Every output the decoder may produce (no PAD; EOS forced at max_len), scored with
-  the full forward pass: log p / ((5 + len) / 6)^alpha."""
-  vocab = model.vocab_size
+  the full forward pass: log p / ((5 + len) / 6)^alpha. For a list of models (an
+  ensemble), p is the mean of their probabilities at every position."""
+  models = model if isinstance(model, list) else [model]
+  vocab = models[0].vocab_size
   words = [t for t in range(vocab) if t not in (PAD_ID, EOS_ID)]
   candidates = [list(prefix) + [EOS_ID] for n in range(max_len)
                 for prefix in itertools.product(words, repeat=n)]
   scores = []
   for seq in candidates:
     target = jnp.asarray([seq])
-    logp = jax.nn.log_softmax(forward(model, source, shift_right(target)))[0]
+    each = jnp.stack([jax.nn.log_softmax(forward(m, source, shift_right(target)))[0]
+                      for m in models])
+    logp = jax.nn.logsumexp(each, axis=0) - np.log(len(models))
     total = float(sum(logp[i, tok] for i, tok in enumerate(seq)))
     scores.append(total / decode.length_penalty(len(seq), alpha))
   return candidates, np.asarray(scores)
@@ -93,6 +97,36 @@ def test_beam_search_finds_the_best_of_all_candidates(seed):
   candidates, scores = enumerate_scores(model, source, max_len=3, alpha=0.6)
   assert len(candidates) == 1 + 4 + 16
   tokens, score = decode.beam_search(model, source, beam_size=32, alpha=0.6, max_len=3)
+  assert as_list(tokens[0]) == candidates[int(np.argmax(scores))]
+  np.testing.assert_allclose(float(score[0]), scores.max(), rtol=1e-4)
+
+
+def test_an_ensemble_of_one_is_the_model_and_a_model_with_itself_too():
+  model = Transformer(model_config(), rngs=nnx.Rngs(0))
+  source = sources(0, rows=4)
+  tokens, scores = decode.beam_search(model, source, beam_size=3, max_len=12)
+  one = decode.beam_search(decode.Ensemble([model]), source, beam_size=3, max_len=12)
+  np.testing.assert_array_equal(one[0], tokens)
+  np.testing.assert_array_equal(one[1], scores)  # the same program: bit for bit
+  twice = decode.beam_search(decode.Ensemble([model, model]), source, beam_size=3, max_len=12)
+  np.testing.assert_array_equal(twice[0], tokens)
+  np.testing.assert_allclose(twice[1], scores, rtol=1e-5)
+  greedy = decode.sample(model, source, max_len=12)
+  np.testing.assert_array_equal(decode.sample(decode.Ensemble([model, model]), source,
+                                              max_len=12)[0], greedy[0])
+
+
+@pytest.mark.parametrize('seed', [0, 1])
+def test_beam_search_over_an_ensemble_finds_the_best_of_all_candidates(seed):
+  """Two different models (one a different size): the exhaustive best under the mean of
+  their probabilities, which neither model alone need prefer."""
+  models = [Transformer(model_config(vocab_size=6), rngs=nnx.Rngs(seed)),
+            Transformer(model_config(vocab_size=6, d_model=16, d_ff=24, num_heads=2),
+                        rngs=nnx.Rngs(seed + 10))]
+  source = sources(seed, rows=1, vocab=6)
+  candidates, scores = enumerate_scores(models, source, max_len=3, alpha=0.6)
+  tokens, score = decode.beam_search(decode.Ensemble(models), source, beam_size=32, alpha=0.6,
+                                     max_len=3)
   assert as_list(tokens[0]) == candidates[int(np.argmax(scores))]
   np.testing.assert_allclose(float(score[0]), scores.max(), rtol=1e-4)
 

@@ -26,6 +26,22 @@ def test_src_ref_files_with_tokenize_and_lowercase(command, briefly_trained, tmp
   assert f'step 4: BLEU {scores["bleu"]:.2f}' in result.out
 
 
+def test_an_ensemble_is_scored_into_its_first_members_workdir(command, briefly_trained,
+                                                             tmp_path):
+  import shutil
+  workdir = tmp_path / 'work'
+  shutil.copytree(briefly_trained, workdir)
+  (tmp_path / 'src').write_text('The dog sleeps.\nThe cats sleep.\n')
+  (tmp_path / 'ref').write_text('Der Hund schläft.\nDie Katzen schlafen.\n')
+  result = command(evaluate, f'--ensemble={workdir}@6,{workdir}@2', f'--src={tmp_path / "src"}',
+                   f'--ref={tmp_path / "ref"}', '--decode=greedy')
+  assert result.code == 0, result.err
+  scores = json.loads((workdir / f'eval_{str(tmp_path / "src").replace("/", "_")}_ensemble2.json')
+                      .read_text())
+  assert scores['ensemble_steps'] == [6, 2] and scores['sentences'] == 2
+  assert f'ensemble of 2 (steps 6, 2): BLEU {scores["bleu"]:.2f}' in result.out
+
+
 def test_a_split_is_scored_into_the_workdir(command, briefly_trained, tmp_path):
   result = command(evaluate, f'--workdir={briefly_trained}', '--split=test', '--decode=greedy',
                    '--max_extra_len=2', f'--json={tmp_path / "r.json"}')

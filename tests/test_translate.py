@@ -131,3 +131,46 @@ def test_a_damaged_checkpoint_is_never_translated_with(command, briefly_trained,
   assert re.search(r'warning: The checkpoint at step 4 .* failed verification: .* trying '
                    'the one before', newest.err)
   assert sorted(int(p) for p in os.listdir(workdir / 'checkpoints') if p.isdigit()) == [2]
+
+
+def test_an_ensemble_translates_and_one_of_one_is_the_model(command, briefly_trained):
+  single = command(translate, f'--workdir={briefly_trained}', stdin=lines_of(SENTENCES))
+  one = command(translate, f'--ensemble={briefly_trained}', stdin=lines_of(SENTENCES))
+  assert one.code == 0 and one.out == single.out
+  two = command(translate, f'--ensemble={briefly_trained}@6,{briefly_trained}@4',
+                stdin=lines_of(SENTENCES))
+  assert two.code == 0, two.err
+  assert len(two.out.split('\n')) == len(SENTENCES) + 1 and two.out.split('\n')[1] == ''
+
+
+def test_an_ensemble_needs_one_vocabulary(command, briefly_trained, tiny_config, tmp_path):
+  from transformer_jax import loop
+  config = tiny_config(num_steps=2, checkpoint_every=2)
+  config.model.vocab_size = 200  # a vocabulary of its own
+  config.data.vocab_path = ''  # trained into the workdir
+  loop.train(config, str(tmp_path / 'other'))
+  result = command(translate, f'--ensemble={briefly_trained},{tmp_path / "other"}',
+                   stdin=b'x\n')
+  assert result.code == 2 and len(result.err.strip().splitlines()) == 1, result.err
+  assert 'another vocabulary' in result.err
+  for flags, message in (([f'--ensemble={briefly_trained}@six'], 'after @ comes a step'),
+                         ([f'--ensemble={briefly_trained}', '--step=4'], 'do not go with')):
+    result = command(translate, *flags, stdin=b'x\n')
+    assert result.code == 2 and message in result.err, result.err
+
+
+@pytest.mark.slow
+def test_an_ensemble_of_the_best_and_the_latest(command, trained):
+  """DIR@best: the checkpoint of WORKDIR/best with the highest validation BLEU."""
+  import orbax.checkpoint as ocp
+  workdir, _ = trained
+  best = ocp.CheckpointManager(workdir / 'best' / 'checkpoints',
+                               options=ocp.CheckpointManagerOptions(
+                                   read_only=True, best_fn=lambda m: m['bleu'], best_mode='max'))
+  assert len(best.all_steps()) == 2
+  alone = command(translate, f'--workdir={workdir / "best"}', f'--step={best.best_step()}',
+                  stdin=lines_of(SENTENCES))
+  as_member = command(translate, f'--ensemble={workdir}@best', stdin=lines_of(SENTENCES))
+  assert as_member.code == 0 and as_member.out == alone.out
+  both = command(translate, f'--ensemble={workdir}@best,{workdir}', stdin=lines_of(SENTENCES))
+  assert both.code == 0 and both.out.count('\n') == len(SENTENCES)

@@ -124,6 +124,10 @@ class Checkpoints:
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
+  def best_step(self) -> int | None:
+    """The step with the best `best_metric` (the latest without one)."""
+    return self._manager.best_step()
+
   def save(self, step: int, state, data_iterator, vocab_path: str, force=False,
            metrics: dict | None = None) -> None:
     """Start an asynchronous save; training continues while it is written."""

@@ -5,7 +5,9 @@ The encoder runs once per batch, and each decoder layer projects the encoder out
 cross-attention keys and values once per sentence (not at every step). Each step feeds
 one token per hypothesis through the decoder, appending its self-attention keys and
 values to the cache, which grows in segments as the steps need it (`_decoding_loop`).
-Everything is jit-compiled per source shape.
+Everything is jit-compiled per source shape. An `Ensemble` of models decodes as one
+(fairseq's `--path a:b`): each step takes the log of the mean of their next-token
+probabilities, and each model keeps its own cache.
 """
 from __future__ import annotations
 
@@ -82,7 +84,7 @@ def _jit_over_split(*static_argnames: str):
                      static_argnames=('graphdef', *static_argnames))
 
     @functools.wraps(fn)
-    def call(model: Transformer, *args, **kwargs):
+    def call(model, *args, **kwargs):
       return jitted(*nnx.split(model), *args, **kwargs)
     return call
   return wrap
@@ -95,6 +97,35 @@ def cache_lengths(max_len: int, first: int = 16) -> list[int]:
   while lengths[-1] * 1.5 < max_len:
     lengths.append(lengths[-1] * 2)
   return [n for n in lengths[:-1] if n < max_len] + [max_len]
+
+
+class Ensemble(nnx.Module):
+  """Several trained models (same vocabulary; any sizes) that decode as one."""
+
+  def __init__(self, models: list[Transformer]):
+    self.models = nnx.List(models)
+
+
+def _members(model) -> tuple[Transformer, ...]:
+  return tuple(model.models) if isinstance(model, Ensemble) else (model,)
+
+
+def _prepare_all(model, source: jax.Array, copies: int, max_len: int):
+  """`_prepare` for each member: (cross_kv per member, source segments, cache per member)."""
+  prepared = [_prepare(m, source, copies, max_len) for m in _members(model)]
+  return (tuple(p[0] for p in prepared), prepared[0][1], tuple(p[2] for p in prepared))
+
+
+def _next_logits(model, tokens, t, caches, cross_kvs, source_segments):
+  """(next-token logits [B, V], the caches one step longer). For an ensemble, the "logits"
+  are log(mean_m p_m): normalized already, which the log-softmax after leaves as they are."""
+  steps = [m.decode_step(tokens, t, cache, kv, source_segments)
+           for m, cache, kv in zip(_members(model), caches, cross_kvs, strict=True)]
+  caches = tuple(cache for _, cache in steps)
+  if len(steps) == 1:
+    return steps[0][0], caches
+  logp = jnp.stack([jax.nn.log_softmax(logits) for logits, _ in steps])
+  return jax.nn.logsumexp(logp, axis=0) - jnp.log(float(len(steps))), caches
 
 
 def _prepare(model: Transformer, source: jax.Array, copies: int, max_len: int):
@@ -117,8 +148,8 @@ def _decoding_loop(cond, body, state: dict, max_len: int) -> dict:
   padded between them; a search that has ended skips the later loops. Each length
   compiles its own loop body."""
   for i, length in enumerate(cache_lengths(max_len)):
-    if i:
-      state = dict(state, cache=Transformer.grow_cache(state['cache'], length))
+    if i:  # (a cache per model of an ensemble)
+      state = dict(state, cache=tuple(Transformer.grow_cache(c, length) for c in state['cache']))
     state = jax.lax.while_loop(lambda s, n=length: (s['step'] < n) & cond(s), body, state)
   return state
 
@@ -136,7 +167,7 @@ def _next_token_logp(logits, t, limits, eos_id: int):
 
 
 @_jit_over_split('beam_size', 'max_len', 'eos_id')
-def beam_search(model: Transformer, source: jax.Array, *, beam_size: int = 4,
+def beam_search(model: Transformer | Ensemble, source: jax.Array, *, beam_size: int = 4,
                 alpha: float = 0.6, max_len: int = 256, max_extra_len=50,
                 eos_id: int = EOS_ID):
   """Best hypothesis per sentence: (tokens [B, max_len] ending in EOS then PAD, score [B]).
@@ -149,7 +180,7 @@ def beam_search(model: Transformer, source: jax.Array, *, beam_size: int = 4,
   (benchmarks that decode a fixed number of steps).
   """
   batch = source.shape[0]
-  cross_kv, source_segments, cache = _prepare(model, source, beam_size, max_len)
+  cross_kv, source_segments, cache = _prepare_all(model, source, beam_size, max_len)
   limits = output_limits(source, max_len, max_extra_len)
   state = dict(
       step=jnp.array(0),
@@ -170,7 +201,7 @@ def beam_search(model: Transformer, source: jax.Array, *, beam_size: int = 4,
 
   def body(s):
     t = s['step']
-    logits, cache = model.decode_step(s['tokens'], t, s['cache'], cross_kv, source_segments)
+    logits, cache = _next_logits(model, s['tokens'], t, s['cache'], cross_kv, source_segments)
     logp = _next_token_logp(logits, t, jnp.repeat(limits, beam_size), eos_id)
     vocab = logp.shape[-1]
     candidates = s['live_logp'][:, :, None] + logp.reshape(batch, beam_size, vocab)
@@ -201,7 +232,7 @@ def beam_search(model: Transformer, source: jax.Array, *, beam_size: int = 4,
 
 
 @_jit_over_split('max_len', 'top_k', 'eos_id')
-def sample(model: Transformer, source: jax.Array, key: jax.Array | None = None, *,
+def sample(model: Transformer | Ensemble, source: jax.Array, key: jax.Array | None = None, *,
            max_len: int = 256, max_extra_len=50, temperature: float = 0.0,
            top_k: int = 0, eos_id: int = EOS_ID):
   """Greedy (temperature 0) or sampled decoding, optionally from the top k tokens.
@@ -209,7 +240,7 @@ def sample(model: Transformer, source: jax.Array, key: jax.Array | None = None, 
   Returns (tokens [B, max_len], log-probability [B] of the chosen tokens under the model).
   """
   batch = source.shape[0]
-  cross_kv, source_segments, cache = _prepare(model, source, 1, max_len)
+  cross_kv, source_segments, cache = _prepare_all(model, source, 1, max_len)
   limits = output_limits(source, max_len, max_extra_len)
   key = jax.random.key(0) if key is None else key
 
@@ -218,7 +249,7 @@ def sample(model: Transformer, source: jax.Array, key: jax.Array | None = None, 
 
   def body(s):
     t = s['step']
-    logits, cache = model.decode_step(s['tokens'], t, s['cache'], cross_kv, source_segments)
+    logits, cache = _next_logits(model, s['tokens'], t, s['cache'], cross_kv, source_segments)
     logp = _next_token_logp(logits, t, limits, eos_id)
     if top_k:
       kth = jax.lax.top_k(logp, top_k)[0][:, -1:]

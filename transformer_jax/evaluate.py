@@ -39,25 +39,30 @@ def sources_and_references(restored) -> tuple[str, list[str], list[str]]:
 
 def main(argv):
   del argv
-  workdir = cli.required_workdir()
   settings = inference_flags.settings()
   if bool(_SRC.value) != bool(_REF.value):  # before the seconds a restore takes
     raise UserError('--src and --ref go together: the source file and its references.')
-  restored = inference.restore(workdir, inference_flags.STEP.value,
-                               inference_flags.AVERAGED.value)
+  restored = inference_flags.restore()
+  ensemble = inference_flags.ENSEMBLE.value
+  # The result goes to the workdir, or with an ensemble to its first member's.
+  workdir = ensemble[0].partition('@')[0] if ensemble else cli.required_workdir()
   what, sources, references = sources_and_references(restored)
   start = time.perf_counter()
   hypotheses = inference.translate_texts(restored, sources, settings, cli.stderr_progress())
   result = {'data': what, 'step': restored.step, 'averaged': inference_flags.AVERAGED.value,
+            **({'ensemble': ensemble, 'ensemble_steps': list(restored.steps)} if ensemble
+               else {}),
             'decode': dataclasses.asdict(settings),
             'translate_seconds': time.perf_counter() - start,
             **scoring.scores(hypotheses, references, _TOKENIZE.value, _LOWERCASE.value)}
   if not distributed.is_writer():  # on several processes, process 0 reports
     return
-  print(f'{what} step {restored.step}: BLEU {result["bleu"]:.2f} ({result["bleu_signature"]})'
+  which = (f'ensemble of {len(ensemble)} (steps {", ".join(map(str, restored.steps))})'
+           if ensemble else f'step {restored.step}')
+  print(f'{what} {which}: BLEU {result["bleu"]:.2f} ({result["bleu_signature"]})'
         f'  chrF {result["chrf"]:.2f} ({result["chrf_signature"]})', flush=True)
-  out = _JSON.value or os.path.join(
-      workdir, f'eval_{what.replace("/", "_")}_step{restored.step}.json')
+  name = f'ensemble{len(ensemble)}' if ensemble else f'step{restored.step}'
+  out = _JSON.value or os.path.join(workdir, f'eval_{what.replace("/", "_")}_{name}.json')
   files.write_atomically(out, json.dumps(result, indent=2).encode())
   if _HYPOTHESES.value:
     with open(_HYPOTHESES.value, 'w', encoding='utf-8') as f:

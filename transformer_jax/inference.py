@@ -35,6 +35,7 @@ class Restored:
   model: Transformer
   mesh: jax.sharding.Mesh
   step: int
+  steps: tuple[int, ...] = ()  # of each member of an ensemble
 
 
 def restore(workdir: str, step: int | None = None, averaged: bool = False) -> Restored:
@@ -64,6 +65,39 @@ def restore(workdir: str, step: int | None = None, averaged: bool = False) -> Re
     raise UserError(f'No checkpoint in {probe.directory} passed verification (each was '
                     f'moved to {checkpoint_lib.QUARANTINE_DIR}/ beside it); train again.')
   return restored
+
+
+def restore_ensemble(specs: list[str]) -> Restored:
+  """Models that decode as one (`decode.Ensemble`), each given as DIR, DIR@STEP,
+  DIR@averaged or DIR@best (its best checkpoint by validation BLEU); parameters only.
+  Their vocabularies must be the same; the first one's config and vocabulary serve."""
+  members = [restore(*_member(spec)) for spec in specs]
+  first = members[0].tokenizer.serialized()
+  for spec, member in zip(specs, members):
+    if member.tokenizer.serialized() != first:
+      raise UserError(f'--ensemble: {spec} was trained with another vocabulary than '
+                      f'{specs[0]}; an ensemble averages probabilities over one vocabulary.')
+  return Restored(members[0].config, members[0].tokenizer,
+                  decode.Ensemble([m.model for m in members]), members[0].mesh,
+                  members[0].step, tuple(m.step for m in members))
+
+
+def _member(spec: str) -> tuple[str, int | None, bool]:
+  """'DIR@WHICH' -> restore()'s (workdir, step, averaged)."""
+  workdir, _, which = spec.partition('@')
+  if which in ('', 'averaged'):
+    return workdir, None, which == 'averaged'
+  if which == 'best':
+    best = checkpoint_lib.checkpoint_root(os.path.join(workdir, 'best'))
+    probe = checkpoint_lib.Checkpoints(best, config_lib.defaults(), async_save=False,
+                                       best_metric='bleu')
+    try:
+      return best, probe.best_step(), False
+    finally:
+      probe.close()
+  if not which.isdigit():
+    raise UserError(f'--ensemble: {spec!r}: after @ comes a step, "averaged" or "best".')
+  return workdir, int(which), False
 
 
 def _restore_step(workdir: str, probe, step: int) -> Restored:

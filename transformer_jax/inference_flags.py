@@ -5,10 +5,15 @@ from __future__ import annotations
 
 from absl import flags
 
-from transformer_jax import inference
+from transformer_jax import cli, inference
+from transformer_jax.errors import UserError
 
 STEP = flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
 AVERAGED = flags.DEFINE_bool('averaged', False, 'Use the checkpoint written by `average`.')
+ENSEMBLE = flags.DEFINE_list(
+    'ensemble', None, 'Decode with several models as one instead of --workdir\'s: '
+    'DIR[@STEP|@averaged|@best],... (the mean of their next-token probabilities; the '
+    'vocabularies must be the same).')
 _BEAM = flags.DEFINE_integer('beam_size', 4, 'Beam width (the paper: 4).')
 _ALPHA = flags.DEFINE_float('alpha', 0.6, 'Length penalty exponent (the paper: 0.6).')
 _MAX_EXTRA_LEN = flags.DEFINE_integer(
@@ -20,6 +25,16 @@ _METHOD = flags.DEFINE_string('decode', 'beam', 'beam, greedy or sample.')
 _TEMPERATURE = flags.DEFINE_float('temperature', 1.0, 'Sampling temperature (--decode=sample).')
 _TOP_K = flags.DEFINE_integer('top_k', 0, 'Sample from the k most likely tokens (0 = all).')
 _SEED = flags.DEFINE_integer('seed', 0, 'Random seed of --decode=sample.')
+
+
+def restore():
+  """The model the flags name: --ensemble's, or --workdir's (--step, --averaged)."""
+  if ENSEMBLE.value:
+    if STEP.value is not None or AVERAGED.value:
+      raise UserError('--step and --averaged do not go with --ensemble; give each member '
+                      'its own: --ensemble=DIR@STEP,DIR@averaged,DIR@best.')
+    return inference.restore_ensemble(ENSEMBLE.value)
+  return inference.restore(cli.required_workdir(), STEP.value, AVERAGED.value)
 
 
 def settings() -> inference.Settings:

@@ -1,10 +1,11 @@
 """`python -m transformer_jax.translate --workdir=DIR`: translate stdin (or --input) to
 stdout (or --output), one line per line, in input order.
 
-Restores the latest (or `--step`, or `--averaged`) checkpoint's parameters on whatever
-devices this machine has, and decodes with beam search (or `--decode=greedy|sample`);
-see `inference.translate_ids` for the batching. On several processes (a pod slice, the
-same command on every worker, each reading the same input) process 0 writes the output.
+Restores the newest verified (or `--step`, or `--averaged`) checkpoint's parameters, or
+an `--ensemble` of models, on whatever devices this machine has, and decodes with beam
+search (or `--decode=greedy|sample`); see `inference.translate_ids` for the batching. On
+several processes (a pod slice, the same command on every worker, each reading the same
+input) process 0 writes the output.
 """
 from __future__ import annotations
 
@@ -20,8 +21,7 @@ def main(argv):
   del argv
   settings = inference_flags.settings()
   lines = datasets.read_lines(_INPUT.value)
-  restored = inference.restore(cli.required_workdir(), inference_flags.STEP.value,
-                               inference_flags.AVERAGED.value)
+  restored = inference_flags.restore()
   translations = inference.translate_texts(restored, lines, settings, cli.stderr_progress())
   if not distributed.is_writer():  # on several processes, every one has every line
     return

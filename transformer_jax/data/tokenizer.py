@@ -35,6 +35,10 @@ class Tokenizer:
   def _normalized(self, texts: list[str]) -> list[str]:
     return [t.lower() for t in texts] if self.lowercase else texts
 
+  def serialized(self) -> bytes:
+    """The SentencePiece model itself: two tokenizers are the same if these are."""
+    return self._sp.serialized_model_proto()
+
   @property
   def vocab_size(self) -> int:
     return self._sp.get_piece_size()

@@ -28,6 +28,7 @@ setup(
         'array-record==0.8.6',
         'sentencepiece==0.2.3',
         'sacrebleu==2.6.0',
+        'sacremoses==0.2.0',  # Moses-tokenized BLEU, as Multi30k papers report it
         'absl-py==2.5.1',
         'ml-collections==1.1.0',
         'tensorboardX==2.6.5',  # TensorBoard event files without TensorFlow

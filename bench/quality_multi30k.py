@@ -56,15 +56,19 @@ def checkpoint_times(workdir: pathlib.Path) -> dict[int, float]:
 
 
 def decode_and_score(restored, sources, references, settings) -> dict:
-  """Beam-search translations scored three ways: lowercased 13a BLEU (the literature's
-  "tokenized, lowercased"), cased detokenized 13a BLEU, and chrF (cased and lowercased)."""
+  """Beam-search translations scored four ways: lowercased 13a BLEU, lowercased BLEU on
+  Moses-tokenized text (how Multi30k papers report it), cased detokenized 13a BLEU, and
+  chrF (cased and lowercased)."""
   from transformer_jax import inference, scoring  # noqa: PLC0415 (jax only for analyze)
   started = time.perf_counter()
   hypotheses = inference.translate_texts(restored, sources, settings)
-  lower = scoring.scores(hypotheses, references, '13a', lowercase=True)
+  lower = scoring.scores(hypotheses, references, '13a', lowercase=True,
+                         moses_lang=restored.config.data.target_lang)
   cased = scoring.scores(hypotheses, references, '13a', lowercase=False)
   return {'bleu_lowercased_13a': lower['bleu'],
           'bleu_lowercased_signature': lower['bleu_signature'],
+          'bleu_moses_lc': lower['bleu_moses_lc'],
+          'bleu_moses_lc_signature': lower['bleu_moses_lc_signature'],
           'bleu_cased_13a': cased['bleu'], 'bleu_cased_signature': cased['bleu_signature'],
           'chrf': cased['chrf'], 'chrf_signature': cased['chrf_signature'],
           'chrf_lowercased': lower['chrf'],  # the fair chrF of a lowercasing model

@@ -54,13 +54,15 @@ def main(argv):
                else {}),
             'decode': dataclasses.asdict(settings),
             'translate_seconds': time.perf_counter() - start,
-            **scoring.scores(hypotheses, references, _TOKENIZE.value, _LOWERCASE.value)}
+            **scoring.scores(hypotheses, references, _TOKENIZE.value, _LOWERCASE.value,
+                             moses_lang=restored.config.data.target_lang)}
   if not distributed.is_writer():  # on several processes, process 0 reports
     return
   which = (f'ensemble of {len(ensemble)} (steps {", ".join(map(str, restored.steps))})'
            if ensemble else f'step {restored.step}')
   print(f'{what} {which}: BLEU {result["bleu"]:.2f} ({result["bleu_signature"]})'
-        f'  chrF {result["chrf"]:.2f} ({result["chrf_signature"]})', flush=True)
+        f'  chrF {result["chrf"]:.2f} ({result["chrf_signature"]})'
+        f'  lowercased BLEU on Moses-tokenized text {result["bleu_moses_lc"]:.2f}', flush=True)
   name = f'ensemble{len(ensemble)}' if ensemble else f'step{restored.step}'
   out = _JSON.value or os.path.join(workdir, f'eval_{what.replace("/", "_")}_{name}.json')
   files.write_atomically(out, json.dumps(result, indent=2).encode())

@@ -11,7 +11,11 @@ at the reference machine's peak (`at_reference_peak`: the median of the per-pair
 sentences/s x reference peak / this peak), the figure to hold against the Flax WMT
 example's 24.7 sentences/s at 187 GFLOP/s (bench/workloads/README.md).
 
-  python bench/decode.py [--repeats=5] [--matmul_dtype=bfloat16]
+With `--ensemble=N`, N models of the workload's shape (seeds seed..seed+N-1) decode as
+one (`decode.Ensemble`): the cost of an ensemble in time and in peak memory (VmHWM).
+
+  python bench/decode.py [--repeats=5] [--matmul_dtype=bfloat16] [--ensemble=2]
+                         [--record=FILE]
 """
 from __future__ import annotations
 
@@ -35,6 +39,7 @@ ROOT = pathlib.Path(__file__).resolve().parent
 import sys  # noqa: E402
 sys.path.insert(0, str(ROOT))
 from train_step import WORKLOAD, matmul_peak_meter, timed, workload_config  # noqa: E402  (one workload)
+from pod_rehearsal import commit, cpu_model  # noqa: E402
 
 # bench/workloads/README.md: the Flax WMT example's decoder on the reference machine.
 REFERENCE = dict(matmul_peak_flop_per_s=187e9, sentences_per_s=24.7)
@@ -48,11 +53,16 @@ def main():
   parser.add_argument('--compilation_cache', default='',
                       help="the commands' XLA compilation cache directory; run twice to "
                       'measure a warm start (default: off, a cold compile)')
+  parser.add_argument('--ensemble', type=int, default=1,
+                      help='decode with this many models as one (decode.Ensemble)')
+  parser.add_argument('--record', default='', help='also write the JSON here')
   args = parser.parse_args()
   cli.use_compilation_cache(args.compilation_cache)
   w = json.loads(WORKLOAD.read_text())
   config = workload_config(w, 'float32', args.matmul_dtype)
-  model = Transformer(config.model, rngs=nnx.Rngs(params=w['seed']))
+  models = [Transformer(config.model, rngs=nnx.Rngs(params=w['seed'] + i))
+            for i in range(args.ensemble)]
+  model = models[0] if args.ensemble == 1 else decode.Ensemble(models)
   rng = np.random.default_rng(w['seed'])
   source = rng.integers(3, w['vocab_size'], (w['decode_batch'], w['decode_src_len']),
                         dtype=np.int32)
@@ -72,8 +82,9 @@ def main():
   at_reference = statistics.median(
       w['decode_batch'] / t * REFERENCE['matmul_peak_flop_per_s'] / p
       for t, p in zip(times, peaks))
-  print(json.dumps({
+  result = {
       'benchmark': 'decode', 'workload': w['name'], 'beam': w['beam'],
+      'ensemble': args.ensemble,
       'matmul_dtype': args.matmul_dtype or 'float32',
       'sources': w['decode_batch'], 'steps': w['decode_steps'],
       'seconds_median': median, 'seconds_min': min(times), 'seconds_max': max(times),
@@ -85,7 +96,22 @@ def main():
       'sentences_per_s_at_reference_peak': at_reference,
       'speedup_vs_flax_wmt_reference': at_reference / REFERENCE['sentences_per_s'],
       'all_steps_decoded': bool((np.asarray(tokens) != 0).all()),
-  }, indent=2))
+      'peak_rss_gib': peak_rss_gib(),
+      'commit': commit(), 'date': time.strftime('%Y-%m-%d'), 'machine': cpu_model(),
+      'command': 'python bench/decode.py ' + ' '.join(sys.argv[1:]),
+  }
+  text = json.dumps(result, indent=2)
+  print(text)
+  if args.record:
+    pathlib.Path(args.record).write_text(text + '\n')
+
+
+def peak_rss_gib() -> float:
+  """This process's peak resident memory (VmHWM)."""
+  for line in pathlib.Path('/proc/self/status').read_text().splitlines():
+    if line.startswith('VmHWM:'):
+      return int(line.split()[1]) / 2**20
+  return float('nan')
 
 
 if __name__ == '__main__':

@@ -20,11 +20,13 @@ import json  # noqa: E402
 import pathlib  # noqa: E402
 import resource  # noqa: E402
 import statistics  # noqa: E402
+import sys  # noqa: E402
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pod_rehearsal import commit, cpu_model  # noqa: E402 (bench/ is on the path)
 from transformer_jax import cli
 from transformer_jax import config as config_lib
 from transformer_jax import sharding
@@ -83,15 +85,19 @@ def main():
                       help='operands of matrix products (model.matmul_dtype)')
   parser.add_argument('--dropout_rate', type=float, default=None,
                       help="the workload's dropout rate unless given (0: dropout's cost)")
+  parser.add_argument('--rdrop_alpha', type=float, default=0.0,
+                      help='R-Drop (train.rdrop_alpha): each batch through the model twice')
   parser.add_argument('--compilation_cache', default='',
                       help="the commands' XLA compilation cache directory; run twice to "
                       'measure a warm start (default: off, a cold compile)')
+  parser.add_argument('--record', default='', help='also write the JSON here')
   args = parser.parse_args()
   cli.use_compilation_cache(args.compilation_cache)
   w = json.loads(WORKLOAD.read_text())
   if args.dropout_rate is not None:
     w['dropout_rate'] = args.dropout_rate
   config = workload_config(w, args.dtype, args.matmul_dtype)
+  config.train.rdrop_alpha = args.rdrop_alpha
   mesh = sharding.make_mesh(config.mesh)
   start = time.perf_counter()
   setup = build(config, mesh)
@@ -120,7 +126,7 @@ def main():
   fraction = statistics.median(flops / t / p for t, p in zip(times, peaks))
   result = {
       'benchmark': 'train_step', 'workload': w['name'], 'dtype': args.dtype,
-      'dropout_rate': w['dropout_rate'],
+      'dropout_rate': w['dropout_rate'], 'rdrop_alpha': args.rdrop_alpha,
       'matmul_dtype': args.matmul_dtype or args.dtype,
       'devices': [str(d) for d in jax.devices()],
       'step_s_median': step, 'step_s_min': min(times), 'step_s_max': max(times),
@@ -134,8 +140,13 @@ def main():
       'first_step_s_from_process_start': first_step_from_start,
       'peak_rss_gib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20,
       'first_step_loss': float(metrics['loss'] / metrics['tokens']),
+      'commit': commit(), 'date': time.strftime('%Y-%m-%d'), 'machine': cpu_model(),
+      'command': 'python bench/train_step.py ' + ' '.join(sys.argv[1:]),
   }
-  print(json.dumps(result, indent=2))
+  text = json.dumps(result, indent=2)
+  print(text)
+  if args.record:
+    pathlib.Path(args.record).write_text(text + '\n')
 
 
 if __name__ == '__main__':

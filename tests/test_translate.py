@@ -174,3 +174,56 @@ def test_an_ensemble_of_the_best_and_the_latest(command, trained):
   assert as_member.code == 0 and as_member.out == alone.out
   both = command(translate, f'--ensemble={workdir}@best,{workdir}', stdin=lines_of(SENTENCES))
   assert both.code == 0 and both.out.count('\n') == len(SENTENCES)
+
+
+def test_a_pipe_gets_each_translation_before_the_next_line_is_sent(repo, briefly_trained,
+                                                                  tmp_path):
+  """As fairseq-interactive is used: one line in, its translation out, the pipe still
+  open; the same translations as a file gives; the end of input ends the command."""
+  import queue
+  import subprocess
+  import sys
+  import threading
+  process = subprocess.Popen(
+      [sys.executable, '-m', 'transformer_jax.translate', f'--workdir={briefly_trained}',
+       '--decode=greedy', '--max_wait_ms=20'], cwd=repo, stdin=subprocess.PIPE,
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  out: queue.Queue = queue.Queue()
+  threading.Thread(target=lambda: [out.put(line) for line in process.stdout], daemon=True).start()
+  got = []
+  try:
+    for sentence in SENTENCES:
+      process.stdin.write(sentence.encode() + b'\n')
+      process.stdin.flush()
+      got.append(out.get(timeout=300).decode().rstrip('\n'))  # before the next line is sent
+    process.stdin.close()
+    assert process.wait(timeout=120) == 0, process.stderr.read().decode()
+  finally:
+    process.kill()
+  assert out.empty() and got[1] == ''
+  (tmp_path / 'in.txt').write_bytes(lines_of(SENTENCES))  # a file: length-sorted batches
+  whole = subprocess.run(
+      [sys.executable, '-m', 'transformer_jax.translate', f'--workdir={briefly_trained}',
+       '--decode=greedy', f'--input={tmp_path / "in.txt"}'], cwd=repo, capture_output=True,
+      env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert whole.returncode == 0
+  assert whole.stdout.decode().split('\n')[:-1] == got
+
+
+def test_nbest_writes_k_scored_hypotheses_per_line(command, briefly_trained):
+  result = command(translate, f'--workdir={briefly_trained}', '--nbest=3', '--beam_size=4',
+                   stdin=lines_of(SENTENCES))
+  assert result.code == 0, result.err
+  rows = [line.split('\t') for line in result.out.rstrip('\n').split('\n')]
+  assert [r[0] for r in rows] == ['1', '1', '1', '2', '3', '3', '3']
+  assert rows[3] == ['2', '0.0000', '']
+  for first in (0, 4):
+    scores = [float(r[1]) for r in rows[first:first + 3]]
+    assert scores == sorted(scores, reverse=True)
+    assert len({r[2] for r in rows[first:first + 3]}) == 3
+  best = command(translate, f'--workdir={briefly_trained}', '--beam_size=4',
+                 stdin=lines_of(SENTENCES))
+  assert best.out.split('\n')[0] == rows[0][2]  # the first of the n best is the translation
+  refused = command(translate, f'--workdir={briefly_trained}', '--nbest=5', '--beam_size=4',
+                    stdin=b'x\n')
+  assert refused.code == 2 and 'at most --beam_size' in refused.err

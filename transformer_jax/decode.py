@@ -166,11 +166,13 @@ def _next_token_logp(logits, t, limits, eos_id: int):
   return jnp.where(at_limit & (vocab != eos_id), NEG_INF, logp)
 
 
-@_jit_over_split('beam_size', 'max_len', 'eos_id')
+@_jit_over_split('beam_size', 'max_len', 'eos_id', 'n_best')
 def beam_search(model: Transformer | Ensemble, source: jax.Array, *, beam_size: int = 4,
                 alpha: float = 0.6, max_len: int = 256, max_extra_len=50,
-                eos_id: int = EOS_ID):
+                eos_id: int = EOS_ID, n_best: int = 0):
   """Best hypothesis per sentence: (tokens [B, max_len] ending in EOS then PAD, score [B]).
+  With `n_best` = n > 0 (at most `beam_size`): the n best finished ones, best first,
+  (tokens [B, n, max_len], scores [B, n]); a slot no hypothesis filled scores NEG_INF.
 
   Each step extends every live hypothesis by every token and keeps the k best; those
   that end (EOS) move to the finished pool, so the beam narrows as hypotheses end. Scores
@@ -220,6 +222,8 @@ def beam_search(model: Transformer | Ensemble, source: jax.Array, *, beam_size: 
                 done_seqs=done_seqs, done_scores=done_scores)
 
   s = _decoding_loop(cond, body, state, max_len)
+  if n_best:
+    return s['done_seqs'][:, :n_best], s['done_scores'][:, :n_best]
   # Without any finished hypothesis (only when EOS is never allowed): the best live one.
   has_done = s['done_scores'][:, 0] > NEG_INF / 2
   best_live = jnp.argmax(s['live_logp'], axis=1)

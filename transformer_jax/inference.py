@@ -142,6 +142,7 @@ class Settings:
   temperature: float = 1.0
   top_k: int = 0
   seed: int = 0
+  nbest: int = 1              # hypotheses per sentence (beam search's best n)
 
   def __post_init__(self):
     if self.method not in ('beam', 'greedy', 'sample'):
@@ -151,6 +152,9 @@ class Settings:
         raise UserError(f'--{name} must be at least 1, got {getattr(self, name)}.')
     if self.max_extra_len < 0:
       raise UserError(f'--max_extra_len must be at least 0, got {self.max_extra_len}.')
+    if not 1 <= self.nbest <= (self.beam_size if self.method == 'beam' else 1):
+      raise UserError(f'--nbest={self.nbest}: it takes beam search and at most --beam_size '
+                      f'({self.beam_size}) hypotheses.')
 
 
 def encode_sources(tokenizer: Tokenizer, lines: list[str], max_input_len: int) -> list[list[int]]:
@@ -172,44 +176,92 @@ def _bucket(length: int) -> int:
 
 def translate_ids(model, mesh, sources: list[list[int]], s: Settings,
                   progress=None) -> list[list[int]]:
-  """Token ids in, token ids out (EOS and padding removed), in the input order.
+  """Token ids in, the best translation's ids out (EOS and padding removed), in order."""
+  return [hyps[0][0] if hyps else [] for hyps in
+          translate_hypotheses(model, mesh, sources, s, progress)]
+
+
+def translate_hypotheses(model, mesh, sources: list[list[int]], s: Settings,
+                         progress=None) -> list[list[tuple[list[int], float]]]:
+  """Up to `s.nbest` (ids, score) per source, best first, in the input order; none for
+  an empty source.
 
   Sentences are sorted by length into fixed-size batches of power-of-two lengths, so
   decoding compiles once per bucket; batches are sharded over the mesh's data axis. On
   several processes each passes the same sentences, decodes its devices' rows, and
   every process gets every translation."""
-  rows = s.batch_size + (-s.batch_size) % sharding.data_parallel_size(mesh)
+  rows = batch_rows(mesh, s.batch_size)
   order = sorted((i for i, src in enumerate(sources) if src), key=lambda i: len(sources[i]))
-  outputs: list[list[int]] = [[] for _ in sources]  # empty inputs translate to empty
+  outputs: list[list[tuple[list[int], float]]] = [[] for _ in sources]
   for start in range(0, len(order), rows):
     chunk = order[start:start + rows]
-    length = _bucket(max(len(sources[i]) for i in chunk))
-    batch = np.full((rows, length), PAD_ID, np.int32)
-    for row, i in enumerate(chunk):
-      batch[row, :len(sources[i])] = sources[i]
-    tokens = distributed.gather(_decode(model, mesh, batch, length + s.max_extra_len, s))
-    for row, i in enumerate(chunk):
-      ids = tokens[row].tolist()
-      outputs[i] = ids[:ids.index(EOS_ID)] if EOS_ID in ids else [t for t in ids if t != PAD_ID]
+    for i, hyps in zip(chunk, decode_batch(model, mesh, [sources[i] for i in chunk], rows, s)):
+      outputs[i] = hyps
     if progress:
       progress(start + len(chunk), len(order))
   return outputs
+
+
+def batch_rows(mesh, batch_size: int) -> int:
+  """`batch_size` rounded up to a multiple of the data-parallel size."""
+  return batch_size + (-batch_size) % sharding.data_parallel_size(mesh)
+
+
+def decode_batch(model, mesh, sources: list[list[int]], rows: int, s: Settings
+                 ) -> list[list[tuple[list[int], float]]]:
+  """Decode up to `rows` non-empty sources as one batch of `rows` rows, padded to a
+  power-of-two length (so the shapes come from a fixed set): (ids, score) per source."""
+  length = _bucket(max(len(src) for src in sources))
+  batch = np.full((rows, length), PAD_ID, np.int32)
+  for row, src in enumerate(sources):
+    batch[row, :len(src)] = src
+  tokens, scores = _decode(model, mesh, batch, length + s.max_extra_len, s)
+  tokens, scores = distributed.gather(tokens), distributed.gather(scores)
+  if tokens.ndim == 2:  # one hypothesis per row
+    tokens, scores = tokens[:, None], scores[:, None]
+  return [[(_strip(ids.tolist()), float(score)) for ids, score in zip(tokens[row], scores[row])
+           if score > decode.NEG_INF / 2] for row in range(len(sources))]
+
+
+def _strip(ids: list[int]) -> list[int]:
+  """The ids before EOS (or all but the padding, for a hypothesis that never ended)."""
+  return ids[:ids.index(EOS_ID)] if EOS_ID in ids else [t for t in ids if t != PAD_ID]
 
 
 def _decode(model, mesh, batch, max_len, s: Settings):
   source = distributed.global_array(batch, sharding.batch_sharding(mesh))
   if s.method == 'beam':
     return decode.beam_search(model, source, beam_size=s.beam_size, alpha=s.alpha,
-                              max_len=max_len, max_extra_len=s.max_extra_len)[0]
+                              max_len=max_len, max_extra_len=s.max_extra_len,
+                              n_best=s.nbest if s.nbest > 1 else 0)
   temperature = 0.0 if s.method == 'greedy' else s.temperature
   return decode.sample(model, source, jax.random.key(s.seed), max_len=max_len,
                        max_extra_len=s.max_extra_len, temperature=temperature,
-                       top_k=s.top_k)[0]
+                       top_k=s.top_k)
 
 
 def translate_texts(restored: Restored, lines: list[str], s: Settings,
                     progress=None) -> list[str]:
   """Sentences in, translations out, one per line, in the input order."""
+  return [hyps[0][0] if hyps else '' for hyps in
+          translate_nbest(restored, lines, s, progress)]
+
+
+def translate_nbest(restored: Restored, lines: list[str], s: Settings,
+                    progress=None, sort: bool = True) -> list[list[tuple[str, float]]]:
+  """Up to `s.nbest` (translation, score) per line, best first, in the input order.
+  `sort=False`: the lines are one batch as given (the streaming path)."""
   sources = encode_sources(restored.tokenizer, lines, s.max_input_len)
-  outputs = translate_ids(restored.model, restored.mesh, sources, s, progress)
-  return [restored.tokenizer.decode(ids) for ids in outputs]
+  if sort:
+    hypotheses = translate_hypotheses(restored.model, restored.mesh, sources, s, progress)
+  else:
+    hypotheses = [[] for _ in sources]
+    given = [i for i, src in enumerate(sources) if src]
+    if given:
+      rows = min(batch_rows(restored.mesh, s.batch_size), batch_rows(
+          restored.mesh, 2 ** math.ceil(math.log2(len(given)))))  # a power of two
+      for i, hyps in zip(given, decode_batch(restored.model, restored.mesh,
+                                             [sources[i] for i in given], rows, s)):
+        hypotheses[i] = hyps
+  return [[(restored.tokenizer.decode(ids), score) for ids, score in hyps]
+          for hyps in hypotheses]

@@ -139,7 +139,7 @@ def _stream_lines(path: str) -> Iterator[str]:
   opener = gzip.open if path.endswith('.gz') else open
   with opener(path, 'rb') as f:
     for number, raw in enumerate(f, 1):
-      yield _decode_line(raw.rstrip(b'\n'), path, number)
+      yield decode_line(raw.rstrip(b'\n'), path, number)
 
 
 def read_lines(path: str | None) -> list[str]:
@@ -158,10 +158,11 @@ def decode_lines(raw: bytes, name: str) -> list[str]:
   lines = raw.split(b'\n')
   if lines and lines[-1] == b'':
     lines.pop()  # the newline that ends the last line
-  return [_decode_line(line, name, number) for number, line in enumerate(lines, 1)]
+  return [decode_line(line, name, number) for number, line in enumerate(lines, 1)]
 
 
-def _decode_line(line: bytes, name: str, number: int) -> str:
+def decode_line(line: bytes, name: str, number: int) -> str:
+  """One line (without its newline) decoded strictly: bytes that are not UTF-8 are named."""
   try:
     return line.decode('utf-8').rstrip('\r')
   except UnicodeDecodeError as e:

@@ -44,6 +44,7 @@ setup(
         'gcs': GCS,
         'bench': BENCH,
         'tpu': [f'jax[tpu]=={JAX}', *GCS],  # libtpu (also `aot` on a CPU host) and GCS
+        'cuda': [f'jax[cuda12]=={JAX}', *GCS],  # NVIDIA GPUs: JAX's CUDA 12 wheels
     },
     entry_points={'console_scripts': ['transformer-jax=transformer_jax.cli:main']},
 )

@@ -10,9 +10,16 @@ from transformer_jax.errors import ConfigError
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize('name', sorted(p.stem for p in (REPO / 'configs').glob('*.py')))
+@pytest.mark.parametrize('name', sorted(str(p.relative_to(REPO / 'configs'))
+                                         for p in (REPO / 'configs').rglob('*.py')))
 def test_shipped_configs_are_valid(name):
-  config_lib.load(str(REPO / 'configs' / f'{name}.py'))
+  config_lib.load(str(REPO / 'configs' / name))
+
+
+def test_configs_holds_presets_and_experiments_live_apart():
+  presets = sorted(p.name for p in (REPO / 'configs').glob('*.py'))
+  assert len(presets) <= 10 and not [p for p in presets if '_1h' in p or '_2h' in p]
+  assert len(list((REPO / 'configs' / 'experiments').glob('*.py'))) >= 8
 
 
 def test_multi30k_twin_differs_only_in_direction(repo):

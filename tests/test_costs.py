@@ -75,3 +75,22 @@ def test_summary_of_a_preset(repo):
   n = config.data.max_len
   assert s['flops_per_token_train'] * config.data.batch_size * n == pytest.approx(
       train_flops(config.model, config.data.batch_size, n, n))
+
+
+def test_mfu_uses_published_peaks_and_does_not_guess_a_cpus():
+  from types import SimpleNamespace
+  from transformer_jax.costs import mfu, peak_flops, step_flops
+  assert peak_flops('TPU v5 lite') == 197e12 and peak_flops('TPU v4') == 275e12
+  assert peak_flops('TPU v5') == 459e12  # v5p reports itself as 'TPU v5'
+  assert peak_flops('NVIDIA H100 80GB HBM3') == 989e12
+  assert peak_flops('NVIDIA H100 PCIe') == 756e12
+  assert peak_flops('NVIDIA A100-SXM4-40GB') == 312e12
+  assert peak_flops('cpu') is None
+  config = config_lib.defaults()
+  n = config.data.max_len
+  assert step_flops(config) == train_flops(config.model, config.data.batch_size, n, n)
+  chips = [SimpleNamespace(device_kind='TPU v5 lite')] * 4
+  assert mfu(config, 0.5, chips) == pytest.approx(step_flops(config) / 0.5 / (4 * 197e12))
+  config.train.rdrop_alpha = 1.0  # every row twice
+  assert step_flops(config) == 2 * train_flops(config.model, config.data.batch_size, n, n)
+  assert mfu(config, 0.5, [SimpleNamespace(device_kind='cpu')]) is None

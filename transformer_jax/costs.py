@@ -44,15 +44,47 @@ def train_flops(m: ConfigDict, batch: int, source_len: int, target_len: int) -> 
   return 6.0 * batch * (matmuls + attention + output)
 
 
+# Published peak dense bf16 FLOP/s per JAX device, by `device_kind` (first match wins).
+# TPU v2/v3 devices are single cores (two per chip); from v4 on, a device is a chip.
+PEAK_FLOPS = (
+    ('TPU v2', 22.5e12), ('TPU v3', 61.5e12), ('TPU v4', 275e12),
+    ('TPU v5 lite', 197e12), ('TPU v5e', 197e12), ('TPU v5', 459e12),  # v5p: 'TPU v5'
+    ('TPU v6 lite', 918e12), ('TPU v6e', 918e12),
+    ('H200', 989e12), ('H100 PCIe', 756e12), ('H100', 989e12), ('A100', 312e12),
+    ('L40S', 362e12), ('L4', 121e12), ('A10', 125e12), ('V100', 125e12), ('T4', 65e12),
+)
+
+
+def peak_flops(device_kind: str) -> float | None:
+  """The device's published peak (None for a CPU or a kind not listed: no guess)."""
+  return next((peak for name, peak in PEAK_FLOPS if name in device_kind), None)
+
+
+def step_flops(config: ConfigDict) -> float:
+  """Model FLOPs of one training step of `config` (rows of data.max_len tokens each way;
+  R-Drop passes every row twice)."""
+  n = config.data.max_len
+  passes = 2 if config.train.get('rdrop_alpha', 0.0) else 1
+  return passes * train_flops(config.model, config.data.batch_size, n, n)
+
+
+def mfu(config: ConfigDict, step_seconds: float, devices) -> float | None:
+  """Model FLOPs utilization: model FLOPs per second over the devices' summed peak."""
+  peaks = [peak_flops(d.device_kind) for d in devices]
+  if not peaks or None in peaks:
+    return None
+  return step_flops(config) / step_seconds / sum(peaks)
+
+
 def summary(config: ConfigDict) -> dict:
   m, n = config.model, config.data.max_len
   counts = count_params(m)
   param_bytes = counts['params'] * jnp.dtype(m.param_dtype).itemsize
-  step_flops = train_flops(m, config.data.batch_size, n, n)
+  flops = step_flops(config)
   return {
       **counts,
-      'flops_per_token_train': step_flops / (config.data.batch_size * n),
-      'flops_per_step_train': step_flops,
+      'flops_per_token_train': flops / (config.data.batch_size * n),
+      'flops_per_step_train': flops,
       'flops_note': f'per target token, source and target of data.max_len={n} tokens',
       'memory_bytes': {  # training state only; activations depend on batch and remat
           'params': param_bytes,

@@ -16,7 +16,7 @@ import time
 import jax
 import numpy as np
 
-from transformer_jax import files
+from transformer_jax import costs, files
 
 METRICS_FILE = 'metrics.jsonl'
 
@@ -38,6 +38,7 @@ class Reporter:
     self.path = files.path(workdir) / METRICS_FILE
     self._lines: list[str] = []
     self.num_steps, self.start_step, self.deadline = num_steps, start_step, deadline
+    self.config = config
     self._interval_start = (time.perf_counter(), start_step)
     self._run_start = time.perf_counter()
     self._tty = sys.stderr.isatty()
@@ -75,12 +76,16 @@ class Reporter:
     step_time = (now - start_time) / max(step - start_step, 1)
     values = {**summarize(sums), **extra, 'step_time': step_time,
               'target_tokens_per_s': float(sums['tokens']) / max(now - start_time, 1e-9)}
+    mfu = costs.mfu(self.config, step_time, jax.devices())
+    if mfu is not None:  # none on a CPU: its peak is not published, and not guessed
+      values['mfu'] = mfu
     self._record('train', step, values)
     if self.enabled:
       eta = min(step_time * (self.num_steps - step), self.deadline - time.monotonic())
       line = (f'step {step}/{self.num_steps}  loss {values["loss"]:.4f}  '
               f'acc {values["accuracy"]:.3f}  lr {values["learning_rate"]:.2e}  '
               f'{values["target_tokens_per_s"]:,.0f} tgt tok/s  {step_time:.3f} s/step  '
+              f'MFU {f"{mfu:.1%}" if mfu is not None else "n/a"}  '
               f'input wait {values.get("input_wait", 0):.0%}  ETA {_duration(eta)}')
       print(('\r' + ' ' * 100 + '\r' if self._tty else '') + line, flush=True)
     return values

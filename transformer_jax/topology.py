@@ -17,15 +17,16 @@ import jax
 import jax.numpy as jnp
 
 from transformer_jax import sharding
-from transformer_jax.costs import train_flops
+from transformer_jax.costs import peak_flops, train_flops
 from transformer_jax.errors import UserError
 
-# Published per-chip figures: HBM bytes, peak dense bf16 FLOP/s, HBM bytes/s.
+# Published per-chip figures: HBM bytes, peak dense bf16 FLOP/s (costs.PEAK_FLOPS), HBM
+# bytes/s.
 CHIPS = {
-    'v4': dict(hbm=32 * 2 ** 30, peak_flops=275e12, hbm_bandwidth=1.2e12),
-    'v5e': dict(hbm=16 * 2 ** 30, peak_flops=197e12, hbm_bandwidth=819e9),
-    'v5p': dict(hbm=95 * 2 ** 30, peak_flops=459e12, hbm_bandwidth=2.765e12),
-    'v6e': dict(hbm=32 * 2 ** 30, peak_flops=918e12, hbm_bandwidth=1.64e12),
+    'v4': dict(hbm=32 * 2 ** 30, peak_flops=peak_flops('TPU v4'), hbm_bandwidth=1.2e12),
+    'v5e': dict(hbm=16 * 2 ** 30, peak_flops=peak_flops('TPU v5 lite'), hbm_bandwidth=819e9),
+    'v5p': dict(hbm=95 * 2 ** 30, peak_flops=peak_flops('TPU v5'), hbm_bandwidth=2.765e12),
+    'v6e': dict(hbm=32 * 2 ** 30, peak_flops=peak_flops('TPU v6 lite'), hbm_bandwidth=1.64e12),
 }
 COLLECTIVES = ('all-reduce', 'all-gather', 'reduce-scatter', 'all-to-all',
                'collective-permute')

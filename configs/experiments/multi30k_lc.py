@@ -17,6 +17,6 @@ from transformer_jax.config import load
 
 
 def get_config():
-  c = load(os.path.join(os.path.dirname(__file__), 'multi30k.py'))
+  c = load(os.path.join(os.path.dirname(__file__), '..', 'multi30k.py'))
   c.data.lowercase = True
   return c

@@ -1,5 +1,5 @@
 """Multi30k En->De in a 2-hour budget (README "Results"): the 1-hour recipe
-(configs/multi30k_1h.py: linear decay to zero at the last step, peak 1.77e-3) stretched
+(configs/experiments/multi30k_1h.py: linear decay to zero at the last step, peak 1.77e-3) stretched
 to 9,000 steps, which this 2-core machine reaches in 95-110 minutes (0.6-0.7 s a step).
 Twice the epochs of the 1-hour run (~43), so dropout sits between the 1-hour recipe's
 0.2 and the rsqrt recipe's 0.3.

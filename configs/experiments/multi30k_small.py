@@ -16,7 +16,7 @@ from transformer_jax.config import load
 
 
 def get_config():
-  c = load(os.path.join(os.path.dirname(__file__), 'multi30k.py'))
+  c = load(os.path.join(os.path.dirname(__file__), '..', 'multi30k.py'))
   c.model.d_model = 128
   c.model.d_ff = 512
   c.model.num_encoder_layers = 4

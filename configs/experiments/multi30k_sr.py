@@ -15,7 +15,7 @@ from transformer_jax.config import load
 
 
 def get_config():
-  c = load(os.path.join(os.path.dirname(__file__), 'multi30k.py'))
+  c = load(os.path.join(os.path.dirname(__file__), '..', 'multi30k.py'))
   c.data.subword_samples = 16
   c.data.subword_alpha = 0.3
   return c

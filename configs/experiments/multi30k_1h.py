@@ -13,7 +13,7 @@ from transformer_jax.config import load
 
 
 def get_config():
-  c = load(os.path.join(os.path.dirname(__file__), 'multi30k.py'))
+  c = load(os.path.join(os.path.dirname(__file__), '..', 'multi30k.py'))
   c.model.dropout_rate = 0.2
   c.train.schedule = 'linear_decay'
   c.train.num_steps = 4000

@@ -21,7 +21,7 @@ from transformer_jax.config import load
 
 
 def get_config():
-  c = load(os.path.join(os.path.dirname(__file__), 'multi30k.py'))
+  c = load(os.path.join(os.path.dirname(__file__), '..', 'multi30k.py'))
   c.data.batch_size = 16
   c.train.warmup_steps = 2000
   c.train.checkpoint_every = 500

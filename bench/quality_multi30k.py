@@ -173,6 +173,22 @@ def plot(summary: dict, budgets: list[dict], path: pathlib.Path) -> None:
   fig.savefig(path, dpi=100)
 
 
+def portable(value, workdir: str, repo: str = str(REPO)):
+  """`value` (a JSON tree) with no path of this machine: the interpreter is 'python', the
+  run's directory WORKDIR, other paths relative to the repository ('../shared/...')."""
+  if isinstance(value, dict):
+    return {k: portable(v, workdir, repo) for k, v in value.items()}
+  if isinstance(value, list):
+    return [portable(v, workdir, repo) for v in value]
+  if not isinstance(value, str):
+    return value
+  if value == sys.executable or value.endswith(('/bin/python', '/bin/python3')):
+    return 'python'
+  parent = os.path.dirname(repo.rstrip('/'))
+  return (value.replace(workdir.rstrip('/'), 'WORKDIR').replace(repo.rstrip('/') + '/', '')
+          .replace(parent + '/', '../'))
+
+
 def analyze(args) -> dict:
   from transformer_jax import inference  # noqa: PLC0415
   from transformer_jax.data import pipeline  # noqa: PLC0415
@@ -199,6 +215,7 @@ def analyze(args) -> dict:
                     'test = test split',
             'decode_tried': {'beam_size': args.beam_sizes, 'alpha': args.alphas},
             **environment(), 'run': summary, 'budgets': budgets}
+  result = portable(result, str(workdir.resolve()))
   (workdir / 'quality.json').write_text(json.dumps(result, indent=2))
   plot(summary, budgets, workdir / 'quality.png')
   print(json.dumps({'budgets': [{k: v for k, v in b.items() if k != 'test'} | {

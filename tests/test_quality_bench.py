@@ -75,3 +75,16 @@ def test_recipe_bench_rejects_unknown_arguments(repo, tmp_path, flag, message):
   result = bench(repo, f'--workdir={tmp_path}', flag)
   assert result.returncode == 2 and message in result.stderr
   assert not os.listdir(tmp_path)  # refused before anything is written
+
+
+def test_records_name_no_path_of_this_machine(repo):
+  sys.path.insert(0, str(repo / 'bench'))
+  import quality_multi30k as quality
+  record = {'command': [sys.executable, '-m', 'transformer_jax.train',
+                        f'--config={quality.REPO}/configs/multi30k.py', '--workdir=/runs/q1/'],
+            'config': {'data': {'data_dir': str(quality.REPO.parent / 'shared' / 'data')}},
+            'steps': 3}
+  assert quality.portable(record, '/runs/q1/') == {
+      'command': ['python', '-m', 'transformer_jax.train', '--config=configs/multi30k.py',
+                  '--workdir=WORKDIR/'],
+      'config': {'data': {'data_dir': '../shared/data'}}, 'steps': 3}

@@ -138,12 +138,12 @@ def run_summary(workdir: pathlib.Path, start: float, end: float) -> dict:
 def environment() -> dict:
   import platform  # noqa: PLC0415
   from importlib import metadata  # noqa: PLC0415
-  cpu = next((line.split(':', 1)[1].strip() for line in open('/proc/cpuinfo')
-              if line.startswith('model name')), platform.processor())
+  from pod_rehearsal import commit, cpu_model  # noqa: PLC0415 (bench/ is on the path)
   memory = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2 ** 30
   packages = ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'grain', 'sentencepiece',
               'sacrebleu', 'tensorflow-datasets')
-  return {'machine': {'cpu': cpu, 'cores': os.cpu_count(), 'memory_gib': round(memory, 1),
+  return {'commit': commit(),
+          'machine': {'cpu': cpu_model(), 'cores': os.cpu_count(), 'memory_gib': round(memory, 1),
                       'platform': platform.platform(), 'python': platform.python_version()},
           'versions': {p: metadata.version(p) for p in packages}}
 

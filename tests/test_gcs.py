@@ -88,3 +88,34 @@ def test_unwritable_bucket_is_a_clear_error(gcs_env, repo):
   result = _train(repo, env, tfds, 'gs://no-such-bucket-here/run', 5)
   assert result.returncode == 2
   assert 'not writable' in result.stderr and 'no-such-bucket-here' in result.stderr
+
+
+def test_a_damaged_checkpoint_in_a_bucket_is_moved_aside(gcs_env, repo, monkeypatch):
+  """Checksums verified on gs:// too: the newest step's array data damaged in the bucket,
+  `translate` falls back to the step before and moves the damaged one to quarantine/."""
+  env, tfds = gcs_env
+  for key in ('STORAGE_EMULATOR_HOST', 'GOOGLE_CLOUD_PROJECT'):
+    monkeypatch.setenv(key, env[key])
+  run = f'gs://{BUCKET}/damaged'
+  trained = _train(repo, env, tfds, run, 20)
+  assert trained.returncode == 0, trained.stderr[-3000:]
+  state = epath.Path(run) / 'checkpoints' / '20' / 'state'
+  damaged = 0
+  for process in state.glob('ocdbt.process_*'):
+    for data in (process / 'd').iterdir():
+      raw = bytearray(data.read_bytes())
+      if len(raw) > 1024:
+        raw[100:164] = bytes(b ^ 0xFF for b in raw[100:164])
+        data.write_bytes(bytes(raw))
+        damaged += 1
+  assert damaged
+  result = subprocess.run(
+      [sys.executable, '-m', 'transformer_jax.translate', f'--workdir={run}'],
+      cwd=repo, env=env, input='The dog sees the cat.\n', capture_output=True, text=True,
+      timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'step 20 in' in result.stderr and 'failed verification' in result.stderr
+  assert {p.name for p in (epath.Path(run) / 'checkpoints').iterdir()} >= {'10'}
+  assert not (epath.Path(run) / 'checkpoints' / '20').exists()
+  moved = [p.name for p in (epath.Path(run) / 'quarantine').iterdir()]
+  assert len(moved) == 1 and moved[0].startswith('checkpoints-20-')

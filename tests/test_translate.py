@@ -120,7 +120,7 @@ def test_a_damaged_checkpoint_is_never_translated_with(command, briefly_trained,
   refused = command(translate, f'--workdir={workdir}', '--step=6', stdin=b'x\n')
   assert refused.code == 2 and len(refused.err.strip().splitlines()) == 1, refused.err
   assert 'step 6' in refused.err and 'failed verification' in refused.err
-  assert 'choose another --step' in refused.err
+  assert 'Choose another --step' in refused.err
   assert not (workdir / 'checkpoints' / '6').exists()
   assert len(list((workdir / 'quarantine').iterdir())) == 1
   fallback = command(translate, f'--workdir={workdir}', '--decode=greedy', stdin=b'x\n')

@@ -201,21 +201,24 @@ class Checkpoints:
                               'read it')
     return result
 
-  def quarantine(self, step: int) -> str:
-    """Move a step that failed verification aside, out of Orbax's sight; where to."""
+  def quarantine(self, step: int) -> str | None:
+    """Move a step that failed verification aside, out of Orbax's sight; where to (None
+    if it could not be moved, e.g. read-only storage: then it is only skipped)."""
     target = (self.directory.parent / QUARANTINE_DIR /
               f'{self.directory.name}-{step}-{time.strftime("%Y%m%d-%H%M%S")}')
+    moved = [False]
 
     def move(first: bool) -> None:
       if first:
         try:
-          target.parent.mkdir(parents=True, exist_ok=True)
-          (self.directory / str(step)).rename(target)
+          files.move_tree(self.directory / str(step), target)
+          moved[0] = True
         except Exception as e:  # noqa: BLE001 (read-only storage: skip it, leave it)
-          distributed.warn(f'could not move it aside ({_first_line(e)}).')
+          distributed.warn(f'could not move {self.directory / str(step)} aside '
+                           f'({_first_line(e)}).')
     distributed.once(f'quarantine checkpoint {step}', move, timeout_s=600)
     self._manager.reload()
-    return str(target)
+    return str(target) if moved[0] else None
 
   def restore_newest(self, restore_step, steps=None):
     """(step, `restore_step(step)`) of the newest step that verifies, quarantining each
@@ -224,7 +227,9 @@ class Checkpoints:
       try:
         return step, restore_step(step)
       except CorruptCheckpoint as e:
-        distributed.warn(f'{e} Moved it to {self.quarantine(step)}; trying the one before.')
+        where = self.quarantine(step)
+        distributed.warn(f'{e} {f"Moved it to {where}" if where else "Left it in place"}; '
+                         'trying the one before.')
     return None, None
 
   def newest_verified(self, abstract_state) -> int | None:

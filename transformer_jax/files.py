@@ -44,6 +44,23 @@ def write_atomically(p: str | os.PathLike, data: bytes) -> None:
     raise
 
 
+def move_tree(source: epath.Path, target: epath.Path) -> None:
+  """Move a directory. Locally one rename; a bucket has no directories, so each object is
+  copied (server-side) and the source deleted after all copies succeed."""
+  if not is_bucket(source):
+    target.parent.mkdir(parents=True, exist_ok=True)
+    source.rename(target)
+    return
+  def copy(directory: epath.Path, into: epath.Path) -> None:
+    for item in directory.iterdir():  # (gs:// paths take no recursive glob)
+      if item.is_dir():
+        copy(item, into / item.name)
+      else:
+        item.copy(into / item.name)
+  copy(source, target)
+  source.rmtree()
+
+
 def _check_bucket_support(p: str) -> None:
   # gcsfs is epath's gs:// backend when TensorFlow is absent.
   if p.startswith('gs://') and importlib.util.find_spec('gcsfs') is None:

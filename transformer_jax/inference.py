@@ -57,8 +57,9 @@ def restore(workdir: str, step: int | None = None, averaged: bool = False) -> Re
       return _restore_step(workdir, probe, step)
     found, restored = probe.restore_newest(lambda s: _restore_step(workdir, probe, s), steps)
   except checkpoint_lib.CorruptCheckpoint as e:  # the --step the user named
-    raise UserError(f'{e} Moved it to {probe.quarantine(step)}; choose another --step, or '
-                    'omit it for the newest verified one.') from None
+    where = probe.quarantine(step)
+    raise UserError(f'{e}{f" Moved it to {where}." if where else ""} Choose another --step, '
+                    'or omit it for the newest verified one.') from None
   finally:
     probe.close()
   if found is None:

@@ -192,14 +192,16 @@ def flip_bytes():
 
 
 def _damage_arrays(step_dir):
-  """Flip 64 bytes near the start of every array data file each process of a checkpoint
-  step wrote (Orbax's OCDBT `ocdbt.process_N/d/` files): some arrays' stored values change."""
+  """Flip 64 bytes in every 2 KB of every array data file each process of a checkpoint
+  step wrote (Orbax's OCDBT `ocdbt.process_N/d/` files): the parameters and the Adam
+  moments both change, whichever order Orbax wrote them in."""
   import pathlib
   files = [p for p in pathlib.Path(step_dir, 'state').glob('ocdbt.process_*/d/*')
            if p.stat().st_size > 1024]
   assert files, f'no array data files in {step_dir}'
   for path in files:
-    _flip_bytes(path, offset=100)
+    for offset in range(100, path.stat().st_size, 2048):
+      _flip_bytes(path, offset)
 
 
 @pytest.fixture(scope='session')

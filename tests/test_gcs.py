@@ -104,8 +104,9 @@ def test_a_damaged_checkpoint_in_a_bucket_is_moved_aside(gcs_env, repo, monkeypa
   for process in state.glob('ocdbt.process_*'):
     for data in (process / 'd').iterdir():
       raw = bytearray(data.read_bytes())
-      if len(raw) > 1024:
-        raw[100:164] = bytes(b ^ 0xFF for b in raw[100:164])
+      if len(raw) > 1024:  # 64 bytes in every 2 KB: parameters and Adam moments alike
+        for start in range(100, len(raw), 2048):
+          raw[start:start + 64] = bytes(b ^ 0xFF for b in raw[start:start + 64])
         data.write_bytes(bytes(raw))
         damaged += 1
   assert damaged

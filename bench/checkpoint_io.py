@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO / 'bench'))
 import jax  # noqa: E402
 import orbax.checkpoint as ocp  # noqa: E402
 
-from pod_rehearsal import commit, cpu_model  # noqa: E402
+from pod_rehearsal import emit  # noqa: E402
 from train_step import WORKLOAD, workload_config  # noqa: E402
 from transformer_jax import checkpoint as checkpoint_lib  # noqa: E402
 from transformer_jax import checksum, sharding  # noqa: E402
@@ -104,15 +104,9 @@ def main():
       'restore_ratio': round(median['restore_s'] / median['restore_plain_s'], 3),
       'save_blocking_ratio': round(median['save_blocking_s'] / median['save_blocking_plain_s'], 3),
       'target_ratio': 1.10,
-      'commit': commit(), 'date': time.strftime('%Y-%m-%d'), 'machine': cpu_model(),
       'cpus': os.cpu_count(),
-      'command': 'python bench/checkpoint_io.py ' + ' '.join(sys.argv[1:]),
   }
-  text = json.dumps(result, indent=2)
-  print(text)
-  if a.record:
-    pathlib.Path(a.record).write_text(text + '\n')
-
+  emit(result, a.record)
 
 if __name__ == '__main__':
   main()

@@ -39,7 +39,7 @@ ROOT = pathlib.Path(__file__).resolve().parent
 import sys  # noqa: E402
 sys.path.insert(0, str(ROOT))
 from train_step import WORKLOAD, matmul_peak_meter, timed, workload_config  # noqa: E402  (one workload)
-from pod_rehearsal import commit, cpu_model  # noqa: E402
+from pod_rehearsal import emit  # noqa: E402
 
 # bench/workloads/README.md: the Flax WMT example's decoder on the reference machine.
 REFERENCE = dict(matmul_peak_flop_per_s=187e9, sentences_per_s=24.7)
@@ -97,14 +97,8 @@ def main():
       'speedup_vs_flax_wmt_reference': at_reference / REFERENCE['sentences_per_s'],
       'all_steps_decoded': bool((np.asarray(tokens) != 0).all()),
       'peak_rss_gib': peak_rss_gib(),
-      'commit': commit(), 'date': time.strftime('%Y-%m-%d'), 'machine': cpu_model(),
-      'command': 'python bench/decode.py ' + ' '.join(sys.argv[1:]),
   }
-  text = json.dumps(result, indent=2)
-  print(text)
-  if args.record:
-    pathlib.Path(args.record).write_text(text + '\n')
-
+  emit(result, args.record)
 
 def peak_rss_gib() -> float:
   """This process's peak resident memory (VmHWM)."""

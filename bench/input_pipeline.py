@@ -38,7 +38,7 @@ import numpy as np
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / 'bench'))
-from pod_rehearsal import commit, cpu_model  # noqa: E402
+from pod_rehearsal import emit  # noqa: E402
 
 WORDS_PER_SENTENCE = 27
 
@@ -211,13 +211,8 @@ def main():
   record['batch_shape'] = list(batch['source'].shape)
   if a.multi30k_steps:
     record.update(multi30k_input_wait(a.multi30k_steps, root))
-  record.update(commit=commit(), date=time.strftime('%Y-%m-%d'), machine=cpu_model(),
-                cpus=len(cores), command='python bench/input_pipeline.py ' +
-                ' '.join(arg for arg in sys.argv[1:] if not arg.startswith('--root')))
-  text = json.dumps(record, indent=2)
-  print(text)
-  if a.record:
-    pathlib.Path(a.record).write_text(text + '\n')
+  record['cpus'] = len(cores)
+  emit(record, a.record, [arg for arg in sys.argv[1:] if not arg.startswith('--root')])
 
 
 if __name__ == '__main__':

@@ -61,6 +61,19 @@ def commit() -> str:
   return head + ('-dirty' if git('status', '--porcelain', '--untracked-files=no').strip() else '')
 
 
+def emit(record: dict, path: str = '', args: list[str] | None = None) -> None:
+  """Print a bench's JSON with what makes it a record (commit, date, machine and the
+  command, `args` defaulting to this one's); with `path`, write it there too."""
+  script = pathlib.Path(sys.argv[0]).name
+  record.update(commit=commit(), date=time.strftime('%Y-%m-%d'), machine=cpu_model(),
+                command=' '.join(['python', f'bench/{script}',
+                                  *(sys.argv[1:] if args is None else args)]))
+  text = json.dumps(record, indent=2)
+  print(text)
+  if path:
+    pathlib.Path(path).write_text(text + '\n')
+
+
 def committed(checkpoint) -> bool:
   """Whether Orbax finished the checkpoint: in a bucket its directory exists while it is
   written (the commit marker comes last); locally, it appears only when complete."""
@@ -249,14 +262,9 @@ def main() -> None:
   record = {'ok': len(rehearsal.phases) == 8 and all(p['ok'] for p in rehearsal.phases.values()),
             'processes': a.processes, 'devices_per_process': a.devices, 'steps': a.steps,
             'storage': 'local directory' if a.local else 'gs:// bucket (GCS emulator)',
-            'seconds': round(time.perf_counter() - started, 1), 'commit': commit(),
-            'date': time.strftime('%Y-%m-%d'), 'machine': cpu_model(),
-            'cpus': os.cpu_count(), 'command': 'python bench/pod_rehearsal.py ' +
-            ' '.join(sys.argv[1:]), 'phases': rehearsal.phases}
-  text = json.dumps(record, indent=2)
-  print(text)
-  if a.record:
-    pathlib.Path(a.record).write_text(text + '\n')
+            'seconds': round(time.perf_counter() - started, 1), 'cpus': os.cpu_count(),
+            'phases': rehearsal.phases}
+  emit(record, a.record)
   if not a.root:
     shutil.rmtree(root, ignore_errors=True)
   sys.exit(0 if record['ok'] else 1)

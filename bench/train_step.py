@@ -20,13 +20,12 @@ import json  # noqa: E402
 import pathlib  # noqa: E402
 import resource  # noqa: E402
 import statistics  # noqa: E402
-import sys  # noqa: E402
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pod_rehearsal import commit, cpu_model  # noqa: E402 (bench/ is on the path)
+from pod_rehearsal import emit  # noqa: E402 (bench/ is on the path)
 from transformer_jax import cli
 from transformer_jax import config as config_lib
 from transformer_jax import sharding
@@ -140,14 +139,8 @@ def main():
       'first_step_s_from_process_start': first_step_from_start,
       'peak_rss_gib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20,
       'first_step_loss': float(metrics['loss'] / metrics['tokens']),
-      'commit': commit(), 'date': time.strftime('%Y-%m-%d'), 'machine': cpu_model(),
-      'command': 'python bench/train_step.py ' + ' '.join(sys.argv[1:]),
   }
-  text = json.dumps(result, indent=2)
-  print(text)
-  if args.record:
-    pathlib.Path(args.record).write_text(text + '\n')
-
+  emit(result, args.record)
 
 if __name__ == '__main__':
   main()

@@ -82,9 +82,9 @@ def test_records_name_no_path_of_this_machine(repo):
   import quality_multi30k as quality
   record = {'command': [sys.executable, '-m', 'transformer_jax.train',
                         f'--config={quality.REPO}/configs/multi30k.py', '--workdir=/runs/q1/'],
-            'config': {'data': {'data_dir': str(quality.REPO.parent / 'shared' / 'data')}},
+            'config': {'data': {'data_dir': str(quality.REPO.parent / 'corpora' / 'multi30k')}},
             'steps': 3}
   assert quality.portable(record, '/runs/q1/') == {
       'command': ['python', '-m', 'transformer_jax.train', '--config=configs/multi30k.py',
                   '--workdir=WORKDIR/'],
-      'config': {'data': {'data_dir': '../shared/data'}}, 'steps': 3}
+      'config': {'data': {'data_dir': '../corpora/multi30k'}}, 'steps': 3}

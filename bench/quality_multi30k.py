@@ -2,6 +2,8 @@
 
   python bench/quality_multi30k.py --workdir=DIR [--config=configs/multi30k.py]
       [--budgets_minutes=60,120] [--phase=all|run|analyze] [--config.KEY=VALUE ...]
+  python bench/quality_multi30k.py --phase=ensemble --runs=DIR1,DIR2 --workdir=OUT
+      [--budgets_minutes=60]
 
 `run` trains `--config` in a fresh DIR as its own process (`python -m
 transformer_jax.train`) and notes the command's start and end times, so the wall-clock
@@ -13,6 +15,11 @@ BLEU, translates test_2016_flickr with beam search from that average, and scores
 with sacreBLEU (lowercased 13a, the literature's comparable figure; cased detokenized
 13a with its signature; chrF). Results go to
 DIR/quality.json and DIR/quality.png (training loss and validation BLEU against time).
+
+`ensemble` decodes runs trained apart (seeds; two 1-hour runs are 2 hours of compute) as
+one model (`decode.Ensemble`): at each budget every run's checkpoint average as its own
+analysis chose it, the decode settings chosen again on validation, then test; beside it
+the members' own test BLEU and their mean. It writes OUT/ensemble.json.
 """
 from __future__ import annotations
 
@@ -76,6 +83,35 @@ def decode_and_score(restored, sources, references, settings) -> dict:
           'hypotheses': hypotheses}
 
 
+def validate(restored, splits, grid, label: str, **candidate) -> list[dict]:
+  """Validation BLEU (lowercased 13a) of `restored` under each decode setting in `grid`."""
+  tried = []
+  for settings in grid:
+    bleu = decode_and_score(restored, *splits['validation'], settings)['bleu_lowercased_13a']
+    tried.append({**candidate, 'beam_size': settings.beam_size, 'alpha': settings.alpha,
+                  'bleu_lowercased_13a': bleu})
+    print(f'{label}, beam {settings.beam_size}, alpha {settings.alpha}: validation BLEU '
+          f'{bleu:.2f} lowercased', flush=True)
+  return tried
+
+
+def best_of(tried: list[dict]) -> tuple[dict, object]:
+  """The candidate with the best validation BLEU (ties: the first tried), and its decode
+  settings."""
+  from transformer_jax import inference  # noqa: PLC0415
+  best = max(tried, key=lambda t: t['bleu_lowercased_13a'])
+  return best, inference.Settings(beam_size=best['beam_size'], alpha=best['alpha'])
+
+
+def score_test(restored, splits, settings, hypotheses_path: pathlib.Path, label: str) -> dict:
+  """test_2016_flickr scored under the chosen settings; the translations go to a file."""
+  test = decode_and_score(restored, *splits['test'], settings)
+  hypotheses_path.write_text(''.join(h + '\n' for h in test.pop('hypotheses')))
+  print(f'{label}: test BLEU {test["bleu_lowercased_13a"]:.2f} lowercased, '
+        f'{test["bleu_cased_13a"]:.2f} cased ({test["bleu_cased_signature"]})', flush=True)
+  return test
+
+
 def score_budget(workdir, minutes, start, times, splits, grid, candidates) -> dict:
   """The recipe's result at a time budget: the checkpoints committed within it, the number
   of them to average and the beam settings (one of `grid`) chosen by validation BLEU,
@@ -88,22 +124,12 @@ def score_budget(workdir, minutes, start, times, splits, grid, candidates) -> di
   tried = []
   for n in (n for n in candidates if n <= len(within)):
     checkpoint.average(str(workdir), n, until_step=last)
-    restored = inference.restore(str(workdir), averaged=True)
-    for settings in grid:
-      bleu = decode_and_score(restored, *splits['validation'], settings)['bleu_lowercased_13a']
-      tried.append({'average': n, 'beam_size': settings.beam_size, 'alpha': settings.alpha,
-                    'bleu_lowercased_13a': bleu})
-      print(f'{minutes} min, step {last}, average of {n}, beam {settings.beam_size}, '
-            f'alpha {settings.alpha}: validation BLEU {bleu:.2f} lowercased', flush=True)
-  best = max(tried, key=lambda t: t['bleu_lowercased_13a'])  # ties: the first tried
-  settings = inference.Settings(beam_size=best['beam_size'], alpha=best['alpha'])
+    tried += validate(inference.restore(str(workdir), averaged=True), splits, grid,
+                      f'{minutes} min, step {last}, average of {n}', average=n)
+  best, settings = best_of(tried)
   checkpoint.average(str(workdir), best['average'], until_step=last)
-  test = decode_and_score(inference.restore(str(workdir), averaged=True), *splits['test'],
-                          settings)
-  (workdir / f'test_hypotheses_{minutes:g}min.txt').write_text(
-      ''.join(h + '\n' for h in test.pop('hypotheses')))
-  print(f'{minutes} min: test BLEU {test["bleu_lowercased_13a"]:.2f} lowercased, '
-        f'{test["bleu_cased_13a"]:.2f} cased ({test["bleu_cased_signature"]})', flush=True)
+  test = score_test(inference.restore(str(workdir), averaged=True), splits, settings,
+                     workdir / f'test_hypotheses_{minutes:g}min.txt', f'{minutes} min')
   return {'minutes': minutes, 'last_checkpoint_step': last,
           'last_checkpoint_minutes': (times[last] - start) / 60,
           'averaged_last': best['average'], 'averaged_steps': within[-best['average']:],
@@ -111,6 +137,38 @@ def score_budget(workdir, minutes, start, times, splits, grid, candidates) -> di
           'validation_bleu_lowercased_by_average': {
               n: max(t['bleu_lowercased_13a'] for t in tried if t['average'] == n)
               for n in dict.fromkeys(t['average'] for t in tried)},
+          'validation_tried': tried, 'test': test}
+
+
+def score_ensemble(runs, records, minutes, splits, grid, out: pathlib.Path) -> dict:
+  """Runs trained apart (seeds), decoded as one model at a budget each: every run's
+  checkpoint average as its own analysis chose it on validation, the decode settings
+  chosen again on validation, then test. Beside it, each member's own test BLEU and
+  their mean, the figure a single-model recipe reports over seeds."""
+  from transformer_jax import checkpoint, inference  # noqa: PLC0415
+  chosen = []
+  for run, record in zip(runs, records):
+    budget = next((b for b in record['budgets'] if b['minutes'] == minutes), None)
+    if budget is None or 'test' not in budget:
+      sys.exit(f'error: {run / "quality.json"} has no scored {minutes:g}-minute budget; run '
+               f'--phase=analyze there with --budgets_minutes={minutes:g} first.')
+    checkpoint.average(str(run), budget['averaged_last'],
+                       until_step=budget['last_checkpoint_step'])
+    chosen.append(budget)
+  restored = inference.restore_ensemble([f'{run}@averaged' for run in runs])
+  tried = validate(restored, splits, grid, f'ensemble of {len(runs)} at {minutes:g} min')
+  best, settings = best_of(tried)
+  test = score_test(restored, splits, settings, out / f'ensemble_test_hypotheses_'
+                     f'{minutes:g}min.txt', f'ensemble at {minutes:g} min')
+  alone = [b['test']['bleu_lowercased_13a'] for b in chosen]
+  return {'minutes_per_run': minutes,
+          'training_minutes_total': sum(b['last_checkpoint_minutes'] for b in chosen),
+          'members': [{'run': run.name, 'averaged_steps': b['averaged_steps'],
+                       'test_bleu_lowercased_13a': b['test']['bleu_lowercased_13a']}
+                      for run, b in zip(runs, chosen)],
+          'members_mean_test_bleu_lowercased_13a': statistics.mean(alone),
+          'members_spread_test_bleu_lowercased_13a': max(alone) - min(alone),
+          'decode': {'beam_size': settings.beam_size, 'alpha': settings.alpha},
           'validation_tried': tried, 'test': test}
 
 
@@ -189,21 +247,30 @@ def portable(value, workdir: str, repo: str = str(REPO)):
           .replace(parent + '/', '../'))
 
 
+def load_splits(config, sentences: int) -> dict:
+  """Validation and test (sources, references), the first `sentences` of each if set."""
+  from transformer_jax.data import pipeline  # noqa: PLC0415
+  splits = {}
+  for split in ('validation', 'test'):
+    sources, references = pipeline.split_pairs(config, split)
+    splits[split] = (sources[:sentences or None], references[:sentences or None])
+  return splits
+
+
+def decode_grid(args) -> list:
+  from transformer_jax import inference  # noqa: PLC0415
+  return [inference.Settings(beam_size=b, alpha=a) for b in args.beam_sizes for a in args.alphas]
+
+
 def analyze(args) -> dict:
   from transformer_jax import inference  # noqa: PLC0415
-  from transformer_jax.data import pipeline  # noqa: PLC0415
   workdir = pathlib.Path(args.workdir)
   record = json.loads((workdir / RUN_FILE).read_text())
   if 'end_time' not in record:
     sys.exit(f'error: the run in {workdir} has not finished (no end_time in {RUN_FILE}).')
   start = record['start_time']
   config = inference.restore(str(workdir)).config
-  splits = {}
-  for split in ('validation', 'test'):
-    sources, references = pipeline.split_pairs(config, split)
-    splits[split] = (sources[:args.sentences or None], references[:args.sentences or None])
-  grid = [inference.Settings(beam_size=b, alpha=a)
-          for b in args.beam_sizes for a in args.alphas]
+  splits, grid = load_splits(config, args.sentences), decode_grid(args)
   times = checkpoint_times(workdir)
   budgets = [score_budget(workdir, float(m), start, times, splits, grid,
                           [int(n) for n in args.average_candidates.split(',')])
@@ -225,12 +292,49 @@ def analyze(args) -> dict:
   return result
 
 
+def ensemble(args) -> dict:
+  """--phase=ensemble: the analyzed runs in --runs decoded as one model; the record goes to
+  --workdir/ensemble.json."""
+  from transformer_jax import inference  # noqa: PLC0415
+  runs = [pathlib.Path(r) for r in args.runs.split(',') if r]
+  if len(runs) < 2:
+    sys.exit('error: --phase=ensemble needs --runs=DIR1,DIR2[,...], runs analyzed apart.')
+  records = []
+  for run in runs:
+    if not (run / 'quality.json').is_file():
+      sys.exit(f'error: {run / "quality.json"} does not exist; train and score that run first '
+               f'(--workdir={run} --phase=all).')
+    records.append(json.loads((run / 'quality.json').read_text()))
+  out = pathlib.Path(args.workdir)
+  out.mkdir(parents=True, exist_ok=True)
+  config = inference.restore(str(runs[0])).config
+  splits, grid = load_splits(config, args.sentences), decode_grid(args)
+  budgets = [score_ensemble(runs, records, float(m), splits, grid, out)
+             for m in args.budgets_minutes.split(',')]
+  result = {'benchmark': 'quality_multi30k_ensemble', 'date': time.strftime('%Y-%m-%d'),
+            'runs': [{'run': run.name, 'command': record['command'],
+                      'seed': record['config']['seed'], 'machine': record['machine']}
+                     for run, record in zip(runs, records)],
+            'data': records[0]['data'],
+            'decode_tried': {'beam_size': args.beam_sizes, 'alpha': args.alphas},
+            **environment(), 'budgets': budgets}
+  result = portable(result, str(out.resolve()))
+  (out / 'ensemble.json').write_text(json.dumps(result, indent=2))
+  print(json.dumps([{k: b[k] for k in ('minutes_per_run', 'training_minutes_total',
+                                       'members_mean_test_bleu_lowercased_13a', 'decode')}
+                    | {'test_bleu_lowercased_13a': b['test']['bleu_lowercased_13a']}
+                    for b in budgets], indent=2))
+  return result
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--workdir', required=True)
   parser.add_argument('--config', default=str(REPO / 'configs' / 'multi30k.py'))
   parser.add_argument('--budgets_minutes', default='60,120')
-  parser.add_argument('--phase', default='all', choices=('all', 'run', 'analyze'))
+  parser.add_argument('--phase', default='all', choices=('all', 'run', 'analyze', 'ensemble'))
+  parser.add_argument('--runs', default='',
+                      help='--phase=ensemble: analyzed run directories to decode as one model')
   parser.add_argument('--average_candidates', default='1,5,10,20',
                       help='how many last checkpoints to try averaging (chosen on validation)')
   parser.add_argument('--beam_size', default='4',
@@ -255,6 +359,8 @@ def main():
     run(args)
   if args.phase in ('all', 'analyze'):
     analyze(args)
+  if args.phase == 'ensemble':
+    ensemble(args)
 
 
 if __name__ == '__main__':

@@ -67,6 +67,46 @@ def test_recipe_bench_records_budgets_scores_and_plot(repo, tmp_path):
   assert sorted(os.listdir(workdir)) == before
 
 
+@pytest.mark.slow
+def test_ensemble_of_seeds_decodes_analyzed_runs_as_one(repo, tmp_path):
+  runs = [tmp_path / f'seed{seed}' for seed in (0, 1)]
+  for seed, run in enumerate(runs):
+    result = bench(repo, f'--workdir={run}', '--budgets_minutes=1000', '--sentences=8',
+                   '--average_candidates=1,2', f'--config.data.data_dir={DATA}',
+                   f'--config.data.tfds_dir={tmp_path / "tfds"}', f'--config.seed={seed}',
+                   *TINY)
+    assert result.returncode == 0, result.stderr[-3000:]
+  out = tmp_path / 'ensemble'
+  result = bench(repo, '--phase=ensemble', f'--runs={runs[0]},{runs[1]}', f'--workdir={out}',
+                 '--budgets_minutes=1000', '--sentences=8', '--alpha=0.6,2.0')
+  assert result.returncode == 0, result.stderr[-3000:]
+  record = json.loads((out / 'ensemble.json').read_text())
+  members = [json.loads((run / 'quality.json').read_text())['budgets'][0] for run in runs]
+  assert [r['seed'] for r in record['runs']] == [0, 1]
+  (budget,) = record['budgets']
+  assert [m['averaged_steps'] for m in budget['members']] == [
+      m['averaged_steps'] for m in members]  # each run's own choice on validation
+  alone = [m['test']['bleu_lowercased_13a'] for m in members]
+  assert budget['members_mean_test_bleu_lowercased_13a'] == pytest.approx(sum(alone) / 2)
+  assert budget['training_minutes_total'] == pytest.approx(
+      sum(m['last_checkpoint_minutes'] for m in members))
+  tried = budget['validation_tried']
+  assert [t['alpha'] for t in tried] == [0.6, 2.0]
+  assert budget['decode']['alpha'] == max(tried, key=lambda t: t['bleu_lowercased_13a'])['alpha']
+  assert budget['test']['sentences'] == 8 and 0 <= budget['test']['bleu_lowercased_13a'] <= 100
+  assert len((out / 'ensemble_test_hypotheses_1000min.txt').read_text().splitlines()) == 8
+  assert str(out) not in (out / 'ensemble.json').read_text()  # the data flags name tmp_path
+
+
+def test_ensemble_phase_refuses_runs_it_cannot_use(repo, tmp_path):
+  one = bench(repo, '--phase=ensemble', f'--runs={tmp_path}', f'--workdir={tmp_path / "o"}')
+  assert one.returncode != 0 and 'needs --runs=DIR1,DIR2' in one.stderr
+  unscored = bench(repo, '--phase=ensemble', f'--runs={tmp_path / "a"},{tmp_path / "b"}',
+                   f'--workdir={tmp_path / "o"}')
+  assert unscored.returncode != 0 and 'quality.json does not exist' in unscored.stderr
+  assert not (tmp_path / 'o').exists()
+
+
 @pytest.mark.parametrize('flag,message', [('--bogus=1', 'only --config.KEY=VALUE'),
                                           ('stray', 'only --config.KEY=VALUE'),
                                           ('--alpha=0.6,high', 'comma-separated numbers'),

@@ -41,7 +41,8 @@ SAMPLING = ['--decode=sample', '--seed=1', '--max_extra_len=10']
 
 
 def cpu_model() -> str:
-  """The CPU's name, and whether it has AMX or AVX-512 bf16 (figures depend on them)."""
+  """The CPU's name, and whether it has AMX or AVX-512 bf16 (figures depend on them: one
+  name, AMD EPYC, covers Zen 3 without bf16 units and Zen 4 with them)."""
   info = pathlib.Path('/proc/cpuinfo')
   if not info.exists():
     return platform.processor()
@@ -50,6 +51,9 @@ def cpu_model() -> str:
                if line.startswith('model name')), platform.processor())
   features = [label for flag, label in (('amx_bf16', 'AMX'), ('avx512_bf16', 'AVX-512 bf16'))
               if f' {flag}' in text]
+  from transformer_jax import precision  # noqa: PLC0415 (jax loads only when asked)
+  if not features and precision.cpu_has_bf16_units(text) is False:
+    features = ['no bf16 units']
   return f'{name} ({", ".join(features)})' if features else name
 
 

@@ -17,7 +17,7 @@ from flax import nnx
 from ml_collections import ConfigDict
 
 from transformer_jax import checkpoint as checkpoint_lib
-from transformer_jax import distributed, inference, scoring, sharding
+from transformer_jax import distributed, inference, precision, scoring, sharding
 from transformer_jax import metrics as metrics_lib
 from transformer_jax.data import datasets, pipeline
 from transformer_jax.data.stream import Prefetch
@@ -114,6 +114,8 @@ def train(config: ConfigDict, workdir: str) -> dict:
   """Train until `train.num_steps`, resuming from the workdir; returns the last metrics
   and their `step` (empty if there was nothing left to train)."""
   checkpoint_lib.check_writable(workdir)
+  if (warning := precision.cpu_warning(config.model)) is not None:
+    distributed.warn(warning)
   mesh = sharding.make_mesh(config.mesh)
   sharding.check_batch(config.data.batch_size, mesh)
   setup = build(config, mesh)

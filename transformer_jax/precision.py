@@ -8,10 +8,14 @@ ones. JAX's own autodiff of a product with `preferred_element_type=float32` comp
 backward products in fp32 again (it upcasts the bf16 operand), so the custom VJP here
 writes them as bf16 products too: the incoming gradient is rounded to bf16 like the
 operands are, as in any bf16 mixed-precision training.
+
+CPUs without bf16 dot-product units (AMD Zen 3 and older, Intel before Cooper Lake) get
+bf16 products emulated: slower than fp32 ones, so training warns there (`cpu_warning`).
 """
 from __future__ import annotations
 
 import functools
+import pathlib
 import string
 
 import jax
@@ -123,3 +127,36 @@ def _backward(spec, matmul_dtype, a_dtype, b_dtype, residuals, g):
 
 
 _mixed_einsum.defvjp(_forward, _backward)
+
+
+# x86 /proc/cpuinfo flags of bf16 dot-product units: AVX512-BF16 (Zen 4, Cooper Lake and
+# later Xeons) and AMX (Sapphire Rapids and later).
+BF16_UNIT_FLAGS = ('avx512_bf16', 'amx_bf16')
+
+
+def cpu_has_bf16_units(cpuinfo: str | None = None) -> bool | None:
+  """Whether this x86 CPU has bf16 dot-product units; None where /proc/cpuinfo lists no
+  x86 flags (another OS or architecture: nothing is claimed)."""
+  if cpuinfo is None:
+    try:
+      cpuinfo = pathlib.Path('/proc/cpuinfo').read_text()
+    except OSError:
+      return None
+  for line in cpuinfo.splitlines():
+    if line.startswith('flags') and ':' in line:
+      return any(flag in line.split(':', 1)[1].split() for flag in BF16_UNIT_FLAGS)
+  return None
+
+
+def cpu_warning(model_cfg, backend: str | None = None, cpuinfo: str | None = None
+                ) -> str | None:
+  """A warning when this config's matrix products run in bf16 on a CPU that emulates them
+  (on a 2-core AMD EPYC Zen 3, 1.3x the fp32 step time: docs/performance.md)."""
+  if ((model_cfg.matmul_dtype or model_cfg.dtype) != 'bfloat16'
+      or (backend or jax.default_backend()) != 'cpu' or cpu_has_bf16_units(cpuinfo) is not False):
+    return None
+  fix = ('--config.model.matmul_dtype=' if model_cfg.dtype != 'bfloat16'
+         else '--config.model.dtype=float32 --config.model.matmul_dtype=')
+  return ('matrix products in bfloat16 on a CPU without bf16 units (neither '
+          f'{" nor ".join(BF16_UNIT_FLAGS)} in /proc/cpuinfo): XLA emulates them here, '
+          f'about 1.3x slower than fp32 ones. For fp32 products pass {fix}')

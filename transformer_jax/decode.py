@@ -116,16 +116,19 @@ def _prepare_all(model, source: jax.Array, copies: int, max_len: int):
   return (tuple(p[0] for p in prepared), prepared[0][1], tuple(p[2] for p in prepared))
 
 
-def _next_logits(model, tokens, t, caches, cross_kvs, source_segments):
-  """(next-token logits [B, V], the caches one step longer). For an ensemble, the "logits"
-  are log(mean_m p_m): normalized already, which the log-softmax after leaves as they are."""
+def _next_logp(model, tokens, t, caches, cross_kvs, source_segments):
+  """(log p(next token) [B, V], the caches one step longer). For an ensemble, the log of
+  the mean of the models' probabilities (as fairseq ensembles)."""
   steps = [m.decode_step(tokens, t, cache, kv, source_segments)
            for m, cache, kv in zip(_members(model), caches, cross_kvs, strict=True)]
   caches = tuple(cache for _, cache in steps)
   if len(steps) == 1:
-    return steps[0][0], caches
-  logp = jnp.stack([jax.nn.log_softmax(logits) for logits, _ in steps])
-  return jax.nn.logsumexp(logp, axis=0) - jnp.log(float(len(steps))), caches
+    return jax.nn.log_softmax(steps[0][0]), caches
+  # A mean of softmaxes costs one exp per model and one log per token, against two exps
+  # per model and a log-softmax again through log_softmax + logsumexp. A token that every
+  # model gives less than fp32's smallest normal gets log(tiny) = -87.3, not -inf.
+  p = sum(jax.nn.softmax(logits) for logits, _ in steps) / len(steps)
+  return jnp.log(jnp.maximum(p, jnp.finfo(p.dtype).tiny)), caches
 
 
 def _prepare(model: Transformer, source: jax.Array, copies: int, max_len: int):
@@ -154,10 +157,9 @@ def _decoding_loop(cond, body, state: dict, max_len: int) -> dict:
   return state
 
 
-def _next_token_logp(logits, t, limits, eos_id: int):
-  """log p(next token) [B, V]: padding is never produced, and a sentence at its length
-  limit may only end."""
-  logp = jax.nn.log_softmax(logits)
+def _allowed_logp(logp, t, limits, eos_id: int):
+  """`logp` [B, V] where padding is never produced and a sentence at its length limit may
+  only end."""
   vocab = jnp.arange(logp.shape[-1])
   logp = jnp.where(vocab == PAD_ID, NEG_INF, logp)
   if eos_id < 0:  # fixed-length decoding: nothing ends, every step is a real token
@@ -203,8 +205,8 @@ def beam_search(model: Transformer | Ensemble, source: jax.Array, *, beam_size: 
 
   def body(s):
     t = s['step']
-    logits, cache = _next_logits(model, s['tokens'], t, s['cache'], cross_kv, source_segments)
-    logp = _next_token_logp(logits, t, jnp.repeat(limits, beam_size), eos_id)
+    logp, cache = _next_logp(model, s['tokens'], t, s['cache'], cross_kv, source_segments)
+    logp = _allowed_logp(logp, t, jnp.repeat(limits, beam_size), eos_id)
     vocab = logp.shape[-1]
     candidates = s['live_logp'][:, :, None] + logp.reshape(batch, beam_size, vocab)
     top_logp, top_ids = _top_k(candidates.reshape(batch, -1), beam_size)
@@ -253,8 +255,8 @@ def sample(model: Transformer | Ensemble, source: jax.Array, key: jax.Array | No
 
   def body(s):
     t = s['step']
-    logits, cache = _next_logits(model, s['tokens'], t, s['cache'], cross_kv, source_segments)
-    logp = _next_token_logp(logits, t, limits, eos_id)
+    logp, cache = _next_logp(model, s['tokens'], t, s['cache'], cross_kv, source_segments)
+    logp = _allowed_logp(logp, t, limits, eos_id)
     if top_k:
       kth = jax.lax.top_k(logp, top_k)[0][:, -1:]
       logp = jnp.where(logp < kth, NEG_INF, logp)

@@ -1,11 +1,14 @@
 """The loss (loss.py): label-smoothed cross-entropy by hand, and the fused output
-projection's values and gradients against plain autodiff of optax."""
+projection's values and gradients (cross-entropy, and R-Drop's KL) against plain autodiff
+of optax."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from transformer_jax.loss import cross_entropy, projected_cross_entropy
+import pytest
+
+from transformer_jax.loss import cross_entropy, projected_cross_entropy, projected_rdrop
 
 
 def test_label_smoothed_cross_entropy_by_hand():
@@ -43,3 +46,35 @@ def test_fused_projection_loss_and_gradients_equal_autodiff_of_optax():
                           jax.grad(reference, (0, 1))(x, kernel)):
     np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
 
+
+
+@pytest.mark.parametrize('layout', ['dv', 'vd'])
+def test_fused_rdrop_terms_and_gradients_equal_autodiff_of_a_plain_kl(layout):
+  """projected_rdrop against autodiff of the obvious implementation: logits, optax's
+  cross-entropies, log_softmax, and KL(P1||P2) + KL(P2||P1) written out, under weights
+  on every output so each term's gradient counts."""
+  keys = jax.random.split(jax.random.key(1), 6)
+  x = jax.random.normal(keys[0], (3, 2, 5, 16))  # [B, passes, T, D]
+  kernel = jax.random.normal(keys[1], (16, 40) if layout == 'dv' else (40, 16)) * 0.5
+  targets = jax.random.randint(keys[2], (3, 2, 5), 0, 40)
+  w_loss, w_nll = jax.random.uniform(keys[3], (3, 2, 5)), jax.random.uniform(keys[4], (3, 2, 5))
+  w_kl = jax.random.uniform(keys[5], (3, 5))
+
+  def fused(x, kernel):
+    loss, nll, _, kl = projected_rdrop(x, kernel, targets, 0.1, layout)
+    return jnp.sum(loss * w_loss) + jnp.sum(nll * w_nll) + 2.5 * jnp.sum(kl * w_kl)
+
+  def reference(x, kernel):
+    logits = x @ (kernel if layout == 'dv' else kernel.T)
+    labels = jax.nn.one_hot(targets, 40)
+    loss = optax.softmax_cross_entropy(logits, optax.smooth_labels(labels, 0.1))
+    nll = optax.softmax_cross_entropy(logits, labels)
+    logp = jax.nn.log_softmax(logits)
+    p1, p2 = logp[:, 0], logp[:, 1]
+    kl = (jnp.sum(jnp.exp(p1) * (p1 - p2), -1) + jnp.sum(jnp.exp(p2) * (p2 - p1), -1))
+    return jnp.sum(loss * w_loss) + jnp.sum(nll * w_nll) + 2.5 * jnp.sum(kl * w_kl)
+
+  np.testing.assert_allclose(fused(x, kernel), reference(x, kernel), rtol=1e-5)
+  for ours, theirs in zip(jax.grad(fused, (0, 1))(x, kernel),
+                          jax.grad(reference, (0, 1))(x, kernel)):
+    np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5)

@@ -63,14 +63,68 @@ def _forward(x, kernel, targets, label_smoothing, layout, matmul_dtype):
 def _backward(label_smoothing, layout, matmul_dtype, residuals, cotangents):
   x, kernel, targets, logits, lse = residuals
   g_loss, g_nll, _ = cotangents
+  d_logits = _cross_entropy_grad(logits, lse, targets, g_loss, g_nll, label_smoothing)
+  return (*_project_back(x, kernel, d_logits.astype(x.dtype), layout, matmul_dtype), None)
+
+
+def _cross_entropy_grad(logits, lse, targets, g_loss, g_nll, label_smoothing):
+  """d (g_loss . loss + g_nll . nll) / d logits, from the forward's logits and lse."""
   vocab = logits.shape[-1]
-  onehot = jnp.arange(vocab) == targets[:, None]  # fused into the expression below
-  d_logits = ((g_loss + g_nll)[:, None] * jnp.exp(logits - lse[:, None])
-              - ((1.0 - label_smoothing) * g_loss + g_nll)[:, None] * onehot
-              - (label_smoothing / vocab) * g_loss[:, None]).astype(x.dtype)
+  onehot = jnp.arange(vocab) == targets[..., None]  # fused into the expression below
+  return ((g_loss + g_nll)[..., None] * jnp.exp(logits - lse[..., None])
+          - ((1.0 - label_smoothing) * g_loss + g_nll)[..., None] * onehot
+          - (label_smoothing / vocab) * g_loss[..., None])
+
+
+def _project_back(x, kernel, d_logits, layout, matmul_dtype):
+  """(d x, d kernel) of logits = x @ kernel, in the layout the kernel is stored in."""
   d_x = precision.einsum(f'nv,{layout}->nd', d_logits, kernel, matmul_dtype)
   d_kernel = precision.einsum(f'nd,nv->{layout}', x, d_logits, matmul_dtype)
-  return d_x, d_kernel, None
+  return d_x, d_kernel
 
 
 projected_cross_entropy.defvjp(_forward, _backward)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def projected_rdrop(x: jax.Array, kernel: jax.Array, targets: jax.Array,
+                    label_smoothing: float, layout: str = 'dv',
+                    matmul_dtype: str | None = None):
+  """R-Drop's terms fused with the pre-softmax linear. x [B, 2, T, D] holds each row's two
+  dropout passes on axis 1, targets [B, 2, T]. Returns `projected_cross_entropy`'s (loss,
+  nll, correct) per token [B, 2, T] and the symmetric KL between the passes' distributions
+  per token [B, T], sum_v (p1 - p2) (log p1 - log p2).
+
+  The logits are computed once for both terms and their gradient is written once, by hand:
+  with d = log p1 - log p2, d KL / d z1 = p1 (d - E_p1[d]) + p1 - p2 (and z2's by symmetry).
+  Autodiff of the KL on separately projected logits cost a second output projection, its
+  backward, and several [tokens, vocab] arrays: R-Drop's step was 2.2-3.3x a plain one."""
+  return _rdrop_forward(x, kernel, targets, label_smoothing, layout, matmul_dtype)[0]
+
+
+def _rdrop_forward(x, kernel, targets, label_smoothing, layout, matmul_dtype):
+  logits = output_logits(x.reshape(-1, x.shape[-1]), kernel, layout, matmul_dtype)
+  logits = logits.reshape(*x.shape[:-1], -1)
+  *outputs, lse = _terms(logits, targets, label_smoothing)
+  logp = logits - lse[..., None]
+  kl = jnp.sum((jnp.exp(logp[:, 0]) - jnp.exp(logp[:, 1])) * (logp[:, 0] - logp[:, 1]), -1)
+  return (*outputs, kl), (x, kernel, targets, logits, lse)
+
+
+def _rdrop_backward(label_smoothing, layout, matmul_dtype, residuals, cotangents):
+  x, kernel, targets, logits, lse = residuals
+  g_loss, g_nll, _, g_kl = cotangents
+  p = jnp.exp(logits - lse[..., None])
+  d = (logits[:, 0] - lse[:, 0, :, None]) - (logits[:, 1] - lse[:, 1, :, None])
+  expected = jnp.sum(p * d[:, None], axis=-1, keepdims=True)  # E_p1[d], E_p2[d]: [B, 2, T, 1]
+  sign = jnp.array([1.0, -1.0])[None, :, None, None]  # d KL / d z2 uses -d
+  d_kl = p * (sign * d[:, None] - sign * expected) + sign * (p[:, 0] - p[:, 1])[:, None]
+  d_logits = (_cross_entropy_grad(logits, lse, targets, g_loss, g_nll, label_smoothing)
+              + g_kl[:, None, :, None] * d_kl)
+  d_x, d_kernel = _project_back(x.reshape(-1, x.shape[-1]), kernel,
+                                d_logits.reshape(-1, logits.shape[-1]).astype(x.dtype),
+                                layout, matmul_dtype)
+  return d_x.reshape(x.shape), d_kernel, None
+
+
+projected_rdrop.defvjp(_rdrop_forward, _rdrop_backward)

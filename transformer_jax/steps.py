@@ -59,20 +59,15 @@ def rdrop_sums(model: Transformer, batch: dict, label_smoothing: float, alpha: f
     loss = (CE1 + CE2) / 2 + alpha / 4 * (KL(P1||P2) + KL(P2||P1)),
   CE label-smoothed; KL(P1||P2) + KL(P2||P1) = sum_v (p1 - p2) (log p1 - log p2).
   Sums over non-padding target tokens, counted once; `rdrop_kl` is the symmetric KL."""
-  # Each row next to its copy: [2B, T], a device's rows stay on it.
+  # Each row next to its copy: [2B, T], a device's rows stay on it; then [B, 2, T].
   twice = jax.tree.map(lambda x: jnp.repeat(x, 2, axis=0), batch)
   decoder_input = shift_right(twice['target'], twice['target_segment_ids'])
   states = model(twice['source'], decoder_input, rngs=rngs, logits=False, **model_inputs(twice))
-  targets = twice['target'].reshape(-1)
-  states = states.reshape(targets.shape[0], -1)
+  pairs = batch['target'].shape[0], 2, batch['target'].shape[1]
+  targets = twice['target'].reshape(pairs)
   kernel, layout = model.output_kernel()
-  loss, nll, correct = loss_lib.projected_cross_entropy(
-      states, kernel, targets, label_smoothing, layout, model.matmul_dtype)
-  # The KL needs both passes' whole distributions: [B, 2, T, V] log-probabilities.
-  logp = jax.nn.log_softmax(loss_lib.output_logits(states, kernel, layout, model.matmul_dtype))
-  logp = logp.reshape(*batch['target'].shape[:1], 2, -1, logp.shape[-1])
-  p1, p2 = logp[:, 0], logp[:, 1]
-  kl = jnp.sum((jnp.exp(p1) - jnp.exp(p2)) * (p1 - p2), axis=-1)  # [B, T]
+  loss, nll, correct, kl = loss_lib.projected_rdrop(
+      states.reshape(*pairs, -1), kernel, targets, label_smoothing, layout, model.matmul_dtype)
   weights = (targets != PAD_ID).astype(jnp.float32)
   once = (batch['target'] != PAD_ID).astype(jnp.float32)
   mean_of_passes = lambda x: 0.5 * jnp.sum(x * weights)  # noqa: E731

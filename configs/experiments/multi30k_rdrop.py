@@ -5,7 +5,7 @@ R-Drop (Liang et al., 2021) runs every batch twice with independent dropout mask
 a symmetric KL term between the two output distributions (`steps.rdrop_sums`). alpha 5
 with dropout 0.3 and label smoothing 0.1 is the paper's setting for the small IWSLT
 corpora, the regime closest to 29,000 pairs trained for ~50 epochs, where the old recipe
-overfits. Each step costs ~2.1x a plain step, so within the same 2 hours it makes about
+overfits. Each step costs ~2.3x a plain step, so within the same 2 hours it makes about
 half the updates. Measured results: configs/experiments/README.md.
 """
 import os

@@ -49,12 +49,12 @@ def cpu_model() -> str:
   text = info.read_text()
   name = next((line.split(':', 1)[1].strip() for line in text.splitlines()
                if line.startswith('model name')), platform.processor())
-  features = [label for flag, label in (('amx_bf16', 'AMX'), ('avx512_bf16', 'AVX-512 bf16'))
-              if f' {flag}' in text]
   from transformer_jax import precision  # noqa: PLC0415 (jax loads only when asked)
-  if not features and precision.cpu_has_bf16_units(text) is False:
-    features = ['no bf16 units']
-  return f'{name} ({", ".join(features)})' if features else name
+  units = precision.cpu_bf16_units(text)
+  if units is None:
+    return name
+  labels = {'amx_bf16': 'AMX', 'avx512_bf16': 'AVX-512 bf16'}
+  return f'{name} ({", ".join(labels[flag] for flag in units) or "no bf16 units"})'
 
 
 def commit() -> str:

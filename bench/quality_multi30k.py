@@ -140,21 +140,27 @@ def score_budget(workdir, minutes, start, times, splits, grid, candidates) -> di
           'validation_tried': tried, 'test': test}
 
 
-def score_ensemble(runs, records, minutes, splits, grid, out: pathlib.Path) -> dict:
-  """Runs trained apart (seeds), decoded as one model at a budget each: every run's
-  checkpoint average as its own analysis chose it on validation, the decode settings
-  chosen again on validation, then test. Beside it, each member's own test BLEU and
-  their mean, the figure a single-model recipe reports over seeds."""
-  from transformer_jax import checkpoint, inference  # noqa: PLC0415
+def scored_budgets(runs, records, minutes: float) -> list[dict]:
+  """Each run's analysis at `minutes`; exits naming the run that has none."""
   chosen = []
   for run, record in zip(runs, records):
     budget = next((b for b in record['budgets'] if b['minutes'] == minutes), None)
     if budget is None or 'test' not in budget:
       sys.exit(f'error: {run / "quality.json"} has no scored {minutes:g}-minute budget; run '
                f'--phase=analyze there with --budgets_minutes={minutes:g} first.')
+    chosen.append(budget)
+  return chosen
+
+
+def score_ensemble(runs, chosen, minutes, splits, grid, out: pathlib.Path) -> dict:
+  """Runs trained apart (seeds), decoded as one model at a budget each: every run's
+  checkpoint average as its own analysis chose it on validation (`chosen`), the decode
+  settings chosen again on validation, then test. Beside it, each member's own test BLEU
+  and their mean, the figure a single-model recipe reports over seeds."""
+  from transformer_jax import checkpoint, inference  # noqa: PLC0415
+  for run, budget in zip(runs, chosen):
     checkpoint.average(str(run), budget['averaged_last'],
                        until_step=budget['last_checkpoint_step'])
-    chosen.append(budget)
   restored = inference.restore_ensemble([f'{run}@averaged' for run in runs])
   tried = validate(restored, splits, grid, f'ensemble of {len(runs)} at {minutes:g} min')
   best, settings = best_of(tried)
@@ -305,12 +311,13 @@ def ensemble(args) -> dict:
       sys.exit(f'error: {run / "quality.json"} does not exist; train and score that run first '
                f'(--workdir={run} --phase=all).')
     records.append(json.loads((run / 'quality.json').read_text()))
+  minutes = [float(m) for m in args.budgets_minutes.split(',')]
+  chosen = [scored_budgets(runs, records, m) for m in minutes]  # all checked before any work
   out = pathlib.Path(args.workdir)
   out.mkdir(parents=True, exist_ok=True)
   config = inference.restore(str(runs[0])).config
   splits, grid = load_splits(config, args.sentences), decode_grid(args)
-  budgets = [score_ensemble(runs, records, float(m), splits, grid, out)
-             for m in args.budgets_minutes.split(',')]
+  budgets = [score_ensemble(runs, c, m, splits, grid, out) for m, c in zip(minutes, chosen)]
   result = {'benchmark': 'quality_multi30k_ensemble', 'date': time.strftime('%Y-%m-%d'),
             'runs': [{'run': run.name, 'command': record['command'],
                       'seed': record['config']['seed'], 'machine': record['machine']}

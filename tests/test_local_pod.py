@@ -10,7 +10,7 @@ import os
 import numpy as np
 import pytest
 
-from transformer_jax import local_pod
+from transformer_jax import local_pod, precision
 from transformer_jax import metrics as metrics_lib
 from transformer_jax.data import pipeline
 
@@ -30,18 +30,29 @@ def run(repo, tmp_path, command, processes, devices=4):
   return results
 
 
-def test_two_processes_match_one(repo, synthetic, tmp_path):
+@pytest.mark.parametrize('variant', [[], ['--config.train.rdrop_alpha=2',
+                                            '--config.model.matmul_dtype=bfloat16']],
+                         ids=['plain', 'rdrop_bf16'])
+def test_two_processes_match_one(repo, synthetic, tmp_path, variant):
   """Distinct sentences: the global batches do not depend on the number of processes, so
-  2 processes x 4 devices train as 1 x 8; the data position is saved once."""
+  2 processes x 4 devices train as 1 x 8; the data position is saved once. R-Drop's two
+  dropout passes hash global row indices, so they too match; a CPU that emulates bf16
+  products is warned about once, by process 0."""
   flags = [*TINY, *(f'--config.data.{k}={v}' for k, v in synthetic.data.items()),
            f'--config.data.vocab_path={synthetic.vocab}', '--config.train.num_steps=6',
-           '--config.train.checkpoint_every=6']
+           '--config.train.checkpoint_every=6', *variant]
   one, two = tmp_path / 'one', tmp_path / 'two'
   run(repo, tmp_path, ['train', f'--workdir={one}', *flags], processes=1, devices=8)
-  run(repo, tmp_path, ['train', f'--workdir={two}', *flags], processes=2)
+  results = run(repo, tmp_path, ['train', f'--workdir={two}', *flags], processes=2)
   single, multi = metrics_lib.read(str(one)), metrics_lib.read(str(two))
   assert [r['step'] for r in multi] == list(range(1, 7))
   np.testing.assert_allclose([r['loss'] for r in multi], [r['loss'] for r in single], rtol=1e-6)
+  if variant:
+    np.testing.assert_allclose([r['rdrop_kl'] for r in multi], [r['rdrop_kl'] for r in single],
+                               rtol=1e-5)
+    emulated = precision.cpu_bf16_units() == ()
+    assert results[0].err.count('without bf16 units') == int(emulated)
+    assert 'without bf16 units' not in results[1].err
   assert single[-1]['loss'] < single[0]['loss']
   saved = os.listdir(two / 'checkpoints' / '6' / 'data')
   assert 'metadata' in saved and not any(n.startswith('process_') for n in saved)
@@ -122,7 +133,8 @@ def test_files(trained, tmp_path_factory):
 
 
 def test_evaluate_and_translate_on_two_processes_equal_one(repo, trained, test_files, tmp_path):
-  """Beam search over distinct sentences: the same lines, in order, and the same BLEU."""
+  """Beam search over distinct sentences: the same lines, in order, and the same BLEU; an
+  ensemble of two checkpoints too."""
   workdir, _ = trained
   src, ref = test_files
   out = {}
@@ -132,9 +144,14 @@ def test_evaluate_and_translate_on_two_processes_equal_one(repo, trained, test_f
                          '--batch_size=16'], processes=n)
     run(repo, tmp_path, ['translate', f'--workdir={workdir}', f'--input={src}',
                          f'--output={tmp_path}/out{n}.txt', '--batch_size=16'], processes=n)
+    run(repo, tmp_path, ['translate', f'--ensemble={workdir}@200,{workdir}@300',
+                         f'--input={src}', f'--output={tmp_path}/ens{n}.txt', '--batch_size=16'],
+        processes=n)
     out[n] = (json.loads((tmp_path / f'eval{n}.json').read_text())['bleu'],
-              (tmp_path / f'hyp{n}.txt').read_text(), (tmp_path / f'out{n}.txt').read_text())
+              (tmp_path / f'hyp{n}.txt').read_text(), (tmp_path / f'out{n}.txt').read_text(),
+              (tmp_path / f'ens{n}.txt').read_text())
   assert out[2] == out[1]
-  bleu, hypotheses, translations = out[2]
+  bleu, hypotheses, translations, ensemble = out[2]
   assert bleu > 1 and hypotheses == translations
   assert len(set(translations.splitlines())) > 24  # distinct lines, a row out of place shows
+  assert len(ensemble.splitlines()) == 48 and ensemble != translations  # two models, not one

@@ -104,7 +104,14 @@ def test_ensemble_phase_refuses_runs_it_cannot_use(repo, tmp_path):
   unscored = bench(repo, '--phase=ensemble', f'--runs={tmp_path / "a"},{tmp_path / "b"}',
                    f'--workdir={tmp_path / "o"}')
   assert unscored.returncode != 0 and 'quality.json does not exist' in unscored.stderr
-  assert not (tmp_path / 'o').exists()
+  for run in ('a', 'b'):  # scored at 60 minutes only
+    (tmp_path / run).mkdir()
+    (tmp_path / run / 'quality.json').write_text(json.dumps({'budgets': [
+        {'minutes': 60.0, 'test': {'bleu_lowercased_13a': 30.0}}]}))
+  unbudgeted = bench(repo, '--phase=ensemble', f'--runs={tmp_path / "a"},{tmp_path / "b"}',
+                     f'--workdir={tmp_path / "o"}', '--budgets_minutes=60,120')
+  assert unbudgeted.returncode != 0 and 'no scored 120-minute budget' in unbudgeted.stderr
+  assert not (tmp_path / 'o').exists()  # every budget is checked before anything is written
 
 
 @pytest.mark.parametrize('flag,message', [('--bogus=1', 'only --config.KEY=VALUE'),

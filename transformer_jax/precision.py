@@ -129,14 +129,14 @@ def _backward(spec, matmul_dtype, a_dtype, b_dtype, residuals, g):
 _mixed_einsum.defvjp(_forward, _backward)
 
 
-# x86 /proc/cpuinfo flags of bf16 dot-product units: AVX512-BF16 (Zen 4, Cooper Lake and
-# later Xeons) and AMX (Sapphire Rapids and later).
-BF16_UNIT_FLAGS = ('avx512_bf16', 'amx_bf16')
+# x86 /proc/cpuinfo flags of bf16 dot-product units: AMX (Sapphire Rapids and later) and
+# AVX512-BF16 (Zen 4, Cooper Lake and later Xeons).
+BF16_UNIT_FLAGS = ('amx_bf16', 'avx512_bf16')
 
 
-def cpu_has_bf16_units(cpuinfo: str | None = None) -> bool | None:
-  """Whether this x86 CPU has bf16 dot-product units; None where /proc/cpuinfo lists no
-  x86 flags (another OS or architecture: nothing is claimed)."""
+def cpu_bf16_units(cpuinfo: str | None = None) -> tuple[str, ...] | None:
+  """The flags of BF16_UNIT_FLAGS this x86 CPU lists (empty: it has no bf16 units); None
+  where /proc/cpuinfo lists no x86 flags (another OS or architecture: nothing is claimed)."""
   if cpuinfo is None:
     try:
       cpuinfo = pathlib.Path('/proc/cpuinfo').read_text()
@@ -144,7 +144,8 @@ def cpu_has_bf16_units(cpuinfo: str | None = None) -> bool | None:
       return None
   for line in cpuinfo.splitlines():
     if line.startswith('flags') and ':' in line:
-      return any(flag in line.split(':', 1)[1].split() for flag in BF16_UNIT_FLAGS)
+      flags = line.split(':', 1)[1].split()
+      return tuple(flag for flag in BF16_UNIT_FLAGS if flag in flags)
   return None
 
 
@@ -153,7 +154,7 @@ def cpu_warning(model_cfg, backend: str | None = None, cpuinfo: str | None = Non
   """A warning when this config's matrix products run in bf16 on a CPU that emulates them
   (on a 2-core AMD EPYC Zen 3, 1.3x the fp32 step time: docs/performance.md)."""
   if ((model_cfg.matmul_dtype or model_cfg.dtype) != 'bfloat16'
-      or (backend or jax.default_backend()) != 'cpu' or cpu_has_bf16_units(cpuinfo) is not False):
+      or (backend or jax.default_backend()) != 'cpu' or cpu_bf16_units(cpuinfo) != ()):
     return None
   fix = ('--config.model.matmul_dtype=' if model_cfg.dtype != 'bfloat16'
          else '--config.model.dtype=float32 --config.model.matmul_dtype=')

@@ -9,11 +9,11 @@ is never listed, never loaded.
 
 Nothing is loaded unverified: `meta` carries a checksum of every array's values, taken
 in memory before the save (`checksum.py`), of the data position, and of itself. After a
-restore the values are checksummed again; a step that is unreadable or does not match is
-a `CorruptCheckpoint`, moved aside to DIR/quarantine (so neither "latest" nor Orbax's
-save schedule counts it), and the commands fall back to the newest step that verifies.
-Restoring takes the target shardings, so a checkpoint
-restores onto any mesh. `average` writes the mean of
+restore the values are checksummed again. What a failure proves, and so whether a step
+is moved aside to DIR/quarantine or the command stops with every file in place, is
+decided in `integrity.py`. Restoring takes the target shardings, so a checkpoint
+restores onto any mesh; a state saved with another optimizer structure (clipping turned
+on or off) resumes with its parameters and Adam moments. `average` writes the mean of
 the last N checkpoints' parameters as a checkpoint of its own, under WORKDIR/averaged.
 """
 from __future__ import annotations
@@ -21,7 +21,6 @@ from __future__ import annotations
 import base64
 import dataclasses
 import hashlib
-import json
 import os
 import time
 from typing import Any
@@ -32,13 +31,14 @@ import orbax.checkpoint as ocp
 from ml_collections import ConfigDict
 
 from transformer_jax import config as config_lib
-from transformer_jax import checksum, distributed, files, sharding
+from transformer_jax import checksum, distributed, files, integrity, optim, sharding
 from transformer_jax.data import tokenizer as tokenizer_lib
 from transformer_jax.errors import UserError
+from transformer_jax.integrity import CorruptCheckpoint, RestoreFailed  # noqa: F401
 from transformer_jax.steps import build
 
 CHECKPOINT_DIR = 'checkpoints'
-QUARANTINE_DIR = 'quarantine'  # beside CHECKPOINT_DIR: steps that failed verification
+QUARANTINE_DIR = 'quarantine'  # beside CHECKPOINT_DIR: steps whose damage was proven
 AVERAGED_DIR = 'averaged'  # `average` writes its checkpoint under WORKDIR/averaged
 MODEL_SHAPE_KEYS = ('vocab_size', 'd_model', 'num_heads', 'd_ff', 'num_encoder_layers',
                     'num_decoder_layers', 'share_embeddings', 'tie_output_embedding',
@@ -54,25 +54,6 @@ def vocab_fingerprint(vocab_path: str) -> tuple[str, str]:
   """(sha256, base64) of a vocabulary file: what a checkpoint stores to identify it."""
   data = files.path(vocab_path).read_bytes()
   return hashlib.sha256(data).hexdigest(), base64.b64encode(data).decode('ascii')
-
-
-class CorruptCheckpoint(UserError):
-  """A checkpoint step that is unreadable or whose values differ from its checksums."""
-
-  def __init__(self, step: int, directory, reason: str):
-    super().__init__(f'The checkpoint at step {step} in {directory} failed verification: '
-                     f'{reason}.')
-    self.step, self.reason = step, reason
-
-
-def _json_sha256(value) -> str:
-  """The sha256 of a JSON value as it reads back (tuples become lists), keys sorted."""
-  text = json.dumps(json.loads(json.dumps(value)), sort_keys=True)
-  return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _first_line(error: Exception) -> str:
-  return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
 
 
 class _MetaHandler(ocp.JsonCheckpointHandler):
@@ -94,6 +75,20 @@ class _MetaSave(ocp.args.CheckpointArgs):
 @dataclasses.dataclass
 class _MetaRestore(ocp.args.CheckpointArgs):
   item: Any = None
+
+
+def _paths(tree, prefix: str = '') -> set[str]:
+  return {prefix + checksum.path_name(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _structure_difference(saved: set[str], wanted: set[str]) -> str:
+  """'missing: a, b; unexpected: c': the arrays one tree has and the other lacks."""
+  def some(paths):
+    paths = sorted(paths)
+    return ', '.join(paths[:3]) + (f' and {len(paths) - 3} more' if paths[3:] else '')
+  return '; '.join(f'{what}: {some(paths)}' for what, paths in
+                   (('the checkpoint lacks', wanted - saved), ('it also holds', saved - wanted))
+                   if paths)
 
 
 class Checkpoints:
@@ -137,13 +132,13 @@ class Checkpoints:
     items = dict(state=ocp.args.StandardSave(state))
     if data_iterator is not None:  # (epoch, position): the same on every process
       data = data_iterator.get_state()
-      meta['data_sha256'] = _json_sha256(data)
+      meta['data_sha256'] = integrity.json_sha256(data)
       items['data'] = ocp.args.JsonSave(data)
 
     def finished_meta() -> dict:  # in the background, while the arrays are written
       done = {**meta, 'checksums': checksum.digests(lanes),
               'checksum_algorithm': checksum.ALGORITHM}
-      return {**done, 'meta_sha256': _json_sha256(done)}
+      return {**done, 'meta_sha256': integrity.json_sha256(done)}
     items['meta'] = _MetaSave(finished_meta)  # one commit with the arrays: no window
     self._manager.save(step, force=force, metrics=metrics,
                        args=ocp.args.Composite(**items))
@@ -155,54 +150,106 @@ class Checkpoints:
     self._manager.wait_until_finished()
 
   def meta(self, step: int) -> dict:
-    """The step's config, vocabulary and checksums, verified (CorruptCheckpoint if not)."""
+    """The step's config, vocabulary and checksums, verified against its own sha256
+    (CorruptCheckpoint if it is damaged, RestoreFailed if it cannot be read otherwise)."""
+    def read():
+      meta = self._manager.restore(step, args=ocp.args.Composite(meta=_MetaRestore()))['meta']
+      return integrity.checked_meta(step, self.directory, meta)
+    return integrity.read(step, self.directory, read)
+
+  def _verifiable(self, meta: dict) -> bool:
+    """Whether `meta` carries checksums of this version (one notice if not)."""
+    if integrity.verifiable(meta):
+      return True
+    if not self._unverified_noticed:
+      algorithm = meta.get('checksum_algorithm')
+      why = (f'carry checksums of another algorithm ({algorithm})' if algorithm else
+             'were written before checkpoints carried checksums')
+      distributed.warn(f'the checkpoints in {self.directory} {why}: loaded without '
+                       'verification.')
+      self._unverified_noticed = True
+    return False
+
+  def _layout(self, step: int, meta: dict, abstract_state):
+    """(the tree to read the step into, a function from it to `abstract_state`'s
+    structure). The verified meta lists every saved array: a state saved with another
+    optimizer structure is read as saved and carried over; any other difference stops."""
+    if not integrity.verifiable(meta) or set(meta['checksums']) == _paths(abstract_state):
+      return abstract_state, lambda state: state
+    saved_config = config_lib.from_checkpoint(meta['config'])
+    mesh = jax.tree.leaves(abstract_state)[0].sharding.mesh
+    saved_abstract = build(saved_config, mesh).abstract_state
+    changed = optim.changed_parts(saved_config, self.config)
+    if not changed or set(meta['checksums']) != _paths(saved_abstract):
+      raise RestoreFailed(
+          step, self.directory, 'it holds a train state of another structure '
+          f'({_structure_difference(set(meta["checksums"]), _paths(abstract_state))})',
+          'Use a new --workdir, or the version and config that wrote it.')
+
+    def carry(state):
+      opt_state = optim.carry_over(state.opt_state, saved_config, self.config, state.params)
+      opt_state = jax.tree.map(lambda x, a: jax.device_put(x, a.sharding), opt_state,
+                               abstract_state.opt_state)
+      distributed.say(f'the optimizer changed ({", ".join(changed)}): restored the '
+                      f'parameters, Adam moments and step of step {step}; its new parts '
+                      'start fresh.')
+      return state.replace(opt_state=opt_state)
+    return saved_abstract, carry
+
+  def restore(self, step: int, abstract_state, data_iterator=None):
+    """The state at `step`, placed as `abstract_state`'s shardings say (any mesh);
+    `data_iterator`, if given, is moved to where it was when the checkpoint was saved."""
+    meta = self.meta(step)
+    target, carry = self._layout(step, meta, abstract_state)
+    items = {'state': ocp.args.StandardRestore(target)}
+    if data_iterator is not None:
+      items['data'] = ocp.args.JsonRestore()
+
+    def read():
+      restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+      if (data_iterator is not None and 'data_sha256' in meta
+          and integrity.json_sha256(restored['data']) != meta['data_sha256']):
+        raise CorruptCheckpoint(step, self.directory, 'its data position does not match '
+                                'its checksum')
+      return restored
+    restored = integrity.read(step, self.directory, read,
+                              structure_recorded=integrity.verifiable(meta))
+    if self._verifiable(meta):  # the same verdict on every process
+      integrity.verify(step, self.directory, meta, restored['state'])
+    if data_iterator is not None:
+      data_iterator.set_state(restored['data'])
+    return carry(restored['state'])
+
+  def restore_params(self, step: int, abstract_params):
+    """Only the parameters of the state at `step` (placed as `abstract_params` says): the
+    optimizer state is not read, so it costs no memory and its damage does not matter."""
+    meta = self.meta(step)
+    recorded = integrity.verifiable(meta) and {
+        p for p in meta['checksums'] if p.startswith('params/')}
+    if recorded and recorded != _paths(abstract_params, 'params/'):
+      raise RestoreFailed(step, self.directory, 'its parameters are of another structure ('
+                          f'{_structure_difference(recorded, _paths(abstract_params, "params/"))})',
+                          'Restore it with the version that wrote it.')
+    item = {'params': abstract_params}
+    args = ocp.args.PyTreeRestore(item=item, partial_restore=True,
+                                  restore_args=ocp.checkpoint_utils.construct_restore_args(item))
+    # A reader of its own: a manager binds each item to the handler of its first call,
+    # and this one (PyTree, partial) is not the one `save` and `restore` use (Standard).
+    reader = ocp.CheckpointManager(self.directory, item_names=('state',),
+                                   options=ocp.CheckpointManagerOptions(read_only=True))
     try:
-      meta = self._manager.restore(
-          step, args=ocp.args.Composite(meta=_MetaRestore()))['meta']
-    except Exception as e:  # noqa: BLE001 (a missing item, bad JSON, a storage error)
-      raise CorruptCheckpoint(step, self.directory,
-                              f'its meta item is unreadable ({_first_line(e)})') from None
-    return self._checked_meta(step, meta)
-
-  def _checked_meta(self, step: int, meta) -> dict:
-    saved = meta.pop('meta_sha256', None) if isinstance(meta, dict) else ''
-    if saved is not None and saved != _json_sha256(meta):
-      raise CorruptCheckpoint(step, self.directory, 'its meta item (config, vocabulary, '
-                              'checksums) does not match its checksum')
-    return meta
-
-  def _verify(self, step: int, meta: dict, tree, prefix: str = '') -> None:
-    """Raise CorruptCheckpoint unless `tree`'s values match the checksums in `meta`."""
-    algorithm = meta.get('checksum_algorithm')
-    if algorithm != checksum.ALGORITHM:  # written before checksums, or by another version
-      if not self._unverified_noticed:
-        why = (f'carry checksums of another algorithm ({algorithm})' if algorithm else
-               'were written before checkpoints carried checksums')
-        distributed.warn(f'the checkpoints in {self.directory} {why}: loaded without '
-                         'verification.')
-        self._unverified_noticed = True
-      return
-    bad = checksum.mismatches(tree, meta['checksums'], prefix)
-    if bad:
-      raise CorruptCheckpoint(step, self.directory, f'{len(bad)} of its arrays differ from '
-                              f'their checksums ({", ".join(bad[:3])}{", ..." if bad[3:] else ""})')
-
-  def _read(self, step: int, read):
-    """`read()`'s result, or CorruptCheckpoint on every process if any process failed
-    (all of them must go on to the same collectives, or none)."""
-    try:
-      result, reason = read(), None
-    except CorruptCheckpoint as e:
-      result, reason = None, e.reason
-    except Exception as e:  # noqa: BLE001 (TensorStore and Orbax raise many types)
-      result, reason = None, f'it could not be read ({_first_line(e)})'
-    if not distributed.all_true(reason is None):
-      raise CorruptCheckpoint(step, self.directory, reason or 'another process could not '
-                              'read it')
-    return result
+      params = integrity.read(
+          step, self.directory,
+          lambda: reader.restore(step, args=ocp.args.Composite(state=args))['state']['params'],
+          structure_recorded=bool(recorded))
+    finally:
+      reader.close()
+    if self._verifiable(meta):
+      integrity.verify(step, self.directory, meta, params, prefix='params/')
+    return params
 
   def quarantine(self, step: int) -> str | None:
-    """Move a step that failed verification aside, out of Orbax's sight; where to (None
+    """Move a step whose damage was proven aside, out of Orbax's sight; where to (None
     if it could not be moved, e.g. read-only storage: then it is only skipped)."""
     target = (self.directory.parent / QUARANTINE_DIR /
               f'{self.directory.name}-{step}-{time.strftime("%Y%m%d-%H%M%S")}')
@@ -214,15 +261,23 @@ class Checkpoints:
           files.move_tree(self.directory / str(step), target)
           moved[0] = True
         except Exception as e:  # noqa: BLE001 (read-only storage: skip it, leave it)
-          distributed.warn(f'could not move {self.directory / str(step)} aside '
-                           f'({_first_line(e)}).')
+          reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+          distributed.warn(f'could not move {self.directory / str(step)} aside ({reason}).')
     distributed.once(f'quarantine checkpoint {step}', move, timeout_s=600)
     self._manager.reload()
     return str(target) if moved[0] else None
 
+  def quarantined(self) -> list[str]:
+    """The names of this directory's steps that were moved aside (in any run)."""
+    where = self.directory.parent / QUARANTINE_DIR
+    prefix = f'{self.directory.name}-'
+    return sorted(p.name for p in where.iterdir() if p.name.startswith(prefix)) \
+        if where.is_dir() else []
+
   def restore_newest(self, restore_step, steps=None):
     """(step, `restore_step(step)`) of the newest step that verifies, quarantining each
-    newer one with a warning; (None, None) if none does."""
+    newer one whose damage is proven, with a warning; (None, None) if none verifies.
+    Any other failure (RestoreFailed, or a refusal of `restore_step`) stops the search."""
     for step in reversed(steps or self.steps()):
       try:
         return step, restore_step(step)
@@ -267,49 +322,6 @@ class Checkpoints:
   def per_process_data_state(self, step: int) -> bool:
     """Whether `step` holds Grain iterator states, one per process (before 2026-12-02)."""
     return any((self.directory / str(step) / 'data').glob('process_*-of-*.json'))
-
-  def restore(self, step: int, abstract_state, data_iterator=None):
-    """The state at `step`, placed as `abstract_state`'s shardings say (any mesh);
-    `data_iterator`, if given, is moved to where it was when the checkpoint was saved."""
-    items = {'state': ocp.args.StandardRestore(abstract_state),
-             'meta': _MetaRestore()}  # in one call: no second round trip
-    if data_iterator is not None:
-      items['data'] = ocp.args.JsonRestore()
-
-    def read():
-      restored = self._manager.restore(step, args=ocp.args.Composite(**items))
-      meta = self._checked_meta(step, restored['meta'])
-      if (data_iterator is not None and 'data_sha256' in meta
-          and _json_sha256(restored['data']) != meta['data_sha256']):
-        raise CorruptCheckpoint(step, self.directory, 'its data position does not match '
-                                'its checksum')
-      return meta, restored
-    meta, restored = self._read(step, read)
-    self._verify(step, meta, restored['state'])  # the same verdict on every process
-    if data_iterator is not None:
-      data_iterator.set_state(restored['data'])
-    return restored['state']
-
-  def restore_params(self, step: int, abstract_params):
-    """Only the parameters of the state at `step` (placed as `abstract_params` says): the
-    optimizer state is not read, so it costs no memory and its damage does not matter."""
-    item = {'params': abstract_params}
-    args = ocp.args.PyTreeRestore(item=item, partial_restore=True,
-                                  restore_args=ocp.checkpoint_utils.construct_restore_args(item))
-    # A reader of its own: a manager binds each item to the handler of its first call,
-    # and this one (PyTree, partial) is not the one `save` and `restore` use (Standard).
-    reader = ocp.CheckpointManager(self.directory, item_names=('state',),
-                                   options=ocp.CheckpointManagerOptions(read_only=True))
-
-    def read():
-      meta = self.meta(step)
-      return meta, reader.restore(step, args=ocp.args.Composite(state=args))['state']['params']
-    try:
-      meta, params = self._read(step, read)
-    finally:
-      reader.close()
-    self._verify(step, meta, params, prefix='params/')
-    return params
 
   def close(self) -> None:
     self._manager.wait_until_finished()

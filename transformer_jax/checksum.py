@@ -15,10 +15,13 @@ state (bench/checkpoint_io.py).
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from transformer_jax.dropout import flat_index, fmix32  # its counter hash, reused
 
@@ -57,16 +60,26 @@ def path_name(path) -> str:
   return '/'.join(parts)
 
 
-@jax.jit
-def _all_lanes(tree):
-  return jax.tree.map(_lanes, tree)
+@functools.cache
+def _all_lanes(replicated: jax.sharding.Sharding):
+  """The checksum program whose every output is replicated on `replicated`'s devices:
+  `digests` reads one device's copy, so XLA must not choose another layout (on a pod it
+  could leave each process a part of the sum)."""
+  return jax.jit(lambda tree: jax.tree.map(_lanes, tree), out_shardings=replicated)
+
+
+def _replicated(tree) -> jax.sharding.Sharding:
+  sharding = jax.tree.leaves(tree)[0].sharding
+  if isinstance(sharding, NamedSharding):
+    return NamedSharding(sharding.mesh, P())
+  return sharding  # a single device's
 
 
 def start(tree):
   """Start computing `tree`'s checksums on its devices; returns at once (`digests` waits).
   A collective: every process of a multi-process run calls it with its shards of the same
   global arrays. Later updates that donate the arrays wait for it to read them."""
-  return _all_lanes(tree)
+  return _all_lanes(_replicated(tree))(tree)
 
 
 def checksums(tree) -> dict[str, str]:
@@ -78,7 +91,8 @@ def digests(lanes) -> dict[str, str]:
   """{path: 16 hex digits} of what `start` computes (waits for it)."""
   out = {}
   for path, value in jax.tree_util.tree_flatten_with_path(lanes)[0]:
-    a, b = np.asarray(value.addressable_shards[0].data)  # replicated on every device
+    assert value.sharding.is_fully_replicated, value.sharding  # pinned by _all_lanes
+    a, b = np.asarray(value.addressable_shards[0].data)
     out[path_name(path)] = f'{int(a):08x}{int(b):08x}'
   return out
 

@@ -80,6 +80,9 @@ def defaults() -> ConfigDict:
   c.train.clip_grad_norm = 0.0   # global-norm clipping; 0 = off, as in the paper
   c.train.grad_accum_steps = 1   # micro-batches per update (data.batch_size is split)
   c.train.skip_nonfinite = False # NaN/inf loss: skip that update (True) or stop (False)
+  # A workdir whose checkpoints all failed verification (quarantined): stop (False) or
+  # train from step 0 beside them (True).
+  c.train.restart_if_no_valid_checkpoint = False
   c.train.stop_after_minutes = 0.0  # save and stop after this long (per invocation); 0 = off
   c.train.log_every = 50         # console line + TensorBoard scalars
   c.train.eval_every = 500       # validation loss/accuracy; 0 = only at the end

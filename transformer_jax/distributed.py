@@ -69,6 +69,13 @@ def all_true(flag: bool) -> bool:
   return bool(np.all(multihost_utils.process_allgather(np.asarray(flag))))
 
 
+def each(value: int) -> list[int]:
+  """Every process's `value`, in process order (a collective: all processes must call it)."""
+  if jax.process_count() == 1:
+    return [value]
+  return [int(v) for v in multihost_utils.process_allgather(np.asarray(value, np.int32))]
+
+
 def barrier(what: str, timeout_s: float) -> None:
   """Wait until every process gets here; after `timeout_s`, one error naming `what`."""
   if jax.process_count() == 1:

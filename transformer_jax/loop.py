@@ -7,6 +7,7 @@ the state they update, are in `steps.py`.
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -17,13 +18,16 @@ from flax import nnx
 from ml_collections import ConfigDict
 
 from transformer_jax import checkpoint as checkpoint_lib
-from transformer_jax import distributed, inference, precision, scoring, sharding
+from transformer_jax import distributed, files, inference, precision, scoring, sharding
 from transformer_jax import metrics as metrics_lib
 from transformer_jax.data import datasets, pipeline
 from transformer_jax.data.stream import Prefetch
 from transformer_jax.errors import UserError
 from transformer_jax.steps import (abstract_batch, build, compile_in_background, compile_steps,
                                    init_state)
+
+
+DONE_FILE = 'done.json'  # written when the run reaches train.num_steps: a supervisor's signal
 
 
 class Preemption:
@@ -99,20 +103,49 @@ def _validation_split(config, tokenizer):
 
 
 def restore_or_init(setup, checkpoints, data_iterator, vocab_path):
-  """The newest checkpoint that verifies (state and data position), or a fresh state."""
+  """The newest checkpoint that verifies (state and data position), or a fresh state
+  where there never were checkpoints or the config says to restart without them."""
+  had = checkpoints.steps() or checkpoints.quarantined()
+
   def restore(step):
     checkpoints.check_compatible(step, vocab_path)  # a mismatch stops, never quarantines
     return checkpoints.restore(step, setup.abstract_state, data_iterator)
   step, state = checkpoints.restore_newest(restore)
-  if step is None:
-    return init_state(setup)
-  distributed.say(f'resumed from the checkpoint at step {step} in {checkpoints.directory}')
-  return state
+  if step is not None:
+    distributed.say(f'resumed from the checkpoint at step {step} in {checkpoints.directory}')
+    return state
+  if had:
+    where = checkpoints.directory.parent / checkpoint_lib.QUARANTINE_DIR
+    if not setup.config.train.restart_if_no_valid_checkpoint:
+      raise UserError(
+          f'No checkpoint in {checkpoints.directory} passed verification; the damaged ones '
+          f'are in {where} ({", ".join(checkpoints.quarantined()) or "none moved"}). To '
+          'train from step 0 beside them, set '
+          '--config.train.restart_if_no_valid_checkpoint=True.')
+    distributed.warn(f'no checkpoint in {checkpoints.directory} passed verification; '
+                     'training from step 0, as train.restart_if_no_valid_checkpoint says '
+                     f'(the damaged ones stay in {where}).')
+  return init_state(setup)
+
+
+def _done(workdir: str, record: dict | None) -> None:
+  """Write WORKDIR/done.json, the last metrics of a run that reached train.num_steps
+  (None: remove it, the run is about to train past it)."""
+  done = files.path(workdir) / DONE_FILE
+  if not distributed.is_writer():
+    return
+  if record is None:
+    if done.exists():
+      done.unlink()
+  else:
+    files.write_atomically(done, json.dumps(record).encode())
 
 
 def train(config: ConfigDict, workdir: str) -> dict:
   """Train until `train.num_steps`, resuming from the workdir; returns the last metrics
-  and their `step` (empty if there was nothing left to train)."""
+  and their `step` (only the step if there was nothing left to train). A run that reaches
+  `train.num_steps` writes WORKDIR/done.json, the signal `launch/tpu.py supervise` waits
+  for; one that trains past it removes it first."""
   checkpoint_lib.check_writable(workdir)
   if (warning := precision.cpu_warning(config.model)) is not None:
     distributed.warn(warning)
@@ -133,6 +166,8 @@ def train(config: ConfigDict, workdir: str) -> dict:
   batches = Prefetch(stream, config.data.prefetch)  # from the restored position
   step = int(state.step)
   t = config.train
+  if step < t.num_steps:  # past every refusal: a refused run leaves done.json alone
+    _done(workdir, None)
   preemption = Preemption(t.stop_after_minutes)
   reporter = metrics_lib.Reporter(workdir, config, step, t.num_steps, preemption.deadline)
   bleu = BleuTracker(config, workdir, tokenizer, mesh) if t.bleu_every and eval_split else None
@@ -153,7 +188,7 @@ def train(config: ConfigDict, workdir: str) -> dict:
       if step % t.log_every == 0 or checkpoint_due:
         input_wait = waited / max(time.perf_counter() - interval_start, 1e-9)
         last = {**_log_interval(reporter, step, history, t.skip_nonfinite, input_wait,
-                                lambda: checkpoints.newest_verified(setup.abstract_state)),
+                                lambda: _newest_verified(checkpoints, setup)),
                 'step': step}
         history, waited, interval_start = [], 0.0, None
       if eval_split is not None and ((t.eval_every and step % t.eval_every == 0)
@@ -179,7 +214,18 @@ def train(config: ConfigDict, workdir: str) -> dict:
     reporter.close()
     if bleu is not None:
       bleu.close()
-  return last
+  if step >= t.num_steps:  # saved (closing waited for it): a supervisor may stop now
+    _done(workdir, {**last, 'step': step})
+  return last or {'step': step}
+
+
+def _newest_verified(checkpoints, setup) -> str:
+  """'step N' (a rerun resumes there), 'none', or why it could not be told."""
+  try:
+    step = checkpoints.newest_verified(setup.abstract_state)
+  except checkpoint_lib.RestoreFailed as e:
+    return f'unknown ({e.cause})'
+  return 'none' if step is None else f'step {step}'
 
 
 def _log_interval(reporter, step, history, skip_nonfinite, input_wait, newest_verified
@@ -190,11 +236,10 @@ def _log_interval(reporter, step, history, skip_nonfinite, input_wait, newest_ve
   sums = metrics_lib.device_sums(history)
   bad = int(len(history) - sums.pop('finite'))
   if bad and not skip_nonfinite:
-    good = newest_verified()
     raise UserError(
         f'Non-finite loss or gradient within steps {step - len(history) + 1}..{step}; '
         f'stopped without saving (the update was not applied). Newest verified checkpoint: '
-        f'{"step " + str(good) if good is not None else "none"}; a rerun resumes there. '
+        f'{newest_verified()}; a rerun resumes there. '
         'Lower train.learning_rate, set train.clip_grad_norm, or set '
         'train.skip_nonfinite=True to skip such updates.')
   extra = {'learning_rate': float(jax.device_get(history[-1]['learning_rate'])),

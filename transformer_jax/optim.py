@@ -32,12 +32,34 @@ def learning_rate_schedule(config: ConfigDict):
   return schedule
 
 
-def make_optimizer(config: ConfigDict) -> optax.GradientTransformation:
+def _parts(config: ConfigDict) -> list[tuple[str, optax.GradientTransformation]]:
+  """The optimizer's transformations in order, each named by the setting that adds it."""
   t = config.train
-  schedule = learning_rate_schedule(config)
-  steps = []
+  parts = []
   if t.clip_grad_norm > 0:
-    steps.append(optax.clip_by_global_norm(t.clip_grad_norm))
-  steps.append(optax.adamw(schedule, b1=t.adam_b1, b2=t.adam_b2, eps=t.adam_eps,
-                           weight_decay=t.weight_decay))
-  return optax.chain(*steps)
+    parts.append(('train.clip_grad_norm', optax.clip_by_global_norm(t.clip_grad_norm)))
+  parts.append(('adam', optax.adamw(learning_rate_schedule(config), b1=t.adam_b1,
+                                    b2=t.adam_b2, eps=t.adam_eps,
+                                    weight_decay=t.weight_decay)))
+  return parts
+
+
+def make_optimizer(config: ConfigDict) -> optax.GradientTransformation:
+  return optax.chain(*(tx for _, tx in _parts(config)))
+
+
+def changed_parts(saved_config: ConfigDict, config: ConfigDict) -> list[str]:
+  """The transformations one config has and the other lacks, e.g. 'train.clip_grad_norm
+  turned on': then `saved_config`'s optimizer state is not of `config`'s structure."""
+  saved, ours = ([name for name, _ in _parts(c)] for c in (saved_config, config))
+  return ([f'{name} turned on' for name in ours if name not in saved]
+          + [f'{name} turned off' for name in saved if name not in ours])
+
+
+def carry_over(saved_state, saved_config: ConfigDict, config: ConfigDict, params):
+  """`config`'s optimizer state from one saved under `saved_config`: the parts both have
+  (Adam's moments and update count) as saved, the new ones initialized, dropped ones
+  dropped (clipping keeps no state, so today nothing new costs memory)."""
+  saved = dict(zip((name for name, _ in _parts(saved_config)), saved_state))
+  return tuple(saved[name] if name in saved else tx.init(params)
+               for name, tx in _parts(config))

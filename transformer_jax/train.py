@@ -2,8 +2,8 @@
 
 The loop itself is `loop.train`; this command trains and prints the last metrics as
 JSON. On several processes (a pod slice) every process runs it; see `distributed.py`.
-A run that reaches `train.num_steps` writes WORKDIR/done.json (`launch/tpu.py
-supervise` stops relaunching then).
+A run that reaches `train.num_steps` writes WORKDIR/done.json (`loop.DONE_FILE`;
+`launch/tpu.py supervise` stops relaunching then).
 """
 from __future__ import annotations
 
@@ -14,16 +14,13 @@ import os
 from transformer_jax import cli, distributed, files, loop
 from transformer_jax.errors import UserError
 
-DONE_FILE = 'done.json'  # written when the run reaches train.num_steps: a supervisor's signal
+DONE_FILE = loop.DONE_FILE
 
 
 def main(argv):
   del argv
   config = cli.resolved_config()
   workdir = cli.required_workdir()
-  done = files.path(workdir) / DONE_FILE
-  if distributed.is_writer() and done.exists():
-    done.unlink()  # a run extended to more steps is not done
   existed = files.path(workdir).exists()
   try:
     last = loop.train(config, workdir)
@@ -33,8 +30,6 @@ def main(argv):
         os.rmdir(workdir)
     raise
   distributed.say(json.dumps({'final': last}))
-  if distributed.is_writer() and last.get('step') == config.train.num_steps:
-    files.write_atomically(done, json.dumps({'step': last['step'], **last}).encode())
 
 if __name__ == '__main__':
   cli.run(main)

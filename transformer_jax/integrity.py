@@ -1,0 +1,190 @@
+"""What a failed restore proves, and so what may happen to the step: the one place that
+decides between moving a checkpoint aside and stopping with every file left in place.
+
+**Proven damage** (`CorruptCheckpoint`; the step is quarantined and the commands fall
+back to the one before):
+- values that differ from the checksums the step's `meta` carries (`checksum.py`), or
+  a `meta` or data position that differs from its own sha256;
+- the storage layer reporting damaged bytes: TensorStore's DATA_LOSS (its index and
+  manifests are checksummed), OUT_OF_RANGE (a file shorter than its index says),
+  decompression errors, and metadata files that are no longer UTF-8 JSON;
+- a file missing from a step whose directory is still there (NOT_FOUND), and Orbax's
+  on-disk tree disagreeing with the structure the verified `meta` records.
+
+**Everything else** (`RestoreFailed`: one line naming the step, the cause and the fix;
+nothing is moved): a state of another structure, out of memory, permission denied, a
+bucket that does not answer after TensorStore's retries, a step deleted while it was
+read (a live run's save schedule), and any error this list does not name.
+
+Several processes agree before anyone acts: a refusal anywhere stops all of them, damage
+anywhere quarantines (process 0 moves the step) and every process falls back together.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import re
+
+from transformer_jax import checksum, distributed
+from transformer_jax.errors import UserError
+
+
+class CorruptCheckpoint(UserError):
+  """A checkpoint step whose damage is proven: it is moved aside, never loaded."""
+
+  def __init__(self, step: int, directory, reason: str):
+    super().__init__(f'The checkpoint at step {step} in {directory} failed verification: '
+                     f'{reason}.')
+    self.step, self.reason = step, reason
+
+
+class RestoreFailed(UserError):
+  """A step that could not be restored for a reason that proves no damage: the command
+  stops and every checkpoint stays where it is."""
+
+  def __init__(self, step: int, directory, cause: str, fix: str):
+    super().__init__(f'Could not restore the checkpoint at step {step} in {directory}: '
+                     f'{cause}. {fix} Every checkpoint was left in place.')
+    self.step, self.cause = step, cause
+
+
+# (pattern in the error chain, cause, fix) of failures that say nothing about the bytes.
+# Checked before damage: TensorStore prefixes each error with its status code.
+_NOT_DAMAGE = (
+    (r'RESOURCE_EXHAUSTED|[Oo]ut of memory|MemoryError|bad_alloc', 'it ran out of memory',
+     'Free memory, or restore with more devices (the state is sharded over them).'),
+    (r'PERMISSION_DENIED|PermissionError|Permission denied|UNAUTHENTICATED',
+     'permission denied', 'Give this machine read access to the workdir and run again.'),
+    (r'UNAVAILABLE|DEADLINE_EXCEEDED|ConnectionError|TimeoutError|Connection reset',
+     'the storage did not answer', 'Check the network or the bucket and run again.'),
+)
+_DAMAGE = r'DATA_LOSS|OUT_OF_RANGE|[Dd]ecompress|Zstd|JSONDecodeError|UnicodeDecodeError'
+_MISSING = r'NOT_FOUND|FileNotFoundError|[Nn]ot found'
+_STRUCTURE = r'tree structures do not match|pytree structure error|node type mismatch'
+
+
+def classify(step: int, directory, error: Exception, *, step_present: bool,
+             structure_recorded: bool) -> UserError:
+  """CorruptCheckpoint if `error` (raised reading `step`) proves damage, else RestoreFailed.
+  `step_present`: the step's directory still exists; `structure_recorded`: the verified
+  meta records the saved tree and it equals the one being read into."""
+  chain = _chain(error)
+  text = ' '.join(f'{type(e).__name__}: {e}' for e in chain)
+  line = _telling_line(chain)
+  for pattern, cause, fix in _NOT_DAMAGE:
+    if re.search(pattern, text):
+      return RestoreFailed(step, directory, f'{cause} ({line})', fix)
+  damaged = (re.search(_DAMAGE, text)
+             or (re.search(_MISSING, text) and step_present)
+             or (re.search(_STRUCTURE, text) and structure_recorded))
+  if damaged:
+    return CorruptCheckpoint(step, directory, f'it could not be read ({line})')
+  if re.search(_MISSING, text):
+    return RestoreFailed(step, directory, f'it disappeared while being read ({line})',
+                         'A run saving into this workdir deleted it; run again.')
+  return RestoreFailed(step, directory, f'{type(chain[-1]).__name__}: {line}',
+                       'This error proves no damage, so nothing was moved; if the step '
+                       'must be skipped, move its directory aside yourself.')
+
+
+def read(step: int, directory, read_fn, *, structure_recorded: bool = False):
+  """`read_fn()`'s result on every process, or on every process the same exception:
+  CorruptCheckpoint if any process's failure proves damage and none failed otherwise,
+  RestoreFailed if any failed otherwise (a collective: all processes call it)."""
+  result, failure = None, None
+  try:
+    with _finishing_abandoned_reads():
+      result = read_fn()
+  except (CorruptCheckpoint, RestoreFailed) as e:
+    failure = e
+  except Exception as e:  # noqa: BLE001 (TensorStore and Orbax raise many types)
+    present = (directory / str(step)).exists()
+    failure = classify(step, directory, e, step_present=present,
+                       structure_recorded=structure_recorded)
+  ours = 0 if failure is None else 1 if isinstance(failure, CorruptCheckpoint) else 2
+  codes = distributed.each(ours)
+  verdict = max(codes)
+  if verdict == 0:
+    return result
+  if verdict == ours:
+    raise failure
+  if verdict == 1:
+    raise CorruptCheckpoint(step, directory, 'another process found it damaged')
+  raise RestoreFailed(step, directory, f'process {codes.index(verdict)} could not read it',
+                      'Its log names the cause.')
+
+
+def json_sha256(value) -> str:
+  """The sha256 of a JSON value as it reads back (tuples become lists), keys sorted."""
+  text = json.dumps(json.loads(json.dumps(value)), sort_keys=True)
+  return hashlib.sha256(text.encode()).hexdigest()
+
+
+def checked_meta(step: int, directory, meta) -> dict:
+  """`meta` without its own sha256, if it matches it (CorruptCheckpoint if not)."""
+  saved = meta.pop('meta_sha256', None) if isinstance(meta, dict) else ''
+  if saved is not None and saved != json_sha256(meta):
+    raise CorruptCheckpoint(step, directory, 'its meta item (config, vocabulary, '
+                            'checksums) does not match its checksum')
+  return meta
+
+
+def verifiable(meta: dict) -> bool:
+  """Whether `meta` carries checksums this version computes (older steps do not)."""
+  return meta.get('checksum_algorithm') == checksum.ALGORITHM
+
+
+def verify(step: int, directory, meta: dict, tree, prefix: str = '') -> None:
+  """CorruptCheckpoint unless `tree`'s values match the checksums in a verifiable `meta`
+  (a collective: checksums are computed over every process's shards)."""
+  bad = checksum.mismatches(tree, meta['checksums'], prefix)
+  if bad:
+    raise CorruptCheckpoint(step, directory, f'{len(bad)} of its arrays differ from their '
+                            f'checksums ({", ".join(bad[:3])}{", ..." if bad[3:] else ""})')
+
+
+def _chain(error: BaseException) -> list[BaseException]:
+  """`error` and the exceptions it was raised from, outermost first."""
+  chain = [error]
+  while (nxt := chain[-1].__cause__ or chain[-1].__context__) and nxt not in chain:
+    chain.append(nxt)
+  return chain
+
+
+def _telling_line(chain) -> str:
+  """The first line that names a status (TensorStore's 'DATA_LOSS: ...'), else the
+  outermost; Orbax wraps TensorStore's errors in a dump of the whole spec."""
+  lines = [(str(e).strip().splitlines() or [type(e).__name__])[0][:200] for e in chain]
+  return next((x for x in lines if re.match(r'[A-Z_]{5,}: ', x)), lines[0])
+
+
+class _finishing_abandoned_reads:
+  """Orbax runs a restore's reads with asyncio.gather in an event loop it closes as soon
+  as one read fails; the other reads then finish in TensorStore's threads against the
+  closed loop and print tracebacks at random later moments ("Event loop is closed",
+  "Task exception was never retrieved"). For the reads inside this block, the loop is
+  first run until every read has finished, so a skipped step leaves only our warning."""
+
+  def __enter__(self):
+    from orbax.checkpoint._src import asyncio_utils  # orbax-checkpoint is pinned
+    self._module, self._run = asyncio_utils, asyncio_utils._run_sync_via_new_loop  # noqa: SLF001
+    asyncio_utils._run_sync_via_new_loop = _run_until_all_finished  # noqa: SLF001
+
+  def __exit__(self, *exc):
+    self._module._run_sync_via_new_loop = self._run  # noqa: SLF001
+
+
+def _run_until_all_finished(coro):
+  loop = asyncio.new_event_loop()
+  try:
+    asyncio.set_event_loop(loop)
+    return loop.run_until_complete(coro)
+  finally:
+    try:
+      pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+      if pending:  # the reads gather() abandoned: let them end, their errors retrieved
+        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+    finally:
+      asyncio.set_event_loop(None)
+      loop.close()

@@ -59,3 +59,14 @@ def test_path_names_are_the_same_for_any_container():
   names = set(checksum.checksums(state))
   assert 'params/a/0' in names and 'step' in names
   assert set(checksum.checksums({'params': state.params})) == {'params/a/0'}
+
+
+def test_the_checksums_are_replicated_whatever_the_layout_of_the_arrays():
+  """`digests` reads one device's copy: the program's outputs must be whole on each."""
+  mesh = jax.make_mesh((1, 4, 2), ('data', 'fsdp', 'tensor'))
+  tree = {'w': jax.device_put(jnp.arange(64 * 32, dtype=jnp.float32).reshape(64, 32),
+                              NamedSharding(mesh, P('fsdp', 'tensor'))),
+          'v': jax.device_put(jnp.arange(8, dtype=jnp.int32), NamedSharding(mesh, P('fsdp')))}
+  for lanes in jax.tree.leaves(checksum.start(tree)):
+    assert lanes.sharding.is_fully_replicated and lanes.sharding.mesh == mesh
+  assert checksum.checksums(tree) == checksum.checksums(jax.device_get(tree))

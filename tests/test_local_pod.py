@@ -121,6 +121,50 @@ def test_two_processes_agree_on_a_damaged_checkpoint(repo, synthetic, tmp_path, 
                 if p.name.isdigit())[-2:] == [8, 12]
 
 
+def test_two_processes_carry_the_optimizer_over_and_refuse_another_structure_alike(
+    repo, synthetic, tmp_path, tiny_config):
+  """Written by 2 processes: resumed by 2 with clipping turned on (both carry the Adam
+  moments over, nothing is quarantined); then a step of another structure: both stop
+  with the same line, and not a file of the workdir changes."""
+  import hashlib
+
+  import jax.numpy as jnp
+
+  from transformer_jax import checkpoint as checkpoint_lib
+  from transformer_jax import sharding
+  from transformer_jax.steps import build
+  flags = [*TINY, *(f'--config.data.{k}={v}' for k, v in synthetic.data.items()),
+           f'--config.data.vocab_path={synthetic.vocab}', '--config.train.checkpoint_every=4',
+           '--config.mesh.data=1', '--config.mesh.fsdp=-1']
+  workdir = tmp_path / 'run'
+  train = ['train', f'--workdir={workdir}', *flags]
+  run(repo, tmp_path, [*train, '--config.train.num_steps=4'], processes=2, devices=2)
+  results = run(repo, tmp_path, [*train, '--config.train.num_steps=6',
+                                 '--config.train.clip_grad_norm=1.0'], processes=2, devices=2)
+  assert 'train.clip_grad_norm turned on' in results[0].out
+  assert 'resumed from the checkpoint at step 4 ' in results[0].out
+  assert not (workdir / 'quarantine').exists()
+
+  config = tiny_config(clip_grad_norm=1.0)
+  setup = build(config, sharding.make_mesh(config.mesh))
+  checkpoints = checkpoint_lib.Checkpoints(str(workdir), config, async_save=False)
+  state = checkpoints.restore(6, setup.abstract_state)
+  checkpoints.save(7, state.replace(params={**state.params, 'extra': jnp.zeros(3)}), None,
+                   synthetic.vocab)
+  checkpoints.close()
+  snapshot = lambda: {p: hashlib.sha256(p.read_bytes()).hexdigest()  # noqa: E731
+                      for p in sorted(workdir.rglob('*')) if p.is_file()}
+  before = snapshot()
+  refused = local_pod.run([f'transformer_jax.{train[0]}', *train[1:],
+                           '--config.train.num_steps=8', '--config.train.clip_grad_norm=1.0'],
+                          processes=2, devices=2, log_dir=str(tmp_path / 'refused'), cwd=repo)
+  for r in refused:
+    assert r.code == 2, r.err[-3000:]
+    assert 'error: Could not restore the checkpoint at step 7 ' in r.err
+    assert 'another structure (it also holds: params/extra)' in r.err
+  assert snapshot() == before
+
+
 @pytest.fixture(scope='module')
 def test_files(trained, tmp_path_factory):
   """The first 48 test pairs of the trained model's corpus, as --src / --ref files."""

@@ -60,7 +60,7 @@ _NOT_DAMAGE = (
      'the storage did not answer', 'Check the network or the bucket and run again.'),
 )
 _DAMAGE = r'DATA_LOSS|OUT_OF_RANGE|[Dd]ecompress|Zstd|JSONDecodeError|UnicodeDecodeError'
-_MISSING = r'NOT_FOUND|FileNotFoundError|[Nn]ot found'
+_MISSING = r'NOT_FOUND|FileNotFoundError|Item "\w+" was not found in the checkpoint'
 _STRUCTURE = r'tree structures do not match|pytree structure error|node type mismatch'
 
 

@@ -212,3 +212,28 @@ def test_a_skipped_step_leaves_one_warning_and_no_traceback(briefly_trained, tin
     assert re.match(r'warning: The checkpoint at step 6 in \S+ failed verification: it could '
                     r'not be read \(OUT_OF_RANGE: .*\)\. Moved it to \S+; trying the one '
                     r'before\.$', line), line
+
+
+@pytest.mark.parametrize('missing', ['state/_METADATA', 'state/manifest.ocdbt', 'state/d',
+                                     'meta', 'data'])
+def test_a_file_missing_from_a_committed_step_is_damage(briefly_trained, tiny_config,
+                                                        tmp_path, missing):
+  """Orbax lists a step only once committed: a part of it gone since is proven damage
+  (even where Orbax then reports another tree structure), so it is quarantined."""
+  workdir = _copy(briefly_trained, tmp_path)
+  victim = workdir / 'checkpoints' / '6' / missing
+  shutil.rmtree(victim) if victim.is_dir() else victim.unlink()
+  config = tiny_config()
+  setup = build(config, sharding.make_mesh(config.mesh))
+  checkpoints = checkpoint_lib.Checkpoints(str(workdir), config, async_save=False)
+
+  class Position:  # where the stream would be moved to
+    def set_state(self, state):
+      self.state = state
+  with pytest.raises(checkpoint_lib.CorruptCheckpoint,
+                     match=r'step 6 .* failed verification: it could not be read'):
+    checkpoints.restore(6, setup.abstract_state, Position())
+  assert checkpoints.restore_newest(
+      lambda step: checkpoints.restore(step, setup.abstract_state, Position()))[0] == 4
+  checkpoints.close()
+  assert [p.name.split('-')[1] for p in (workdir / 'quarantine').iterdir()] == ['6']

@@ -81,6 +81,11 @@ def _paths(tree, prefix: str = '') -> set[str]:
   return {prefix + checksum.path_name(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
+def _recorded(meta: dict) -> set[str] | None:
+  """The paths of every array of the saved state, as its verified meta lists them."""
+  return set(meta['checksums']) if integrity.verifiable(meta) else None
+
+
 def _structure_difference(saved: set[str], wanted: set[str]) -> str:
   """'missing: a, b; unexpected: c': the arrays one tree has and the other lacks."""
   def some(paths):
@@ -174,16 +179,17 @@ class Checkpoints:
     """(the tree to read the step into, a function from it to `abstract_state`'s
     structure). The verified meta lists every saved array: a state saved with another
     optimizer structure is read as saved and carried over; any other difference stops."""
-    if not integrity.verifiable(meta) or set(meta['checksums']) == _paths(abstract_state):
+    saved = _recorded(meta)
+    if saved is None or saved == _paths(abstract_state):
       return abstract_state, lambda state: state
     saved_config = config_lib.from_checkpoint(meta['config'])
     mesh = jax.tree.leaves(abstract_state)[0].sharding.mesh
     saved_abstract = build(saved_config, mesh).abstract_state
     changed = optim.changed_parts(saved_config, self.config)
-    if not changed or set(meta['checksums']) != _paths(saved_abstract):
+    if not changed or saved != _paths(saved_abstract):
       raise RestoreFailed(
           step, self.directory, 'it holds a train state of another structure '
-          f'({_structure_difference(set(meta["checksums"]), _paths(abstract_state))})',
+          f'({_structure_difference(saved, _paths(abstract_state))})',
           'Use a new --workdir, or the version and config that wrote it.')
 
     def carry(state):
@@ -212,8 +218,7 @@ class Checkpoints:
         raise CorruptCheckpoint(step, self.directory, 'its data position does not match '
                                 'its checksum')
       return restored
-    restored = integrity.read(step, self.directory, read,
-                              structure_recorded=integrity.verifiable(meta))
+    restored = integrity.read(step, self.directory, read, _recorded(meta))
     if self._verifiable(meta):  # the same verdict on every process
       integrity.verify(step, self.directory, meta, restored['state'])
     if data_iterator is not None:
@@ -224,11 +229,11 @@ class Checkpoints:
     """Only the parameters of the state at `step` (placed as `abstract_params` says): the
     optimizer state is not read, so it costs no memory and its damage does not matter."""
     meta = self.meta(step)
-    recorded = integrity.verifiable(meta) and {
-        p for p in meta['checksums'] if p.startswith('params/')}
-    if recorded and recorded != _paths(abstract_params, 'params/'):
-      raise RestoreFailed(step, self.directory, 'its parameters are of another structure ('
-                          f'{_structure_difference(recorded, _paths(abstract_params, "params/"))})',
+    saved = {p for p in _recorded(meta) or () if p.startswith('params/')}
+    wanted = _paths(abstract_params, 'params/')
+    if saved and saved != wanted:
+      raise RestoreFailed(step, self.directory, 'its parameters are of another structure '
+                          f'({_structure_difference(saved, wanted)})',
                           'Restore it with the version that wrote it.')
     item = {'params': abstract_params}
     args = ocp.args.PyTreeRestore(item=item, partial_restore=True,
@@ -241,7 +246,7 @@ class Checkpoints:
       params = integrity.read(
           step, self.directory,
           lambda: reader.restore(step, args=ocp.args.Composite(state=args))['state']['params'],
-          structure_recorded=bool(recorded))
+          _recorded(meta))
     finally:
       reader.close()
     if self._verifiable(meta):

@@ -21,6 +21,7 @@ anywhere quarantines (process 0 moves the step) and every process falls back tog
 """
 from __future__ import annotations
 
+import ast
 import asyncio
 import hashlib
 import json
@@ -64,34 +65,36 @@ _MISSING = r'NOT_FOUND|FileNotFoundError|Item "\w+" was not found in the checkpo
 _STRUCTURE = r'tree structures do not match|pytree structure error|node type mismatch'
 
 
-def classify(step: int, directory, error: Exception, *, step_present: bool,
-             structure_recorded: bool) -> UserError:
-  """CorruptCheckpoint if `error` (raised reading `step`) proves damage, else RestoreFailed.
-  `step_present`: the step's directory still exists; `structure_recorded`: the verified
-  meta records the saved tree and it equals the one being read into."""
+def classify(step: int, directory, error: Exception, recorded: set[str] | None = None
+             ) -> UserError:
+  """CorruptCheckpoint if `error`, raised reading `step`, proves damage; else RestoreFailed.
+  `recorded`: the paths of the saved arrays, as the step's verified meta lists them (the
+  tree being read into has them all)."""
   chain = _chain(error)
   text = ' '.join(f'{type(e).__name__}: {e}' for e in chain)
   line = _telling_line(chain)
   for pattern, cause, fix in _NOT_DAMAGE:
     if re.search(pattern, text):
       return RestoreFailed(step, directory, f'{cause} ({line})', fix)
+  step_dir = directory / str(step)
   damaged = (re.search(_DAMAGE, text)
-             or (re.search(_MISSING, text) and step_present)
-             or (re.search(_STRUCTURE, text) and structure_recorded))
+             or (re.search(_MISSING, text) and _exists(step_dir))
+             or (re.search(_STRUCTURE, text) and recorded is not None
+                 and _orbax_tree_differs(step_dir, recorded)))
   if damaged:
     return CorruptCheckpoint(step, directory, f'it could not be read ({line})')
   if re.search(_MISSING, text):
     return RestoreFailed(step, directory, f'it disappeared while being read ({line})',
                          'A run saving into this workdir deleted it; run again.')
-  return RestoreFailed(step, directory, f'{type(chain[-1]).__name__}: {line}',
-                       'This error proves no damage, so nothing was moved; if the step '
-                       'must be skipped, move its directory aside yourself.')
+  return RestoreFailed(step, directory, f'an error that proves no damage ({line})',
+                       'If the step must be skipped, move its directory aside yourself.')
 
 
-def read(step: int, directory, read_fn, *, structure_recorded: bool = False):
+def read(step: int, directory, read_fn, recorded: set[str] | None = None):
   """`read_fn()`'s result on every process, or on every process the same exception:
   CorruptCheckpoint if any process's failure proves damage and none failed otherwise,
-  RestoreFailed if any failed otherwise (a collective: all processes call it)."""
+  RestoreFailed if any failed otherwise (a collective: all processes call it).
+  `recorded`: as for `classify`."""
   result, failure = None, None
   try:
     with _finishing_abandoned_reads():
@@ -99,9 +102,7 @@ def read(step: int, directory, read_fn, *, structure_recorded: bool = False):
   except (CorruptCheckpoint, RestoreFailed) as e:
     failure = e
   except Exception as e:  # noqa: BLE001 (TensorStore and Orbax raise many types)
-    present = (directory / str(step)).exists()
-    failure = classify(step, directory, e, step_present=present,
-                       structure_recorded=structure_recorded)
+    failure = classify(step, directory, e, recorded)
   ours = 0 if failure is None else 1 if isinstance(failure, CorruptCheckpoint) else 2
   codes = distributed.each(ours)
   verdict = max(codes)
@@ -142,6 +143,31 @@ def verify(step: int, directory, meta: dict, tree, prefix: str = '') -> None:
   if bad:
     raise CorruptCheckpoint(step, directory, f'{len(bad)} of its arrays differ from their '
                             f'checksums ({", ".join(bad[:3])}{", ..." if bad[3:] else ""})')
+
+
+def _exists(path) -> bool:
+  try:
+    return path.exists()
+  except Exception:  # noqa: BLE001 (a bucket that does not answer proves nothing)
+    return False
+
+
+def _orbax_tree_differs(step_dir, recorded: set[str]) -> bool:
+  """Whether Orbax's own record of the saved tree (state/_METADATA) is missing, is not
+  the JSON Orbax writes, or lists other arrays than the verified meta: only then is a
+  structure error the disk's. Listing the same arrays, the error is the reader's (e.g.
+  a container of another type after a library upgrade): no damage."""
+  try:
+    text = (step_dir / 'state' / '_METADATA').read_text()
+  except FileNotFoundError:
+    return True
+  except Exception:  # noqa: BLE001 (permission, a bucket error: nothing proven)
+    return False
+  try:
+    keys = json.loads(text)['tree_metadata']
+    return {'/'.join(ast.literal_eval(key)) for key in keys} != recorded
+  except (ValueError, KeyError, TypeError, SyntaxError):
+    return True
 
 
 def _chain(error: BaseException) -> list[BaseException]:

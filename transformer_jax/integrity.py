@@ -190,15 +190,22 @@ class _finishing_abandoned_reads:
   as one read fails; the other reads then finish in TensorStore's threads against the
   closed loop and print tracebacks at random later moments ("Event loop is closed",
   "Task exception was never retrieved"). For the reads inside this block, the loop is
-  first run until every read has finished, so a skipped step leaves only our warning."""
+  first run until every read has finished, so a skipped step leaves only our warning.
+  (Orbax's runner is private: with another Orbax than the pinned one that lacks it, the
+  block changes nothing.)"""
 
   def __enter__(self):
-    from orbax.checkpoint._src import asyncio_utils  # orbax-checkpoint is pinned
-    self._module, self._run = asyncio_utils, asyncio_utils._run_sync_via_new_loop  # noqa: SLF001
-    asyncio_utils._run_sync_via_new_loop = _run_until_all_finished  # noqa: SLF001
+    from orbax.checkpoint._src import asyncio_utils
+    self._module, self._run = asyncio_utils, getattr(asyncio_utils, _RUNNER, None)
+    if self._run is not None:
+      setattr(asyncio_utils, _RUNNER, _run_until_all_finished)
 
   def __exit__(self, *exc):
-    self._module._run_sync_via_new_loop = self._run  # noqa: SLF001
+    if self._run is not None:
+      setattr(self._module, _RUNNER, self._run)
+
+
+_RUNNER = '_run_sync_via_new_loop'  # orbax-checkpoint 0.12.8's asyncio_utils
 
 
 def _run_until_all_finished(coro):

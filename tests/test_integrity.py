@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from transformer_jax import checkpoint as checkpoint_lib
-from transformer_jax import inference, loop, sharding
+from transformer_jax import inference, integrity, loop, sharding
 from transformer_jax.errors import UserError
 from transformer_jax.steps import build
 
@@ -237,3 +237,41 @@ def test_a_file_missing_from_a_committed_step_is_damage(briefly_trained, tiny_co
       lambda step: checkpoints.restore(step, setup.abstract_state, Position()))[0] == 4
   checkpoints.close()
   assert [p.name.split('-')[1] for p in (workdir / 'quarantine').iterdir()] == ['6']
+
+
+def test_a_structure_error_is_damage_only_where_orbaxs_own_record_disagrees(briefly_trained,
+                                                                          tmp_path):
+  """Orbax reports 'tree structures do not match' both for a damaged tree record and for
+  a reader whose containers changed type (a library upgrade): the step's own record,
+  against the arrays its verified meta lists, tells which."""
+  workdir = _copy(briefly_trained, tmp_path)
+  directory = workdir / 'checkpoints'
+  checkpoints = checkpoint_lib.Checkpoints(str(workdir), checkpoint_lib.config_lib.defaults())
+  recorded = set(checkpoints.meta(6)['checksums'])
+  checkpoints.close()
+  from etils import epath
+  error = ValueError('User-provided restore item and on-disk value metadata tree structures '
+                     'do not match: ...')
+  verdict = integrity.classify(6, epath.Path(directory), error, recorded)
+  assert isinstance(verdict, checkpoint_lib.RestoreFailed), verdict
+  assert 'an error that proves no damage' in str(verdict)
+  metadata = directory / '6' / 'state' / '_METADATA'
+  tree = json.loads(metadata.read_text())
+  del tree['tree_metadata'][next(iter(tree['tree_metadata']))]  # an array it lost
+  metadata.write_text(json.dumps(tree))
+  verdict = integrity.classify(6, epath.Path(directory), error, recorded)
+  assert isinstance(verdict, checkpoint_lib.CorruptCheckpoint), verdict
+
+
+def test_a_checkpoint_of_another_storage_dtype_is_refused_not_quarantined(
+    briefly_trained, tiny_config, tmp_path):
+  """Orbax would cast the saved float32 values to bfloat16 and the checksums would then
+  differ: a refusal naming the key, not damage."""
+  workdir = _copy(briefly_trained, tmp_path)
+  config = tiny_config(num_steps=8)
+  config.model.param_dtype = 'bfloat16'
+  before = _snapshot(workdir)
+  with pytest.raises(UserError, match=r"of another model \(param_dtype: checkpoint 'float32', "
+                                      r"config 'bfloat16'\)"):
+    loop.train(config, str(workdir))
+  assert _snapshot(workdir) == before

@@ -6,6 +6,7 @@ the losses of 2 processes equal to 1's.
 """
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -163,6 +164,27 @@ def test_two_processes_carry_the_optimizer_over_and_refuse_another_structure_ali
     assert 'error: Could not restore the checkpoint at step 7 ' in r.err
     assert 'another structure (it also holds: params/extra)' in r.err
   assert snapshot() == before
+
+
+def test_a_read_that_fails_on_one_process_only_stops_both(repo, synthetic, tmp_path):
+  """Process 1 runs out of memory restoring, process 0 does not (tests/one_process_fails.py):
+  both stop with one line each and nothing is moved, where process 0 used to wait in
+  Orbax's barrier after its read for a process that was waiting in the agreement."""
+  flags = [*TINY, *(f'--config.data.{k}={v}' for k, v in synthetic.data.items()),
+           f'--config.data.vocab_path={synthetic.vocab}', '--config.train.checkpoint_every=2',
+           '--config.mesh.data=1', '--config.mesh.fsdp=-1', '--config.train.num_steps=4']
+  workdir = tmp_path / 'run'
+  run(repo, tmp_path, ['train', f'--workdir={workdir}', *flags], processes=2, devices=2)
+  before = sorted(p.as_posix() for p in workdir.rglob('*'))
+  results = local_pod.run(['one_process_fails', f'--workdir={workdir}'], processes=2,
+                          devices=2, log_dir=str(tmp_path / 'fails'), cwd=repo / 'tests',
+                          timeout=300)
+  assert [r.code for r in results] == [2, 2], [r.err[-2000:] for r in results]
+  assert re.search(r'error: Could not restore the checkpoint at step 4 in \S+: process 1 '
+                   r'could not read it\. Its log names the cause\.', results[0].err)
+  assert re.search(r'error: Could not restore the checkpoint at step 4 in \S+: it ran out of '
+                   r'memory \(RESOURCE_EXHAUSTED', results[1].err)
+  assert sorted(p.as_posix() for p in workdir.rglob('*')) == before
 
 
 @pytest.fixture(scope='module')

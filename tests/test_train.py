@@ -163,12 +163,12 @@ def test_the_command_resumes_and_prints_the_last_metrics(command, tiny_config, b
   assert final['loss'] > 0 and final['step'] == 7 and 'step 7/7' in result.out
   assert [r['step'] for r in metrics_lib.read(str(workdir))] == [2, 4, 6, 7]
   # Done: a supervisor reads done.json; a run extended to more steps is not done.
-  assert json.loads((workdir / train_command.DONE_FILE).read_text())['step'] == 7
+  assert json.loads((workdir / loop.DONE_FILE).read_text())['step'] == 7
   result = command(train_command, f'--config={repo / "configs" / "tiny.py"}',
                    f"--workdir={workdir}", *overrides(tiny_config(), num_steps=9,
                                                       stop_after_minutes=1e-9))
   assert result.code == 0 and 'stop_after_minutes reached' in result.out
-  assert not (workdir / train_command.DONE_FILE).exists()
+  assert not (workdir / loop.DONE_FILE).exists()
 
 
 def test_the_command_requires_a_workdir_and_a_config(command, repo):

@@ -34,15 +34,17 @@ from transformer_jax import config as config_lib
 from transformer_jax import checksum, distributed, files, integrity, optim, sharding
 from transformer_jax.data import tokenizer as tokenizer_lib
 from transformer_jax.errors import UserError
-from transformer_jax.integrity import CorruptCheckpoint, RestoreFailed  # noqa: F401
+from transformer_jax.integrity import CorruptCheckpoint, RestoreFailed  # what callers catch
 from transformer_jax.steps import build
 
 CHECKPOINT_DIR = 'checkpoints'
 QUARANTINE_DIR = 'quarantine'  # beside CHECKPOINT_DIR: steps whose damage was proven
 AVERAGED_DIR = 'averaged'  # `average` writes its checkpoint under WORKDIR/averaged
+# The model keys a resumed state must share with the checkpoint: its arrays' shapes, and
+# their storage dtype (Orbax would cast on restore, and the checksums then differ).
 MODEL_SHAPE_KEYS = ('vocab_size', 'd_model', 'num_heads', 'd_ff', 'num_encoder_layers',
                     'num_decoder_layers', 'share_embeddings', 'tie_output_embedding',
-                    'pre_norm')
+                    'pre_norm', 'param_dtype')
 # The data keys that decide which records the training split holds (and the top-level
 # `seed`, their order and sampling): with any of them changed, a restored iterator
 # position points into another sequence of batches.

@@ -26,6 +26,7 @@ import asyncio
 import hashlib
 import json
 import re
+import threading
 
 from transformer_jax import checksum, distributed
 from transformer_jax.errors import UserError
@@ -53,6 +54,8 @@ class RestoreFailed(UserError):
 # (pattern in the error chain, cause, fix) of failures that say nothing about the bytes.
 # Checked before damage: TensorStore prefixes each error with its status code.
 _NOT_DAMAGE = (
+    (r'Too Many Requests|HTTP response code: 429|rate limit', 'the storage is limiting the '
+     'rate of requests', 'Run again in a while.'),
     (r'RESOURCE_EXHAUSTED|[Oo]ut of memory|MemoryError|bad_alloc', 'it ran out of memory',
      'Free memory, or restore with more devices (the state is sharded over them).'),
     (r'PERMISSION_DENIED|PermissionError|Permission denied|UNAUTHENTICATED',
@@ -97,7 +100,7 @@ def read(step: int, directory, read_fn, recorded: set[str] | None = None):
   `recorded`: as for `classify`."""
   result, failure = None, None
   try:
-    with _finishing_abandoned_reads():
+    with _orbax_reads():
       result = read_fn()
   except (CorruptCheckpoint, RestoreFailed) as e:
     failure = e
@@ -164,8 +167,10 @@ def _orbax_tree_differs(step_dir, recorded: set[str]) -> bool:
   except Exception:  # noqa: BLE001 (permission, a bucket error: nothing proven)
     return False
   try:
-    keys = json.loads(text)['tree_metadata']
-    return {'/'.join(ast.literal_eval(key)) for key in keys} != recorded
+    tree = json.loads(text)['tree_metadata']
+    arrays = {'/'.join(ast.literal_eval(key)) for key, value in tree.items()
+              if value['value_metadata']['value_type'] != 'None'}  # not empty nodes
+    return arrays != recorded
   except (ValueError, KeyError, TypeError, SyntaxError):
     return True
 
@@ -185,27 +190,41 @@ def _telling_line(chain) -> str:
   return next((x for x in lines if re.match(r'[A-Z_]{5,}: ', x)), lines[0])
 
 
-class _finishing_abandoned_reads:
-  """Orbax runs a restore's reads with asyncio.gather in an event loop it closes as soon
-  as one read fails; the other reads then finish in TensorStore's threads against the
-  closed loop and print tracebacks at random later moments ("Event loop is closed",
-  "Task exception was never retrieved"). For the reads inside this block, the loop is
-  first run until every read has finished, so a skipped step leaves only our warning.
-  (Orbax's runner is private: with another Orbax than the pinned one that lacks it, the
-  block changes nothing.)"""
+class _orbax_reads:
+  """Two changes to how Orbax runs the reads inside this block; both replace private
+  functions of the pinned orbax-checkpoint (with another Orbax that lacks one, that change
+  is skipped):
+  - Orbax runs a restore's reads with asyncio.gather in an event loop it closes as soon as
+    one read fails; the other reads then finish in TensorStore's threads against the
+    closed loop and print tracebacks at random later moments ("Event loop is closed",
+    "Task exception was never retrieved"). Here the loop runs until every read has
+    ended, so a skipped step leaves only our warning.
+  - After a restore Orbax waits for every process in a collective barrier, which a
+    process whose read raised never reaches: on a pod, the others would wait there while
+    it waits in `read`'s agreement. Here that barrier is left to the agreement, which
+    every process reaches whether its read failed or not (this thread's restores only)."""
 
   def __enter__(self):
     from orbax.checkpoint._src import asyncio_utils
-    self._module, self._run = asyncio_utils, getattr(asyncio_utils, _RUNNER, None)
-    if self._run is not None:
-      setattr(asyncio_utils, _RUNNER, _run_until_all_finished)
+    from orbax.checkpoint._src.multihost import multihost
+    barrier = getattr(multihost, 'sync_global_processes', None)
+    thread = threading.current_thread()
+
+    def sync_unless_restored_here(name, **kwargs):
+      if not (threading.current_thread() is thread and name.endswith('Checkpointer:restore')):
+        barrier(name, **kwargs)
+    self._saved = []
+    for module, name, replacement in (
+        (asyncio_utils, '_run_sync_via_new_loop', _run_until_all_finished),
+        (multihost, 'sync_global_processes', sync_unless_restored_here)):
+      original = getattr(module, name, None)
+      if original is not None:
+        self._saved.append((module, name, original))
+        setattr(module, name, replacement)
 
   def __exit__(self, *exc):
-    if self._run is not None:
-      setattr(self._module, _RUNNER, self._run)
-
-
-_RUNNER = '_run_sync_via_new_loop'  # orbax-checkpoint 0.12.8's asyncio_utils
+    for module, name, original in self._saved:
+      setattr(module, name, original)
 
 
 def _run_until_all_finished(coro):

@@ -14,8 +14,6 @@ import os
 from transformer_jax import cli, distributed, files, loop
 from transformer_jax.errors import UserError
 
-DONE_FILE = loop.DONE_FILE
-
 
 def main(argv):
   del argv

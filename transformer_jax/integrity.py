@@ -16,8 +16,9 @@ nothing is moved): a state of another structure, out of memory, permission denie
 bucket that does not answer after TensorStore's retries, a step deleted while it was
 read (a live run's save schedule), and any error this list does not name.
 
-Several processes agree before anyone acts: a refusal anywhere stops all of them, damage
-anywhere quarantines (process 0 moves the step) and every process falls back together.
+Several processes agree before anyone acts, also when only some of them failed: a
+refusal anywhere stops all of them, damage anywhere quarantines (process 0 moves the
+step) and every process falls back together.
 """
 from __future__ import annotations
 

@@ -19,6 +19,27 @@ def test_global_array_and_gather_round_trip_over_eight_devices():
   np.testing.assert_array_equal(distributed.gather(placed * 2), value * 2)
 
 
+@pytest.mark.parametrize('env, on_tpu, coordinator_flag, plan', [
+    ({}, False, False, 'none'),  # a laptop
+    ({}, False, True, 'flags'),  # CPU or GPU processes given a coordinator
+    ({'JAX_PLATFORMS': 'cpu'}, False, True, 'flags'),  # as local_pod runs them
+    ({}, True, False, 'tpu'),  # `gcloud compute tpus tpu-vm create`: no worker variables
+    ({'TPU_WORKER_HOSTNAMES': 'w0,w1', 'TPU_WORKER_ID': '1'}, True, False, 'tpu'),  # GKE
+    ({'JAX_PLATFORMS': 'cpu'}, True, False, 'none'),  # `prepare` on worker 0 alone
+    ({'JAX_PLATFORMS': 'cpu', 'TPU_WORKER_HOSTNAMES': 'w0,w1'}, True, False, 'none'),
+], ids=['laptop', 'flags', 'local_pod', 'tpu_vm', 'gke', 'prepare_on_tpu_vm',
+        'prepare_on_gke'])
+def test_how_a_process_joins_its_run(env, on_tpu, coordinator_flag, plan):
+  """A TPU VM made by the launcher has no variable naming its workers: JAX finds them
+  from the VM's metadata, so its processes must call jax.distributed.initialize() too."""
+  assert distributed.join_plan(env, on_tpu, coordinator_flag) == plan
+
+
+def test_this_machine_joins_nothing():
+  assert not distributed.tpu_present()  # the test machines are CPUs
+  assert distributed.join_plan({}, distributed.tpu_present(), False) == 'none'
+
+
 def test_one_process_is_the_writer_and_needs_no_barrier():
   assert distributed.is_writer()
   distributed.barrier('nothing', timeout_s=0.001)  # one process: returns at once

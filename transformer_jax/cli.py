@@ -109,9 +109,8 @@ def _quiet_platforms() -> None:
   extras) the probe prints screens of initialization errors before falling back to the
   CPU. An explicit JAX_PLATFORMS, a GPU, or --verbosity keeps JAX's own choice; `aot`
   compiles for TPU topologies without a TPU backend."""
-  tpu = glob.glob('/dev/accel*') or glob.glob('/dev/vfio/[0-9]*')
-  if not ('JAX_PLATFORMS' in os.environ or flags.FLAGS['verbosity'].present or tpu
-          or glob.glob('/dev/nvidia[0-9]*')):
+  if not ('JAX_PLATFORMS' in os.environ or flags.FLAGS['verbosity'].present
+          or distributed.tpu_present() or glob.glob('/dev/nvidia[0-9]*')):
     jax.config.update('jax_platforms', 'cpu')
 
 

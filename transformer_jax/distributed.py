@@ -5,6 +5,7 @@ one-time job while the others wait, and gathers results onto every process.
 """
 from __future__ import annotations
 
+import glob
 import os
 import sys
 from typing import Callable, TypeVar
@@ -30,19 +31,34 @@ _HEARTBEAT = flags.DEFINE_integer(
 
 
 def initialize() -> None:
-  """Connect the processes of a multi-process run, before any other JAX call.
-
-  On a TPU pod slice every worker runs the same command and JAX finds its peers itself;
-  elsewhere (e.g. several CPU processes) the coordinator is given by flags. One process:
-  nothing to do. A process told to use the CPU only (JAX_PLATFORMS=cpu) on a pod worker
-  is not part of the slice: `prepare` runs so on worker 0 alone.
-  """
-  if _COORDINATOR.value:
+  """Connect the processes of a multi-process run, before any other JAX call; see
+  `join_plan` for when and how."""
+  plan = join_plan(dict(os.environ), tpu_present(), bool(_COORDINATOR.value))
+  if plan == 'flags':
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                                heartbeat_timeout_seconds=_HEARTBEAT.value)
-  elif (len(os.environ.get('TPU_WORKER_HOSTNAMES', '').split(',')) > 1
-        and os.environ.get('JAX_PLATFORMS', '') != 'cpu'):
+  elif plan == 'tpu':
     jax.distributed.initialize(heartbeat_timeout_seconds=_HEARTBEAT.value)
+
+
+def join_plan(env: dict, on_tpu: bool, coordinator_flag: bool) -> str:
+  """How this process joins its run: 'flags' (the coordinator given by flags, e.g.
+  several CPU or GPU processes), 'tpu' (JAX finds its peers itself: from the VM's
+  metadata on a TPU VM made by `gcloud compute tpus tpu-vm create`, where no variable
+  names the workers, or from the TPU_WORKER_* variables GKE sets), or 'none' (one
+  process). A process told to use the CPU only (JAX_PLATFORMS=cpu) on a TPU worker is
+  not part of the slice: `prepare` runs so on worker 0 alone."""
+  if coordinator_flag:
+    return 'flags'
+  if env.get('JAX_PLATFORMS', '') == 'cpu':
+    return 'none'
+  gke_pod = len(env.get('TPU_WORKER_HOSTNAMES', '').split(',')) > 1
+  return 'tpu' if on_tpu or gke_pod else 'none'
+
+
+def tpu_present() -> bool:
+  """Whether this machine has TPU chips (a TPU VM's /dev/accel* or /dev/vfio devices)."""
+  return bool(glob.glob('/dev/accel*') or glob.glob('/dev/vfio/[0-9]*'))
 
 
 def is_writer() -> bool:

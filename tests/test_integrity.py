@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from transformer_jax import checkpoint as checkpoint_lib
+from transformer_jax import config as config_lib
 from transformer_jax import inference, integrity, loop, sharding
 from transformer_jax.errors import UserError
 from transformer_jax.steps import build
@@ -246,7 +247,7 @@ def test_a_structure_error_is_damage_only_where_orbaxs_own_record_disagrees(brie
   against the arrays its verified meta lists, tells which."""
   workdir = _copy(briefly_trained, tmp_path)
   directory = workdir / 'checkpoints'
-  checkpoints = checkpoint_lib.Checkpoints(str(workdir), checkpoint_lib.config_lib.defaults())
+  checkpoints = checkpoint_lib.Checkpoints(str(workdir), config_lib.defaults())
   recorded = set(checkpoints.meta(6)['checksums'])
   checkpoints.close()
   from etils import epath
@@ -275,3 +276,21 @@ def test_a_checkpoint_of_another_storage_dtype_is_refused_not_quarantined(
                                       r"config 'bfloat16'\)"):
     loop.train(config, str(workdir))
   assert _snapshot(workdir) == before
+
+
+def test_a_step_deleted_while_it_is_read_stops_and_moves_nothing(briefly_trained, tiny_config,
+                                                                 tmp_path):
+  """`translate` beside a live run: the run's save schedule deletes the step after it was
+  listed. Nothing proves damage, so nothing is moved; the command says to run again."""
+  workdir = _copy(briefly_trained, tmp_path)
+  config = tiny_config()
+  setup = build(config, sharding.make_mesh(config.mesh))
+  checkpoints = checkpoint_lib.Checkpoints(str(workdir), config, async_save=False)
+  assert checkpoints.steps() == [2, 4, 6]
+  shutil.rmtree(workdir / 'checkpoints' / '6')
+  with pytest.raises(checkpoint_lib.RestoreFailed, match=r'step 6 .*: it disappeared while '
+                     r'being read .*deleted it; run again'):
+    checkpoints.restore_newest(lambda step: checkpoints.restore(step, setup.abstract_state),
+                               [2, 4, 6])
+  checkpoints.close()
+  assert not (workdir / 'quarantine').exists()

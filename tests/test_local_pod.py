@@ -102,7 +102,8 @@ def test_a_run_resumes_on_another_number_of_processes(repo, synthetic, tmp_path)
 def test_two_processes_agree_on_a_damaged_checkpoint(repo, synthetic, tmp_path, damage_arrays):
   """Written by 2 processes, the newest step damaged: both find it fails verification,
   process 0 moves it aside, both resume from the step before, and training goes on to
-  the same losses (steps 5-8 again) and saves past it."""
+  the same losses (steps 5-8 again) and saves past it. Then every step damaged: both
+  stop with the same refusal."""
   flags = [*TINY, *(f'--config.data.{k}={v}' for k, v in synthetic.data.items()),
            f'--config.data.vocab_path={synthetic.vocab}', '--config.train.checkpoint_every=4',
            '--config.mesh.data=1', '--config.mesh.fsdp=-1']  # each process its own shards
@@ -120,6 +121,17 @@ def test_two_processes_agree_on_a_damaged_checkpoint(repo, synthetic, tmp_path, 
   assert len(losses) == 12 and losses[4:8] == first[4:8]  # exactly
   assert sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir()
                 if p.name.isdigit())[-2:] == [8, 12]
+  # Every step damaged: both processes stop alike, naming the flag; none trains from 0.
+  for step in sorted(p for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit()):
+    damage_arrays(step)
+  refused = local_pod.run(['transformer_jax.train', f'--workdir={workdir}', *flags,
+                           '--config.train.num_steps=16'], processes=2, devices=2,
+                          log_dir=str(tmp_path / 'all_damaged'), cwd=repo)
+  for r in refused:
+    assert r.code == 2, r.err[-3000:]
+    assert 'passed verification' in r.err and 'restart_if_no_valid_checkpoint=True' in r.err
+  assert not any(p.name.isdigit() for p in (workdir / 'checkpoints').iterdir())
+  assert len(metrics_lib.read(str(workdir))) == 12  # nothing trained, nothing rewritten
 
 
 def test_two_processes_carry_the_optimizer_over_and_refuse_another_structure_alike(

@@ -89,7 +89,7 @@ def _recorded(meta: dict) -> set[str] | None:
 
 
 def _structure_difference(saved: set[str], wanted: set[str]) -> str:
-  """'missing: a, b; unexpected: c': the arrays one tree has and the other lacks."""
+  """'the checkpoint lacks: a, b; it also holds: c': the arrays only one tree has."""
   def some(paths):
     paths = sorted(paths)
     return ', '.join(paths[:3]) + (f' and {len(paths) - 3} more' if paths[3:] else '')
@@ -268,8 +268,8 @@ class Checkpoints:
           files.move_tree(self.directory / str(step), target)
           moved[0] = True
         except Exception as e:  # noqa: BLE001 (read-only storage: skip it, leave it)
-          reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-          distributed.warn(f'could not move {self.directory / str(step)} aside ({reason}).')
+          distributed.warn(f'could not move {self.directory / str(step)} aside '
+                           f'({integrity.first_line(e)}).')
     distributed.once(f'quarantine checkpoint {step}', move, timeout_s=600)
     self._manager.reload()
     return str(target) if moved[0] else None

@@ -79,7 +79,7 @@ def start(tree):
   """Start computing `tree`'s checksums on its devices; returns at once (`digests` waits).
   A collective: every process of a multi-process run calls it with its shards of the same
   global arrays. Later updates that donate the arrays wait for it to read them."""
-  tree = jax.tree.map(jnp.asarray, tree)  # numpy leaves onto the default device
+  tree = jax.tree.map(lambda x: x if isinstance(x, jax.Array) else jnp.asarray(x), tree)
   return _all_lanes(_replicated(tree))(tree)
 
 

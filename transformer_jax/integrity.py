@@ -184,10 +184,15 @@ def _chain(error: BaseException) -> list[BaseException]:
   return chain
 
 
+def first_line(error: BaseException) -> str:
+  """An error's message in one line (of at most 200 characters), or its type's name."""
+  return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+
+
 def _telling_line(chain) -> str:
   """The first line that names a status (TensorStore's 'DATA_LOSS: ...'), else the
   outermost; Orbax wraps TensorStore's errors in a dump of the whole spec."""
-  lines = [(str(e).strip().splitlines() or [type(e).__name__])[0][:200] for e in chain]
+  lines = [first_line(e) for e in chain]
   return next((x for x in lines if re.match(r'[A-Z_]{5,}: ', x)), lines[0])
 
 

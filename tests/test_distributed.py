@@ -28,8 +28,8 @@ def test_global_array_and_gather_round_trip_over_eight_devices():
     ({'TPU_WORKER_HOSTNAMES': 'w0,w1'}, False, False, 'none'),  # no TPU chips here
     ({'JAX_PLATFORMS': 'cpu'}, True, False, 'none'),  # `prepare` on worker 0 alone
     ({'JAX_PLATFORMS': 'cpu', 'TPU_WORKER_HOSTNAMES': 'w0,w1'}, True, False, 'none'),
-], ids=['laptop', 'flags', 'local_pod', 'tpu_vm', 'gke', 'gke_variables_off_tpu', 'prepare_on_tpu_vm',
-        'prepare_on_gke'])
+], ids=['laptop', 'flags', 'local_pod', 'tpu_vm', 'gke', 'gke_variables_off_tpu',
+        'prepare_on_tpu_vm', 'prepare_on_gke'])
 def test_how_a_process_joins_its_run(env, on_tpu, coordinator_flag, plan):
   """A TPU VM made by the launcher has no variable naming its workers: JAX finds them
   from the VM's metadata, so its processes must call jax.distributed.initialize() too."""

@@ -6,7 +6,9 @@ one-time job while the others wait, and gathers results onto every process.
 from __future__ import annotations
 
 import os
+import socket
 import sys
+import time
 from typing import Callable, TypeVar
 
 import jax
@@ -27,17 +29,122 @@ _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process, 0..num_pro
 _HEARTBEAT = flags.DEFINE_integer(
     'heartbeat_timeout_s', 100, 'A process silent this long counts as dead: the others '
     'exit with an error instead of waiting for it (JAX distributed heartbeat).')
+_INIT_TIMEOUT = flags.DEFINE_integer(
+    'initialization_timeout_s', 120, 'How long the processes of a multi-process run wait '
+    'for each other at start-up; then each exits with one line naming the processes that '
+    'never joined.')
 
 
 def initialize() -> None:
   """Connect the processes of a multi-process run, before any other JAX call; see
-  `join_plan` for when and how."""
+  `join_plan` for when and how. A process that never starts makes the others exit
+  within --initialization_timeout_s, naming it (see `roll_call`)."""
   plan = join_plan(dict(os.environ), tpu_present(), bool(_COORDINATOR.value))
+  timeout_s = _INIT_TIMEOUT.value
   if plan == 'flags':
+    roll_call(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, timeout_s)
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                               initialization_timeout=timeout_s,
                                heartbeat_timeout_seconds=_HEARTBEAT.value)
   elif plan == 'tpu':
-    jax.distributed.initialize(heartbeat_timeout_seconds=_HEARTBEAT.value)
+    # Learn what jax.distributed.initialize() is about to detect, as it does; JAX itself
+    # is still called bare, as on any TPU VM.
+    from jax._src import clusters  # noqa: PLC0415 (JAX keeps its detection private)
+    coordinator, count, me, _ = clusters.ClusterEnv.auto_detect_unset_distributed_params(
+        os.environ.get('JAX_COORDINATOR_ADDRESS'), None, None, None, None, timeout_s)
+    roll_call(coordinator, count, me, timeout_s)
+    jax.distributed.initialize(initialization_timeout=timeout_s,
+                               heartbeat_timeout_seconds=_HEARTBEAT.value)
+
+
+def roll_call(coordinator: str | None, count: int | None, me: int | None,
+              timeout_s: float) -> None:
+  """Return once all `count` processes have started; else, after `timeout_s`, one
+  UserError naming the processes that never came (or, where process 0 itself cannot
+  be reached, naming it and its address).
+
+  JAX's own join (the coordination service's RegisterTask) cannot do this: a missing
+  process shows only as a C++ abort on every other process, with no roll call we can
+  read, and the coordinator port is the service's. So process 0 holds the roll call on
+  the next port: every other process connects there and sends its id, and process 0
+  answers all of them at once, "go" or the ids still missing. Incomplete parameters,
+  or one process, skip it (JAX reports the former itself).
+  """
+  if None in (coordinator, count, me) or count == 1 or not 0 <= me < count:
+    return
+  host, port = coordinator.rsplit(':', 1)
+  address = (host.strip('[]'), int(port) + 1)
+  if me == 0:
+    missing = _call_roll(address[1], count, timeout_s)
+  else:
+    missing = _answer_roll(address, me, timeout_s)
+  if missing:
+    who = 'process' + ('es' if len(missing) > 1 else '') + ' ' + ', '.join(missing)
+    raise UserError(f'Process {me} waited {timeout_s:g} s (--initialization_timeout_s) '
+                    f'for {who} to join the run (coordinator {coordinator}), in vain: start '
+                    f'{who} with the same --num_processes and coordinator, or read its log '
+                    'for why it stopped.')
+
+
+def _call_roll(port: int, count: int, timeout_s: float) -> list[str]:
+  """Process 0: take the ids of processes 1..count-1 until all came or `timeout_s` passed,
+  then answer each the ids still missing (none: go). Returns the missing ids."""
+  deadline = time.monotonic() + timeout_s
+  family = socket.AF_INET6 if socket.has_dualstack_ipv6() else socket.AF_INET
+  try:
+    server = socket.create_server(('', port), family=family,
+                                  dualstack_ipv6=family == socket.AF_INET6)
+  except OSError as e:
+    raise UserError(f'Process 0 cannot listen on port {port} (the coordinator\'s port + 1) '
+                    f'for the other processes to check in ({e.strerror}): pick a '
+                    'coordinator port whose next port is free.') from None
+  came = {}
+  with server:
+    while len(came) < count - 1 and (left := deadline - time.monotonic()) > 0:
+      server.settimeout(left)
+      try:
+        peer, _ = server.accept()
+        peer.settimeout(min(left, 5))  # a stray connection must not hold up the roll call
+        came[int(peer.makefile().readline())] = peer
+      except (OSError, ValueError):
+        continue  # the deadline (socket.timeout is an OSError), or not one of ours
+  missing = [str(i) for i in range(1, count) if i not in came]
+  for peer in came.values():
+    with peer:
+      try:
+        peer.sendall((' '.join(missing) or 'go').encode() + b'\n')
+      except OSError:
+        pass  # it left; JAX's own join tells the others
+  return missing
+
+
+def _answer_roll(address: tuple[str, int], me: int, timeout_s: float) -> list[str]:
+  """Another process: check in with process 0 (retrying for `timeout_s`, as it may start
+  later) and return its answer, the ids still missing."""
+  deadline = time.monotonic() + timeout_s
+  where = f'process 0 at {address[0]}:{address[1]} (the coordinator\'s port + 1)'
+  while True:
+    try:
+      peer = socket.create_connection(address, timeout=5)
+      break
+    except OSError:  # not listening yet, or the host not up yet
+      if time.monotonic() > deadline:
+        raise UserError(f'Process {me} could not reach {where} within {timeout_s:g} s '
+                        '(--initialization_timeout_s): start process 0, or check that '
+                        'address and its log.') from None
+      time.sleep(0.5)
+  with peer:
+    # Process 0 answers within its own timeout of our arrival; a little more for the wire.
+    peer.settimeout(timeout_s + 10)
+    try:
+      peer.sendall(f'{me}\n'.encode())
+      answer = peer.makefile().readline().split()
+    except OSError:
+      answer = []
+  if not answer:
+    raise UserError(f'Process {me} reached {where}, but it did not answer whether all '
+                    'processes came: read its log.')
+  return [] if answer == ['go'] else answer
 
 
 def join_plan(env: dict, on_tpu_vm: bool, coordinator_flag: bool) -> str:

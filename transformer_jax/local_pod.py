@@ -24,9 +24,17 @@ class Result:
 
 
 def free_port() -> int:
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
+  """A free port for the coordinator whose next port is free too: process 0 holds its
+  start-up roll call there (distributed.roll_call)."""
+  while True:
+    with socket.socket() as s, socket.socket() as after:
+      s.bind(('127.0.0.1', 0))
+      port = s.getsockname()[1]
+      try:
+        after.bind(('127.0.0.1', port + 1))
+        return port
+      except OSError:
+        continue
 
 
 def environment(devices: int, base: dict | None = None) -> dict:

@@ -16,7 +16,9 @@ new store instead of a stale one. Shards are the unit of work: the processes of 
 each prepare every Nth, and an interrupted prepare resumes at the first missing one.
 Arrays are .npy files: locally they are memory-mapped (pages come and go with the page
 cache, not the process's heap); a store in a bucket is copied shard by shard to a local
-cache first (`data.store_cache`), since memory maps need local files.
+cache first (`data.store_cache`), since memory maps need local files. Every process of a
+run must see the one directory (a bucket, or a filesystem all hosts share): `build`
+checks that first.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ import itertools
 import json
 import math
 import os
+import secrets
 import shutil
 
 import jax
@@ -34,6 +37,7 @@ from ml_collections import ConfigDict
 
 from transformer_jax import distributed, files
 from transformer_jax.data.tokenizer import EOS_ID, Tokenizer
+from transformer_jax.errors import UserError
 
 VERSION = 1
 FIELDS = ('source', 'target')
@@ -61,6 +65,7 @@ def build(source, data: ConfigDict, tokenizer: Tokenizer, directory: str,
   Every process writes its share of the shards (process p: shards p, p + P, ...);
   process 0 writes meta.json once all are complete. Complete shards are skipped."""
   root = files.path(directory)
+  check_shared(root, data)
   if (root / 'meta.json').exists():
     return
   pairs = len(source)
@@ -79,6 +84,33 @@ def build(source, data: ConfigDict, tokenizer: Tokenizer, directory: str,
             'ranges': ranges}
     files.write_atomically(root / 'meta.json', json.dumps(meta).encode())
   distributed.barrier('see the token store complete', 600)
+
+
+def check_shared(root, data: ConfigDict) -> None:
+  """Every process sees the store directory `root` process 0 sees, or all stop with one
+  line. Without it, a store_dir on each host's own disk (a pod slice's VMs) has each
+  process decide alone whether meta.json exists: the others fail reading it, or wait an
+  hour at build's barrier for a process that found it. Process 0 writes a marker of a
+  fresh name (a stale or concurrent run's marker cannot pass), all learn the name and
+  report whether they see it; the first collective returns only after the write."""
+  if jax.process_count() == 1:
+    return
+  nonce = secrets.randbits(31) if distributed.is_writer() else 0
+  if distributed.is_writer():
+    files.write_atomically(root / f'.seen-by-all-{nonce:08x}', b'')
+  marker = root / f'.seen-by-all-{distributed.each(nonce)[0]:08x}'
+  seen = distributed.each(int(marker.exists()))
+  if distributed.is_writer():
+    marker.unlink(missing_ok=True)  # every process has looked: the second collective
+  blind = [str(p) for p, s in enumerate(seen) if not s]
+  if blind:
+    where = (f'data.store_dir={data.store_dir}' if data.store_dir else
+             'The token store (data.store_dir empty: WORKDIR/store)')
+    raise UserError(
+        f'{where}: process{"es" if len(blind) > 1 else ""} {", ".join(blind)} cannot see '
+        f'what process 0 wrote in {root}, so it is not one directory for all (each host\'s '
+        'own disk?). Put the store in the bucket (leave data.store_dir empty: WORKDIR/store, '
+        'with a gs:// workdir) or on a filesystem all hosts share.')
 
 
 def _write_shard(shard, source, start: int, end: int, data, tokenizer, dtype) -> None:

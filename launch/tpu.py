@@ -38,6 +38,7 @@ VENV = '$HOME/venv'
 UV = '$HOME/.local/bin/uv'
 PYTHON = '3.11'
 LOCAL_TFDS = '$HOME/tensorflow_datasets'
+TRAIN_LOG, TRAIN_PID, TRAIN_EXIT = '$HOME/train.log', '$HOME/train.pid', '$HOME/train.exit'
 RUNTIME = {'v5litepod': 'v2-alpha-tpuv5-lite', 'v5p': 'v2-alpha-tpuv5',
            'v6e': 'v2-alpha-tpuv6e', 'v4': 'tpu-ubuntu2204-base'}
 OUR_DATASETS = ('synthetic', 'multi30k', 'parallel_text')  # built without TensorFlow
@@ -87,6 +88,13 @@ def ssh(a, command: str, worker: str = 'all', check: bool = True) -> bool:
                        f'--command={command}'), a.dry_run, check).returncode == 0
 
 
+def ssh_output(a, command: str) -> str | None:
+  """What `command` printed on all workers, or None if the ssh call failed."""
+  result = gcloud(tpu_vm('ssh', a.name, f'--zone={a.zone}', '--worker=all',
+                         f'--command={command}'), a.dry_run, check=False)
+  return result.stdout if result.returncode == 0 else None
+
+
 def needs_tensorflow(config_path: str) -> bool:
   """Whether the config's dataset is a TFDS catalog one (WMT), built with TensorFlow."""
   sys.path.insert(0, str(REPO))
@@ -104,18 +112,16 @@ def install(a) -> None:
   gcloud(tpu_vm('scp', archive, f'{a.name}:{archive}', f'--zone={a.zone}', '--worker=all'),
          a.dry_run)
   # The TPU runtimes are Ubuntu 22.04, whose Python 3.10 is older than JAX supports
-  # (3.11+): uv brings its own Python into the venv.
+  # (3.11+): uv brings its own Python into the venv. A machine image with the environment
+  # already made names it in TRANSFORMER_JAX_PREPARED_VENV (the emulated fleet does).
   ssh(a, f'mkdir -p {REMOTE_DIR} && tar -xzf {archive} -C {REMOTE_DIR} && '
+         f'if [ -n "${{TRANSFORMER_JAX_PREPARED_VENV:-}}" ]; then '
+         f'ln -sfn "$TRANSFORMER_JAX_PREPARED_VENV" {VENV}; else '
          f'(test -x {UV} || curl -LsSf https://astral.sh/uv/install.sh | sh) && '
          f'{UV} venv -q --allow-existing --python {PYTHON} {VENV} && '
-         f'{UV} pip install -q --python {VENV} -e "{REMOTE_DIR}[tpu]"')
+         f'{UV} pip install -q --python {VENV} -e "{REMOTE_DIR}[tpu]"; fi')
   if needs_tensorflow(a.config):  # only worker 0 builds the dataset (prepare)
     ssh(a, f'{UV} pip install -q --python {VENV} -e "{REMOTE_DIR}[tpu,tf]"', worker='0')
-
-
-def is_pod_slice(accelerator: str) -> bool:
-  """More than one host: every family's single-host VMs stop at the '-8' types."""
-  return int(accelerator.rsplit('-', 1)[1]) > 8
 
 
 def check_workdir(a) -> None:
@@ -150,17 +156,45 @@ def fetch_dataset(a) -> str:
 
 
 def train(a) -> None:
-  """On every worker: the prepared dataset onto its disk, then train in the background,
-  its log copied to WORKDIR/logs/ every minute and when it ends."""
+  """On every worker: the prepared dataset onto its disk, then train in the background
+  (its own process group, so `stop` ends all of it), its log copied to WORKDIR/logs/
+  every minute while it runs and once when it ends. The wrapper leaves its pid in
+  $HOME/train.pid and, when training ends, its exit status in $HOME/train.exit: what
+  `running` reads (a process name would match the shells that carry it)."""
   check_workdir(a)
   log = f'"{a.workdir}/logs/$(hostname).log"'
-  ship = f'gcloud storage cp -q $HOME/train.log {log}'
+  ship = f'gcloud storage cp -q {TRAIN_LOG} {log} > /dev/null 2>&1'
   script = (f'{fetch_dataset(a)} && cd {REMOTE_DIR} && '
             f'{VENV}/bin/python -m transformer_jax.train {command_flags(a)}')
-  alive = 'pgrep -f "transformer_jax[.]train" > /dev/null'
-  ssh(a, f'(while sleep 60 && {alive}; do {ship}; done) > /dev/null 2>&1 & '
-         f'nohup bash -c {shlex.quote(f"{script} > $HOME/train.log 2>&1; {ship}")} '
-         '> /dev/null 2>&1 &')
+  wrapper = (f'echo $$ > {TRAIN_PID}; rm -f {TRAIN_EXIT}; '
+             f'(while sleep 60 && kill -0 $$ 2> /dev/null; do {ship}; done) & '
+             f'({script}) >> {TRAIN_LOG} 2>&1; echo $? > {TRAIN_EXIT}; {ship}')
+  ssh(a, f'rm -f {TRAIN_EXIT}; setsid nohup bash -c {shlex.quote(wrapper)} '
+         '> /dev/null 2>&1 < /dev/null &')
+
+
+def running(a) -> bool | None:
+  """Whether training runs on every worker; None if that cannot be told now (ssh failed).
+  Each worker answers for itself: its wrapper is alive and has not written an exit."""
+  check = (f'if test ! -e {TRAIN_EXIT} && kill -0 "$(cat {TRAIN_PID} 2> /dev/null)" '
+           '2> /dev/null; then echo TRAIN_RUNNING; else echo TRAIN_STOPPED; fi')
+  result = ssh_output(a, check)
+  if result is None or a.dry_run:
+    return None if result is None else True
+  answers = result.split()
+  if 'TRAIN_STOPPED' in answers:
+    return False
+  return True if 'TRAIN_RUNNING' in answers else None
+
+
+def stop(a) -> None:
+  """End what is left of a run on every worker (e.g. the survivors of a dead worker,
+  which would otherwise hold the TPU until JAX's heartbeat times out): SIGTERM to each
+  wrapper's process group, SIGKILL after --grace_s."""
+  group = f'-"$(cat {TRAIN_PID})"'
+  ssh(a, f'if test -s {TRAIN_PID}; then kill -TERM -- {group} 2> /dev/null; '
+         f'for i in $(seq {int(a.grace_s)}); do kill -0 -- {group} 2> /dev/null || break; '
+         f'sleep 1; done; kill -KILL -- {group} 2> /dev/null; fi; true')
 
 
 def state(a) -> str:
@@ -182,42 +216,66 @@ def finished(a) -> bool:
   return not a.dry_run and result.returncode == 0
 
 
-def running(a) -> bool:
-  """Whether `train` runs on every worker (ssh --worker=all fails if one lacks it)."""
-  # [.]: the pattern does not match the shell that runs it
-  return ssh(a, 'pgrep -f "transformer_jax[.]train" > /dev/null', check=False)
-
-
 def supervise(a) -> None:
   """Keep the run going until it is done: recreate a lost slice (waiting for capacity),
   reinstall, relaunch `train` (which resumes); relaunch it too if it stopped on a slice
-  that is still up (e.g. a worker died and the others exited)."""
+  that is still up (e.g. a worker died), after ending what is left of it. A run already
+  training (e.g. started by `train`) is adopted, not launched twice. A failed gcloud or
+  ssh call (a VM not reachable yet, one preempted meanwhile) is retried with backoff."""
   check_workdir(a)
-  restarts, launched = 0, False
-  while not finished(a):
-    now = state(a)
-    if launched and (now in LOST or (now in READY and not running(a))):
-      restarts += 1
-      if restarts > a.max_restarts:
-        sys.exit(f'error: gave up after {a.max_restarts} restarts (--max_restarts).')
-      print(f'restart {restarts}: {a.name} is {now} and train is not running', flush=True)
-      launched = False
-    if now in LOST:
-      if now != 'NOT_FOUND':
-        delete(a)
-      create(a, check=False)  # no capacity now: try again at the next poll
-    elif now in READY and not launched:
-      install(a)
-      train(a)  # resumes from the latest checkpoint in the workdir
-      launched = True
+  restarts, launched, failures = 0, False, 0
+  while True:
+    try:
+      if finished(a):
+        break
+      launched, restarts = step(a, launched, restarts)
+      failures = 0
+    except subprocess.CalledProcessError as e:
+      failures += 1
+      if failures > a.max_failures:
+        sys.exit(f'error: {failures} gcloud calls failed in a row, the last: '
+                 f'{shlex.join(e.cmd[-3:])} (exit {e.returncode}); see its output above.')
+      print(f'gcloud failed (exit {e.returncode}); retrying ({failures} in a row)', flush=True)
     if a.dry_run:
       return
-    time.sleep(a.poll_s)
+    time.sleep(a.poll_s * min(2 ** failures, 16))
   print(f'training finished: {a.workdir}/done.json', flush=True)
 
 
+def step(a, launched: bool, restarts: int) -> tuple[bool, int]:
+  """One look at the slice and what it calls for; returns (launched, restarts)."""
+  now = state(a)
+  if now in LOST:
+    if launched:
+      restarts = restarted(a, restarts, f'{a.name} is {now}')
+    if now != 'NOT_FOUND':
+      delete(a)
+    create(a, check=False)  # no capacity now: try again at the next poll
+    return False, restarts
+  if now not in READY:
+    return launched, restarts  # CREATING, PROVISIONING, ...
+  live = running(a)
+  if live is None:  # ssh not answering yet
+    return launched, restarts
+  if live:
+    return True, restarts  # ours, or one `train` started
+  if launched:
+    restarts = restarted(a, restarts, 'train is not running on every worker')
+  stop(a)
+  install(a)
+  train(a)  # resumes from the latest checkpoint in the workdir
+  return True, restarts
+
+
+def restarted(a, restarts: int, why: str) -> int:
+  if restarts + 1 > a.max_restarts:
+    sys.exit(f'error: gave up after {a.max_restarts} restarts (--max_restarts).')
+  print(f'restart {restarts + 1}: {why}', flush=True)
+  return restarts + 1
+
+
 def logs(a) -> None:
-  ssh(a, 'tail -n 100 -f $HOME/train.log', worker='0')
+  ssh(a, f'tail -n 100 -f {TRAIN_LOG}', worker='0')
 
 
 def delete(a) -> None:
@@ -245,6 +303,10 @@ def main(argv=None) -> None:
   parser.add_argument('--workdir', default='', help='gs://BUCKET/DIR')
   parser.add_argument('--poll_s', type=float, default=60, help='supervise: seconds between checks')
   parser.add_argument('--max_restarts', type=int, default=100, help='supervise: then give up')
+  parser.add_argument('--max_failures', type=int, default=20,
+                      help='supervise: gcloud calls failing in a row, then give up')
+  parser.add_argument('--grace_s', type=float, default=30,
+                      help='supervise: seconds between SIGTERM and SIGKILL of leftovers')
   parser.add_argument('--dry_run', action='store_true', help='print the commands only')
   argv = sys.argv[1:] if argv is None else argv
   split = argv.index('--') if '--' in argv else len(argv)

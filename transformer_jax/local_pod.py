@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import pathlib
+import random
 import socket
 import subprocess
 import sys
@@ -24,13 +26,15 @@ class Result:
 
 
 def free_port() -> int:
-  """A free port for the coordinator whose next port is free too: process 0 holds its
-  start-up roll call there (distributed.roll_call)."""
+  """A free port for the coordinator whose next port is free too (process 0 holds its
+  start-up roll call there: distributed.roll_call), below the kernel's range for
+  outgoing connections, so that no client socket takes the next port meanwhile."""
+  low = int(pathlib.Path('/proc/sys/net/ipv4/ip_local_port_range').read_text().split()[0])
   while True:
+    port = random.randrange(10000, max(low, 10003) - 2)
     with socket.socket() as s, socket.socket() as after:
-      s.bind(('127.0.0.1', 0))
-      port = s.getsockname()[1]
       try:
+        s.bind(('127.0.0.1', port))
         after.bind(('127.0.0.1', port + 1))
         return port
       except OSError:

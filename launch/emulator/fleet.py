@@ -6,14 +6,15 @@ Each worker of a slice is a sandbox that behaves as a VM to the commands run on 
     process 1: killing it ends every process of the worker, as a VM shutdown does);
   - its own UTS namespace (`hostname` is the worker's, e.g. t1v-n-mt-g2-w-1) and
     /etc/hosts naming it, so gloo and JAX resolve it as on a VM;
-  - its own mount namespace, with TPU chips on its PCI bus (fake vendor 0x1ae0 / v5e
-    device entries beside the real devices in /sys/bus/pci/devices), which is how
-    JAX recognises a Cloud TPU VM;
+  - its own mount namespace: its own /tmp, and TPU chips on its PCI bus (fake vendor
+    0x1ae0 / v5e device entries beside the real devices in /sys/bus/pci/devices),
+    which is how JAX recognises a Cloud TPU VM;
   - its own HOME (a fresh directory per VM: a recreated slice starts with empty disks);
   - a metadata server (`vm.py`, GCE_METADATA_IP) naming the worker's number and the
     slice's workers, which JAX's TPU cluster detection reads to join the slice.
 What differs from a real VM: the workers share the machine's files outside their HOME
-(/tmp included) and its loopback network (so the
+and /tmp (the repository, the prepared venv, the fleet's directory) and its loopback
+network (so the
 workers' endpoints are 127.0.0.1 and each slice gets its own JAX_COORDINATOR_PORT, a
 variable JAX documents); the TPU chips are CPU devices: libtpu is hidden on the workers
 (it would probe the real metadata address, 169.254.169.254) and JAX_FORCE_TPU_INIT
@@ -38,6 +39,9 @@ import socket
 import subprocess
 import sys
 import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
+from transformer_jax import local_pod  # noqa: E402 (the coordinator's port, as tests pick it)
 
 HERE = pathlib.Path(__file__).resolve().parent
 CHIP = {'vendor': '0x1ae0', 'device': '0x0063', 'class': '0x120000'}  # a TPU v5e chip
@@ -113,20 +117,10 @@ def hosts_of(accelerator: str) -> int:
   return 1 if size <= 8 else size // 4
 
 
-def free_port(pair: bool = False) -> int:
-  """A free TCP port (and the next one, with pair=True: our rendezvous uses port + 1)."""
-  while True:
-    with socket.socket() as s:
-      s.bind(('127.0.0.1', 0))
-      port = s.getsockname()[1]
-    if not pair or port >= 65535:
-      return port
-    with socket.socket() as s:
-      try:
-        s.bind(('127.0.0.1', port + 1))
-        return port
-      except OSError:
-        continue
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
 
 
 def create(name: str, accelerator: str, queued: bool = False) -> str:
@@ -143,7 +137,7 @@ def create(name: str, accelerator: str, queued: bool = False) -> str:
     s['generation'] += 1
     (root() / 'fleet.json').write_text(json.dumps(s, indent=1))
     n = {'name': name, 'type': accelerator, 'queued': queued, 'state': 'CREATING',
-         'vm': f'{name}-g{s["generation"]}', 'coordinator_port': free_port(pair=True),
+         'vm': f'{name}-g{s["generation"]}', 'coordinator_port': local_pod.free_port(),
          'ssh_failures_left': s['ssh_failures_after_ready'], 'workers': []}
     save(n)
   count = hosts_of(accelerator)
@@ -181,7 +175,7 @@ def _boot(n: dict, i: int, hostname: str, endpoints: str, s: dict) -> dict:
   (disk / 'metadata.json').write_text(json.dumps(attributes))
   port = free_port()
   boot = (f'mount --bind {pci} /sys/bus/pci/devices && mount --bind {disk}/hosts /etc/hosts'
-          f'{hide} && hostname {hostname} && exec '
+          f'{hide} && {_private_tmp(disk, s)} && hostname {hostname} && exec '
           f'{shlex.quote(s["python"])} {HERE / "vm.py"} {port} {disk}/metadata.json')
   with open(disk / 'console.log', 'wb') as console:
     launcher = subprocess.Popen(
@@ -189,6 +183,22 @@ def _boot(n: dict, i: int, hostname: str, endpoints: str, s: dict) -> dict:
         stdin=subprocess.DEVNULL, stdout=console, stderr=console, start_new_session=True)
   init = _wait_for_init(launcher, port)
   return {'hostname': hostname, 'init': init, 'metadata_port': port, 'home': str(disk / 'home')}
+
+
+def _private_tmp(disk: pathlib.Path, s: dict) -> str:
+  """Shell: the worker's own /tmp (scp's target; libtpu's and JAX's scratch files),
+  keeping visible what lives under the machine's /tmp and the worker needs: the fleet's
+  directory (its HOME) and the Python environment (CI's venv is made in /tmp)."""
+  tmp = disk / 'tmp'
+  tmp.mkdir()
+  keep = {root(), pathlib.Path(s['python']).parents[1], pathlib.Path(s['venv'] or '/')}
+  binds = []
+  for path in sorted(keep):
+    if path.is_relative_to('/tmp'):
+      inside = tmp / path.relative_to('/tmp')
+      inside.mkdir(parents=True, exist_ok=True)
+      binds.append(f'mount --bind {path} {inside}')
+  return ' && '.join([*binds, f'mount --rbind {tmp} /tmp'])
 
 
 def _wait_for_init(launcher: subprocess.Popen, port: int) -> int:

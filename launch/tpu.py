@@ -50,11 +50,15 @@ LOST = {'PREEMPTED', 'TERMINATED', 'SUSPENDED', 'FAILED', 'NOT_FOUND'}
 def gcloud(args: list[str], dry_run: bool, check: bool = True) -> subprocess.CompletedProcess:
   """The one place a gcloud command is run (or, with --dry_run, printed). $GCLOUD
   replaces the binary (the tests run a scripted stand-in)."""
-  command = [*shlex.split(os.environ.get('GCLOUD', 'gcloud')), *args]
+  command = [*gcloud_binary(), *args]
   print(shlex.join(['gcloud', *args]), flush=True)  # exactly what runs
   if dry_run:
     return subprocess.CompletedProcess(command, 0, '', '')
   return subprocess.run(command, check=check, capture_output=not check, text=True)
+
+
+def gcloud_binary() -> list[str]:
+  return shlex.split(os.environ.get('GCLOUD', 'gcloud'))
 
 
 def tpu_vm(*args: str) -> list[str]:
@@ -167,8 +171,8 @@ def train(a) -> None:
   script = (f'{fetch_dataset(a)} && cd {REMOTE_DIR} && '
             f'{VENV}/bin/python -m transformer_jax.train {command_flags(a)}')
   wrapper = (f'echo $$ > {TRAIN_PID}; rm -f {TRAIN_EXIT}; '
-             f'(while sleep 60 && kill -0 $$ 2> /dev/null; do {ship}; done) & '
-             f'({script}) >> {TRAIN_LOG} 2>&1; echo $? > {TRAIN_EXIT}; {ship}')
+             f'(while sleep 60 && kill -0 $$ 2> /dev/null; do {ship}; done) & shipper=$!; '
+             f'({script}) >> {TRAIN_LOG} 2>&1; echo $? > {TRAIN_EXIT}; kill $shipper; {ship}')
   ssh(a, f'rm -f {TRAIN_EXIT}; setsid nohup bash -c {shlex.quote(wrapper)} '
          '> /dev/null 2>&1 < /dev/null &')
 

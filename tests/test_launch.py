@@ -1,8 +1,5 @@
-"""The TPU launcher: its dry runs print the exact gcloud commands, single host and pod,
-and `supervise` recreates a preempted slice and relaunches training, run against a
-scripted stand-in for gcloud (tests/fake_gcloud.py)."""
-import json
-import os
+"""The TPU launcher's dry runs: the exact gcloud commands, single host and pod. What the
+commands do on (emulated) TPU VMs, `supervise` included: tests/test_fleet.py."""
 import shlex
 import subprocess
 import sys
@@ -71,49 +68,3 @@ def test_a_workdir_on_local_disks_is_refused(repo):
                            '--zone=us-east5-a', '--type=v5litepod-32', '--workdir=/data/run'],
                           cwd=repo, capture_output=True, text=True, timeout=60)
   assert result.returncode != 0 and 'gs://' in result.stderr and not result.stdout
-
-
-def supervise(repo, tmp_path, **script):
-  """`supervise` against fake_gcloud.py with `script`; returns (exit code, calls)."""
-  state = tmp_path / 'gcloud.json'
-  state.write_text(json.dumps({'calls': [], 'creates': 0, 'trains': 0, 'running': True,
-                               **script}))
-  result = subprocess.run(
-      [sys.executable, 'launch/tpu.py', 'supervise', '--name=pod', '--zone=z', '--spot',
-       '--type=v5litepod-32', '--config=configs/tiny.py', '--workdir=gs://b/run',
-       '--poll_s=0', '--max_restarts=3'], cwd=repo, capture_output=True, text=True,
-      timeout=120, env=dict(os.environ, GCLOUD=f'{sys.executable} {repo}/tests/fake_gcloud.py',
-                            FAKE_GCLOUD_STATE=str(state)))
-  calls = [' '.join(c[:5]) if c[0] != 'storage' else ' '.join(c[:2])
-           for c in json.loads(state.read_text())['calls']]
-  return result, calls
-
-
-def test_supervise_recreates_a_preempted_slice_and_relaunches_training(repo, tmp_path):
-  result, calls = supervise(repo, tmp_path, done_after=2, creates=1,
-                            states=['READY', 'PREEMPTED', 'NOT_FOUND', 'NOT_FOUND', 'CREATING',
-                                    'READY'])
-  assert result.returncode == 0, result.stderr
-  ssh, describe = 'compute tpus tpu-vm ssh pod', 'compute tpus tpu-vm describe pod'
-  assert calls == [
-      'storage ls', describe, 'compute tpus tpu-vm scp /tmp/transformer_jax.tar.gz', ssh, ssh,
-      'storage ls', describe, 'compute tpus tpu-vm delete pod', 'compute tpus tpu-vm create pod',
-      'storage ls', describe, 'compute tpus tpu-vm create pod',  # no capacity the first time
-      'storage ls', describe, 'compute tpus tpu-vm create pod',
-      'storage ls', describe,  # CREATING: wait
-      'storage ls', describe, 'compute tpus tpu-vm scp /tmp/transformer_jax.tar.gz', ssh, ssh,
-      'storage ls']  # done.json: finished
-  assert 'training finished' in result.stdout
-
-
-def test_supervise_relaunches_training_that_stopped_on_a_live_slice(repo, tmp_path):
-  """A worker died and the others exited: the slice is READY but train is not running."""
-  result, calls = supervise(repo, tmp_path, done_after=2, running=False, states=['READY'])
-  assert result.returncode == 0, result.stderr
-  assert calls.count('compute tpus tpu-vm ssh pod') == 5  # install, train, pgrep, install, train
-  assert 'restart 1' in result.stdout
-
-
-def test_supervise_gives_up_after_max_restarts(repo, tmp_path):
-  result, _ = supervise(repo, tmp_path, done_after=99, running=False, states=['READY'])
-  assert result.returncode != 0 and '--max_restarts' in result.stderr

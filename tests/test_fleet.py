@@ -1,0 +1,167 @@
+"""The Cloud TPU launcher on the emulated fleet (launch/emulator): workers are namespaced
+sandboxes that run the launcher's real shell commands, join as one JAX run through the
+metadata server as on a TPU VM, and fail as VMs do. `install` ships the repository's
+committed HEAD (git archive), as it would to a real VM."""
+import argparse
+import json
+import pathlib
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / 'launch'), str(REPO / 'launch' / 'emulator')]
+import fleet  # noqa: E402
+import gcs_emulator  # noqa: E402
+import tpu  # noqa: E402 (launch/tpu.py)
+
+BUCKET = 'fleet-test'
+pytestmark = pytest.mark.slow
+TRAIN = ['--config.data.name=synthetic', '--config.train.num_steps=6',
+         '--config.train.checkpoint_every=2', '--config.train.eval_every=1000',
+         '--heartbeat_timeout_s=10', '--initialization_timeout_s=60']
+
+
+@pytest.fixture
+def emulated(tmp_path, monkeypatch):
+  """A GCS emulator and an empty fleet; the variables that point the launcher at them."""
+  server, gcs = gcs_emulator.start(BUCKET)
+  for key, value in gcs.items():
+    monkeypatch.setenv(key, value)
+  for key, value in fleet.setup(tmp_path / 'fleet', gcs, venv=sys.prefix).items():
+    monkeypatch.setenv(key, value)
+  monkeypatch.setenv('JAX_PLATFORMS', 'cpu')  # this process only reads results
+  yield
+  fleet.teardown()
+  server.terminate()
+
+
+def launcher(action, *args, timeout=900):
+  """`launch/tpu.py ACTION` on a 2-worker slice (v4-16); returns its exit code and output."""
+  result = subprocess.run(
+      [sys.executable, 'launch/tpu.py', action, '--name=mt', '--zone=emulated-a',
+       '--type=v4-16', '--config=configs/tiny.py', *args], cwd=REPO, capture_output=True,
+      text=True, timeout=timeout)
+  return result.returncode, result.stdout + result.stderr
+
+
+def options(**kwargs):
+  return argparse.Namespace(name='mt', zone='emulated-a', dry_run=False, queued=False,
+                            **kwargs)
+
+
+def on_workers(command, worker='all'):
+  result = subprocess.run([*tpu.gcloud_binary(), 'compute', 'tpus', 'tpu-vm', 'ssh', 'mt',
+                           '--zone=emulated-a', f'--worker={worker}', f'--command={command}'],
+                          capture_output=True, text=True, timeout=300)
+  return result.returncode, result.stdout
+
+
+def until(condition, what, timeout_s=300):
+  """Wait for `condition()` (a hang guard, not a speed claim)."""
+  deadline = time.monotonic() + timeout_s
+  while not condition():
+    assert time.monotonic() < deadline, f'{what}: not within {timeout_s} s'
+    time.sleep(0.5)
+
+
+def test_the_workers_of_a_slice_join_as_one_run_as_on_a_tpu_vm(emulated):
+  """No variable names the workers of a `tpu-vm create` slice: each process must call
+  jax.distributed.initialize() and JAX asks the VM's metadata server. Before, only GKE's
+  TPU_WORKER_HOSTNAMES made a process join, so here each ran alone ("joined 0 of 1")."""
+  assert fleet.create('mt', 'v4-16') == ''
+  join = f'cd {REPO} && {sys.executable} tests/join_once.py 2> $HOME/join.log'
+  code, out = on_workers(join)
+  assert code == 0 and sorted(out.split('\n')[:2]) == ['joined 0 of 2', 'joined 1 of 2'], out
+  # `prepare` on worker 0 alone, as the launcher runs it: told to use the CPU only, it
+  # stays out of the slice instead of waiting for the others.
+  code, out = on_workers(f'JAX_PLATFORMS=cpu {join}', worker='0')
+  assert code == 0 and out.strip() == 'joined 0 of 1', out
+
+
+def test_supervise_sees_training_die_and_the_log_shipper_stops_with_it(emulated):
+  """Liveness from each worker's own pid and exit files. Before, `pgrep -f` of the
+  training's name matched the log shipper's own shell, so a dead run looked alive."""
+  assert fleet.create('mt', 'v4-16') == ''
+  workdir = f'gs://{BUCKET}/run'
+  assert launcher('install')[0] == 0
+  code, out = launcher('train', f'--workdir={workdir}', '--', '--config.train.no_such_key=1')
+  assert code == 0, out
+  a = options(workdir=workdir)
+  until(lambda: tpu.running(a) is False, 'a run that failed at once seen as stopped')
+  n = fleet.node('mt')
+  # Only the shipper's last `sleep 60` may outlive the run, never a shell that loops.
+  until(lambda: all(not shells(w['init']) for w in n['workers']), 'the shipper ended', 20)
+  code, exits = on_workers('cat $HOME/train.exit')
+  assert code == 0 and exits.split() == ['2', '2']
+  log = subprocess.run([*tpu.gcloud_binary(), 'storage', 'cp',
+                        f'{workdir}/logs/{n["workers"][1]["hostname"]}.log', '/dev/stdout'],
+                       capture_output=True, text=True, timeout=60).stdout
+  assert 'no_such_key' in log  # the log shipped when training ended
+
+
+def shells(init: int) -> list[int]:
+  """The worker's processes other than `sleep`."""
+  return [pid for pid in fleet.processes(init)
+          if pathlib.Path(f'/proc/{pid}/comm').read_text().strip() != 'sleep']
+
+
+def test_supervise_retries_unreachable_vms_and_adopts_a_live_run(emulated):
+  """A new VM refuses ssh for a while and the zone has no capacity at first: supervise
+  retries (before, the first failed ssh of `install` ended it). Then, on a slice where
+  `train` already runs, supervise adopts that run: one training process per worker
+  throughout (before, it launched a second one, which truncated the first's log)."""
+  fleet.set_faults(create_failures=1, ssh_failures_after_ready=3)
+  first = f'gs://{BUCKET}/first'
+  code, out = launcher('supervise', f'--workdir={first}', '--poll_s=1', '--', *TRAIN)
+  assert code == 0 and 'training finished' in out, out
+  faults = fleet.settings()
+  assert faults['create_failures'] == 0 and out.count('tpu-vm create') == 2  # retried
+  second = f'gs://{BUCKET}/second'
+  assert launcher('train', f'--workdir={second}', '--', *TRAIN)[0] == 0
+  n = fleet.node('mt')
+  until(lambda: all(fleet.training(w['init']) for w in n['workers']), 'train started')
+  most, done = [0], threading.Event()
+
+  def count():
+    while not done.is_set():
+      most[0] = max([most[0], *(len(fleet.training(w['init'])) for w in n['workers'])])
+      time.sleep(0.2)
+  counter = threading.Thread(target=count)
+  counter.start()
+  try:
+    code, out = launcher('supervise', f'--workdir={second}', '--poll_s=1', '--', *TRAIN)
+  finally:
+    done.set()
+    counter.join()
+  assert code == 0 and 'restart' not in out, out
+  assert most[0] == 1
+  code, logs = on_workers('grep -c "^step 1/" $HOME/train.log')
+  assert logs.split() == ['1', '1']  # the first run's lines kept, trained once
+
+
+def test_supervise_gives_up_after_max_restarts(emulated):
+  """Training that fails at every launch (a bad flag) is relaunched, then given up."""
+  code, out = launcher('supervise', f'--workdir=gs://{BUCKET}/bad', '--poll_s=1',
+                       '--max_restarts=1', '--', '--config.train.no_such_key=1')
+  assert code != 0 and out.strip().splitlines()[-1] == (
+      'error: gave up after 1 restarts (--max_restarts).')
+  assert 'restart 1: train is not running on every worker' in out
+
+
+def test_a_faulted_run_on_the_emulated_fleet_finishes_bit_for_bit(repo):
+  """The bench in small: 2 workers, one training killed, one preemption (then ssh
+  refused on the new slice); supervise brings the run to done.json, and its losses and
+  final parameters equal an uninterrupted run's."""
+  result = subprocess.run([sys.executable, 'bench/fleet_rehearsal.py', '--workers=2',
+                           '--kills=1', '--preemptions=1'], cwd=repo, capture_output=True,
+                          text=True, timeout=1500)
+  record = json.loads(result.stdout)
+  assert record['ok'], (record['phases'], result.stderr[-3000:])
+  assert len(record['kills']) == 1 and len(record['preemptions']) == 1
+  assert record['supervise_exit'] == 0 and record['restarts'] >= 2
+  assert record['losses_faulted'] == record['losses_reference']
+  assert record['checksums_faulted'] == record['checksums_reference']

@@ -55,7 +55,8 @@ class Rehearsal:
     self.common = ['--name=' + NAME, '--zone=emulated-a', f'--type={accelerator(a.workers)}',
                    '--spot', '--config=configs/tiny.py']
     self.flags = ['--config.data.name=synthetic', f'--config.train.num_steps={a.steps}',
-                  '--config.train.log_every=1', '--config.train.eval_every=1000', f'--config.train.checkpoint_every={a.every}',
+                  '--config.train.log_every=1', '--config.train.eval_every=1000',
+                  f'--config.train.checkpoint_every={a.every}',
                   '--config.train.keep_checkpoints=3', '--heartbeat_timeout_s=10',
                   '--initialization_timeout_s=60']
     self.faults: dict[str, list] = {'kills': [], 'preemptions': []}

@@ -25,6 +25,7 @@ has written WORKDIR/done.json.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import pathlib
 import shlex
@@ -220,6 +221,14 @@ def finished(a) -> bool:
   return not a.dry_run and result.returncode == 0
 
 
+@dataclasses.dataclass
+class Watch:
+  """What `supervise` knows between polls: whether a run of ours (or one it adopted) was
+  live, and how many times it relaunched one."""
+  launched: bool = False
+  restarts: int = 0
+
+
 def supervise(a) -> None:
   """Keep the run going until it is done: recreate a lost slice (waiting for capacity),
   reinstall, relaunch `train` (which resumes); relaunch it too if it stopped on a slice
@@ -227,12 +236,12 @@ def supervise(a) -> None:
   training (e.g. started by `train`) is adopted, not launched twice. A failed gcloud or
   ssh call (a VM not reachable yet, one preempted meanwhile) is retried with backoff."""
   check_workdir(a)
-  restarts, launched, failures = 0, False, 0
+  watch, failures = Watch(), 0
   while True:
     try:
       if finished(a):
         break
-      launched, restarts = step(a, launched, restarts)
+      step(a, watch)
       failures = 0
     except subprocess.CalledProcessError as e:
       failures += 1
@@ -246,36 +255,36 @@ def supervise(a) -> None:
   print(f'training finished: {a.workdir}/done.json', flush=True)
 
 
-def step(a, launched: bool, restarts: int) -> tuple[bool, int]:
-  """One look at the slice and what it calls for; returns (launched, restarts)."""
+def step(a, watch: Watch) -> None:
+  """One look at the slice, and what it calls for."""
   now = state(a)
   if now in LOST:
-    if launched:
-      restarts = restarted(a, restarts, f'{a.name} is {now}')
+    restart(a, watch, f'{a.name} is {now}')
     if now != 'NOT_FOUND':
       delete(a)
     create(a, check=False)  # no capacity now: try again at the next poll
-    return False, restarts
-  if now not in READY:
-    return launched, restarts  # CREATING, PROVISIONING, ...
-  live = running(a)
-  if live is None:  # ssh not answering yet
-    return launched, restarts
-  if live:
-    return True, restarts  # ours, or one `train` started
-  if launched:
-    restarts = restarted(a, restarts, 'train is not running on every worker')
-  stop(a)
-  install(a)
-  train(a)  # resumes from the latest checkpoint in the workdir
-  return True, restarts
+  elif now in READY:  # else CREATING, PROVISIONING, ...: wait
+    live = running(a)
+    if live:
+      watch.launched = True  # ours, or one `train` started
+    elif live is False and not finished(a):  # (None: ssh not answering yet; finished:
+      # the run ended between the two looks)
+      restart(a, watch, 'train is not running on every worker')
+      stop(a)
+      install(a)
+      train(a)  # resumes from the latest checkpoint in the workdir
+      watch.launched = True
 
 
-def restarted(a, restarts: int, why: str) -> int:
-  if restarts + 1 > a.max_restarts:
+def restart(a, watch: Watch, why: str) -> None:
+  """Count a relaunch of a run that was live (once, even if the relaunch fails midway)."""
+  if not watch.launched:
+    return
+  if watch.restarts + 1 > a.max_restarts:
     sys.exit(f'error: gave up after {a.max_restarts} restarts (--max_restarts).')
-  print(f'restart {restarts + 1}: {why}', flush=True)
-  return restarts + 1
+  watch.restarts += 1
+  watch.launched = False
+  print(f'restart {watch.restarts}: {why}', flush=True)
 
 
 def logs(a) -> None:

@@ -73,16 +73,16 @@ def test_the_workers_of_a_slice_join_as_one_run_as_on_a_tpu_vm(emulated):
   jax.distributed.initialize() and JAX asks the VM's metadata server. Before, only GKE's
   TPU_WORKER_HOSTNAMES made a process join, so here each ran alone ("joined 0 of 1")."""
   assert fleet.create('mt', 'v4-16') == ''
-  join = f'cd {REPO} && {sys.executable} tests/join_once.py 2> $HOME/join.log'
-  code, out = on_workers(join)
+  join = f'cd {REPO} && %s {sys.executable} tests/join_once.py 2>> $HOME/join.log'
+  code, out = on_workers(join % '')
   assert code == 0 and sorted(out.split('\n')[:2]) == ['joined 0 of 2', 'joined 1 of 2'], out
   # `prepare` on worker 0 alone, as the launcher runs it: told to use the CPU only, it
   # stays out of the slice instead of waiting for the others.
-  code, out = on_workers(f'JAX_PLATFORMS=cpu {join}', worker='0')
+  code, out = on_workers(join % 'JAX_PLATFORMS=cpu', worker='0')
   assert code == 0 and out.strip() == 'joined 0 of 1', out
 
 
-def test_supervise_sees_training_die_and_the_log_shipper_stops_with_it(emulated):
+def test_supervise_sees_training_die_and_the_log_shipper_stops_with_it(emulated, tmp_path):
   """Liveness from each worker's own pid and exit files. Before, `pgrep -f` of the
   training's name matched the log shipper's own shell, so a dead run looked alive."""
   assert fleet.create('mt', 'v4-16') == ''
@@ -97,10 +97,11 @@ def test_supervise_sees_training_die_and_the_log_shipper_stops_with_it(emulated)
   until(lambda: all(not shells(w['init']) for w in n['workers']), 'the shipper ended', 20)
   code, exits = on_workers('cat $HOME/train.exit')
   assert code == 0 and exits.split() == ['2', '2']
-  log = subprocess.run([*tpu.gcloud_binary(), 'storage', 'cp',
-                        f'{workdir}/logs/{n["workers"][1]["hostname"]}.log', '/dev/stdout'],
-                       capture_output=True, text=True, timeout=60).stdout
-  assert 'no_such_key' in log  # the log shipped when training ended
+  shipped = tmp_path / 'shipped.log'
+  subprocess.run([*tpu.gcloud_binary(), 'storage', 'cp',
+                  f'{workdir}/logs/{n["workers"][1]["hostname"]}.log', str(shipped)],
+                 check=True, timeout=60)
+  assert 'no_such_key' in shipped.read_text()  # the log shipped when training ended
 
 
 def shells(init: int) -> list[int]:
@@ -139,8 +140,10 @@ def test_supervise_retries_unreachable_vms_and_adopts_a_live_run(emulated):
     counter.join()
   assert code == 0 and 'restart' not in out, out
   assert most[0] == 1
-  code, logs = on_workers('grep -c "^step 1/" $HOME/train.log')
-  assert logs.split() == ['1', '1']  # the first run's lines kept, trained once
+  # Worker 0 (process 0) prints the steps: once per run, the first run's lines kept
+  # (before, a second launch truncated the log and trained twice).
+  code, steps = on_workers('grep -c "^step 1/" $HOME/train.log', worker='0')
+  assert steps.split() == ['2']
 
 
 def test_supervise_gives_up_after_max_restarts(emulated):

@@ -21,7 +21,8 @@ import tpu  # noqa: E402 (launch/tpu.py)
 BUCKET = 'fleet-test'
 pytestmark = pytest.mark.slow
 TRAIN = ['--config.data.name=synthetic', '--config.train.num_steps=6',
-         '--config.train.checkpoint_every=2', '--config.train.eval_every=1000',
+         '--config.train.log_every=1', '--config.train.checkpoint_every=2',
+         '--config.train.eval_every=1000',
          '--heartbeat_timeout_s=10', '--initialization_timeout_s=60']
 
 
@@ -80,6 +81,18 @@ def test_the_workers_of_a_slice_join_as_one_run_as_on_a_tpu_vm(emulated):
   # stays out of the slice instead of waiting for the others.
   code, out = on_workers(join % 'JAX_PLATFORMS=cpu', worker='0')
   assert code == 0 and out.strip() == 'joined 0 of 1', out
+
+
+def test_a_worker_that_never_starts_is_named_within_the_timeout(emulated):
+  """Worker 1 of the slice never runs the command (say it was preempted while starting):
+  worker 0 exits within --initialization_timeout_s with one line naming it. Before, it
+  waited JAX's 300 s in the join and then aborted with a C++ `Check failure` trace."""
+  assert fleet.create('mt', 'v4-16') == ''
+  code, out = on_workers(f'cd {REPO} && {sys.executable} tests/join_once.py '
+                         '--initialization_timeout_s=5 2>&1', worker='0')
+  last = out.strip().splitlines()[-1]
+  assert code == 2 and 'process 1 to join the run' in last, out
+  assert 'Check failure' not in out
 
 
 def test_supervise_sees_training_die_and_the_log_shipper_stops_with_it(emulated, tmp_path):

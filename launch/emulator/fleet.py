@@ -174,8 +174,10 @@ def _boot(n: dict, i: int, hostname: str, endpoints: str, s: dict) -> dict:
                 'tpu-env': f"ACCELERATOR_TYPE: '{n['type']}'\nWORKER_ID: '{i}'\n"}
   (disk / 'metadata.json').write_text(json.dumps(attributes))
   port = free_port()
-  boot = (f'mount --bind {pci} /sys/bus/pci/devices && mount --bind {disk}/hosts /etc/hosts'
-          f'{hide} && {_private_tmp(disk, s)} && hostname {hostname} && exec '
+  # /tmp first: a plain bind of a directory from the machine's /tmp (the venv, in CI)
+  # would not carry mounts made inside it before, such as the one hiding libtpu.
+  boot = (f'{_private_tmp(disk, s)} && mount --bind {pci} /sys/bus/pci/devices && '
+          f'mount --bind {disk}/hosts /etc/hosts{hide} && hostname {hostname} && exec '
           f'{shlex.quote(s["python"])} {HERE / "vm.py"} {port} {disk}/metadata.json')
   with open(disk / 'console.log', 'wb') as console:
     launcher = subprocess.Popen(

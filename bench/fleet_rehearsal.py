@@ -37,7 +37,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / 'bench'), str(REPO / 'launch' / 'emulator'),
                 str(REPO / 'tests')]
 import fleet  # noqa: E402
-from pod_rehearsal import emit  # noqa: E402
+from pod_rehearsal import emit, run_phase  # noqa: E402
 
 BUCKET = 'fleet-rehearsal'
 NAME = 'mt'
@@ -72,16 +72,7 @@ class Rehearsal:
                             stdout=out, stderr=subprocess.STDOUT, **kwargs)
 
   def phase(self, name: str, body) -> bool:
-    started = time.perf_counter()
-    try:
-      ok, details = body()
-    except Exception as e:  # noqa: BLE001 (a failed phase is a result, not a crash)
-      ok, details = False, {'error': f'{type(e).__name__}: {e}'[:2000]}
-    self.phases[name] = {'ok': bool(ok), 'seconds': round(time.perf_counter() - started, 1),
-                         **details}
-    print(f'{name}: {"ok" if ok else "FAILED"} ({self.phases[name]["seconds"]} s)',
-          file=sys.stderr, flush=True)
-    return ok
+    return run_phase(self.phases, name, body)
 
   def setup(self):
     codes = [self.launch(action, *args).returncode for action, *args in

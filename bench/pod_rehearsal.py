@@ -85,6 +85,21 @@ def committed(checkpoint) -> bool:
   return checkpoint.exists() and ocp.step.is_checkpoint_finalized(checkpoint)
 
 
+def run_phase(phases: dict, name: str, body) -> bool:
+  """Run `body()` -> (ok, details) as phase `name` of a rehearsal: its result, details
+  and seconds go into `phases`, a line to stderr; an exception is a failed phase."""
+  started = time.perf_counter()
+  try:
+    ok, details = body()
+  except Exception as e:  # noqa: BLE001 (a failed phase is a result, not a crash)
+    ok, details = False, {'error': f'{type(e).__name__}: {e}'[:2000]}
+  phases[name] = {'ok': bool(ok), 'seconds': round(time.perf_counter() - started, 1),
+                  **details}
+  print(f'{name}: {"ok" if ok else "FAILED"} ({phases[name]["seconds"]} s)',
+        file=sys.stderr, flush=True)
+  return ok
+
+
 def write_corpus(root: pathlib.Path) -> None:
   """Distinct sentence pairs of the synthetic task as a parallel_text corpus."""
   from transformer_jax.data import synthetic
@@ -109,16 +124,7 @@ class Rehearsal:
                   '--config.train.checkpoint_every=4', '--config.train.keep_checkpoints=3']
 
   def phase(self, name: str, body) -> bool:
-    started = time.perf_counter()
-    try:
-      ok, details = body()
-    except Exception as e:  # noqa: BLE001 (a failed phase is a result, not a crash)
-      ok, details = False, {'error': f'{type(e).__name__}: {e}'[:2000]}
-    self.phases[name] = {'ok': bool(ok), 'seconds': round(time.perf_counter() - started, 1),
-                         **details}
-    print(f'{name}: {"ok" if ok else "FAILED"} ({self.phases[name]["seconds"]} s)',
-          file=sys.stderr, flush=True)
-    return ok
+    return run_phase(self.phases, name, body)
 
   def pod(self, command, processes=None, **kwargs):
     from transformer_jax import local_pod

@@ -1,17 +1,11 @@
 """Joins a multi-process run and says so, for tests/test_distributed.py: started as
 `python tests/join_once.py --coordinator_address=... --num_processes=N --process_id=I`,
 it runs `distributed.initialize()` as every command does (`cli.run`), then prints
-`joined I of N`. With JOIN_ONCE_AS_TPU=1 it joins as on a TPU VM instead: no flags, JAX
-detects coordinator, count and id itself (from Slurm's variables, as the test sets them
-in place of a TPU VM's metadata server)."""
-import os
-
+`joined I of N`. On an emulated TPU VM (tests/test_fleet.py) it takes no flags: JAX
+finds its peers from the VM's metadata server, as on a real one."""
 import jax
 
-from transformer_jax import cli, distributed
-
-if os.environ.get('JOIN_ONCE_AS_TPU'):
-  distributed.join_plan = lambda *args: 'tpu'
+from transformer_jax import cli
 
 
 def main(argv):

@@ -95,24 +95,17 @@ def test_the_others_exit_when_a_process_dies(tmp_path):
 JOIN_ONCE = str(pathlib.Path(__file__).parent / 'join_once.py')
 
 
-def join(ids, count, plan, timeout_s=5, delay_s=0.0):
+def join(ids, count, timeout_s=5, delay_s=0.0):
   """Start processes `ids` (in that order, `delay_s` apart) of a `count`-process run
-  joining by `plan`; their (exit code, stdout, stderr) and the seconds until all exited.
-
-  'flags' gives the coordinator by flags; 'tpu' takes the TPU VM's path (JAX detects
-  coordinator, count and id itself), with Slurm's variables in place of the metadata."""
+  joined by coordinator flags; their (exit code, stdout, stderr) and the seconds until
+  all exited. (The TPU VM's path, JAX detecting the peers itself, runs on the emulated
+  fleet: tests/test_fleet.py.)"""
   port, started, begun = local_pod.free_port(), [], time.monotonic()
   for n, i in enumerate(ids):
     time.sleep(delay_s if n else 0)
     env = local_pod.environment(devices=1)
-    args = [f'--initialization_timeout_s={timeout_s}']
-    if plan == 'flags':
-      args += [f'--coordinator_address=127.0.0.1:{port}', f'--num_processes={count}',
-               f'--process_id={i}']
-    else:
-      env.update(JOIN_ONCE_AS_TPU='1', JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{port}',
-                 SLURM_JOB_ID='1', SLURM_STEP_NODELIST='localhost', SLURM_NTASKS=str(count),
-                 SLURM_PROCID=str(i), SLURM_LOCALID='0')
+    args = [f'--initialization_timeout_s={timeout_s}', f'--coordinator_address=127.0.0.1:{port}',
+            f'--num_processes={count}', f'--process_id={i}']
     started.append(subprocess.Popen([sys.executable, JOIN_ONCE, *args], env=env, text=True,
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE))
   results = []
@@ -128,11 +121,10 @@ def join(ids, count, plan, timeout_s=5, delay_s=0.0):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('plan', ['flags', 'tpu'])
-def test_a_process_that_never_starts_is_named_by_the_others(plan):
+def test_a_process_that_never_starts_is_named_by_the_others():
   """3 processes expected, 2 started: JAX alone would hold both 300 s, then abort each
   with a C++ stack trace. Both end after the 5 s timeout instead, naming process 2."""
-  results, seconds = join([0, 1], count=3, plan=plan)
+  results, seconds = join([0, 1], count=3)
   for i, (code, _, err) in enumerate(results):
     assert code == 2, err
     assert err.strip().splitlines()[-1].startswith(
@@ -143,7 +135,7 @@ def test_a_process_that_never_starts_is_named_by_the_others(plan):
 
 @pytest.mark.slow
 def test_a_process_that_cannot_reach_process_0_names_it():
-  results, seconds = join([1], count=2, plan='flags')
+  results, seconds = join([1], count=2)
   code, _, err = results[0]
   assert code == 2, err
   assert err.strip().splitlines()[-1].startswith(
@@ -152,10 +144,9 @@ def test_a_process_that_cannot_reach_process_0_names_it():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('plan', ['flags', 'tpu'])
-def test_processes_started_apart_still_join(plan):
+def test_processes_started_apart_still_join():
   """Process 1 first, process 0 two seconds later: process 1 keeps calling at the roll
   call's door until process 0 opens it."""
-  results, _ = join([1, 0], count=2, plan=plan, timeout_s=60, delay_s=2)
+  results, _ = join([1, 0], count=2, timeout_s=60, delay_s=2)
   assert [(code, out) for code, out, _ in results] == [(0, 'joined 1 of 2\n'),
                                                        (0, 'joined 0 of 2\n')]

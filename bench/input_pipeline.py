@@ -3,6 +3,7 @@ memory. Prints one JSON object (and writes it with --record).
 
   python bench/input_pipeline.py --pairs=500000 [--root=DIR] [--record=FILE]
   python bench/input_pipeline.py --multi30k_steps=200    # also: input wait in `train`
+  python bench/input_pipeline.py --pairs=4500000 --hosts=1,8,64,256 --rows_per_host=128
 
 A corpus of N pairs with WMT-like lengths (Zipf-distributed pseudo-words, ~27 per
 sentence: ~30 tokens per side with an 8,192-piece vocabulary; the total is reported) is
@@ -18,6 +19,18 @@ generated into ROOT (reused when there). Then, timed:
   subword_sampling_tokens_per_s_one_core   with data.subword_samples=4, one core
   multi30k_input_wait        (--multi30k_steps) the fraction of time `train` waited for
                              input in the Multi30k recipe, from its metrics.jsonl
+
+With --hosts, for each H: one host's share of a slice of H processes, R rows each (the
+global batch is H x R rows), resuming from a mid-epoch state of that global batch:
+  host_ms_per_step           one core, from `set_state` to the last of --batches batches,
+                             the first included, per batch: the worst of processes 0,
+                             H/2 and H-1
+  host_tokens_per_s_one_core non-padding source+target tokens of the host's rows per
+                             second, the same runs (the worst)
+  row_fill                   the mean over those batches of the worse of source and
+                             target token slots filled
+  state_bytes                the saved (global) stream state, JSON
+  restart_to_first_batch_s, peak_rss_gib   as above, for process H-1 of H
 
 Batches are the base preset's: 256 rows of 128 tokens (configs/tpu_v5e_8_base.py), with
 an 8,192-piece vocabulary (the preset's 37,000 would make most pseudo-words one piece).
@@ -121,7 +134,8 @@ config = config_lib.from_checkpoint(saved['config'])
 workdir, state = saved['workdir'], saved['state']
 tokenizer = pipeline.get_tokenizer(config, workdir)
 store = pipeline.training_store(config, workdir, tokenizer)
-stream = stream_lib.Prefetch(pipeline.train_stream(config, store, tokenizer), 2)
+stream = stream_lib.Prefetch(pipeline.train_stream(config, store, tokenizer,
+                                                  **saved['process']), 2)
 stream.set_state(state)
 next(stream)
 first = time.time() - started
@@ -135,16 +149,56 @@ print(json.dumps({'restart_to_first_batch_s': first, 'peak_rss_gib': peak}))
 '''
 
 
-def restart(config, workdir: str, state: dict, root: pathlib.Path) -> dict:
-  """A new process resuming the stream at `state`: seconds to its first batch, memory."""
+def restart(config, workdir: str, state: dict, root: pathlib.Path, **process) -> dict:
+  """A new process resuming the stream at `state` (as process `process_index` of
+  `process_count` if given): seconds to its first batch, memory."""
   (root / 'restart.json').write_text(json.dumps(
-      {'config': json.loads(config.to_json()), 'workdir': workdir, 'state': state}))
+      {'config': json.loads(config.to_json()), 'workdir': workdir, 'state': state,
+       'process': process}))
   result = subprocess.run([sys.executable, '-c', RESTART, str(time.time())], cwd=root,
                           capture_output=True, text=True, timeout=600,
                           env=dict(os.environ, JAX_PLATFORMS='cpu'))
   if result.returncode:
     raise RuntimeError(result.stderr[-2000:])
   return {k: round(v, 2) for k, v in json.loads(result.stdout.splitlines()[-1]).items()}
+
+
+def host_share(config, store, tokenizer, hosts: int, rows: int, batches: int, root,
+               workdir: str) -> dict:
+  """One host's input work in a slice of `hosts` processes with `rows` rows each."""
+  from transformer_jax.data import pipeline
+  config = config.copy_and_resolve_references()
+  config.data.batch_size = hosts * rows
+  whole = pipeline.train_stream(config, store, tokenizer, process_index=0, process_count=1)
+  for _ in range(3):  # mid-epoch, windows full
+    next(whole)
+  state = whole.get_state()
+  del whole
+  cores = os.sched_getaffinity(0)
+  os.sched_setaffinity(0, {min(cores)})
+  runs = []
+  for index in sorted({0, hosts // 2, hosts - 1}):
+    stream = pipeline.train_stream(config, store, tokenizer, process_index=index,
+                                   process_count=hosts)
+    tokens, fills, start = 0, [], time.perf_counter()
+    stream.set_state(state)
+    for _ in range(batches):
+      batch = next(stream)
+      used = [(batch[f'{f}_segment_ids'] > 0) for f in ('source', 'target')]
+      tokens += int(sum(u.sum() for u in used))
+      fills.append(min(float(u.mean()) for u in used))
+    seconds = time.perf_counter() - start
+    runs.append({'process': index, 'ms_per_step': 1000 * seconds / batches,
+                 'tokens_per_s': tokens / seconds, 'fill': statistics.mean(fills)})
+  os.sched_setaffinity(0, cores)
+  worst = max(runs, key=lambda r: r['ms_per_step'])
+  return {'hosts': hosts, 'rows_per_host': rows, 'batches': batches,
+          'host_ms_per_step': round(worst['ms_per_step'], 2),
+          'host_tokens_per_s_one_core': round(min(r['tokens_per_s'] for r in runs)),
+          'row_fill': round(min(r['fill'] for r in runs), 4),
+          'state_bytes': len(json.dumps(state)),
+          **restart(config, workdir, state, root, process_index=hosts - 1,
+                    process_count=hosts)}
 
 
 def multi30k_input_wait(steps: int, root: pathlib.Path) -> dict:
@@ -175,6 +229,8 @@ def main():
   parser.add_argument('--batches', type=int, default=100, help='per throughput figure')
   parser.add_argument('--root', default='', help='corpus, TFDS and store (kept for reuse)')
   parser.add_argument('--multi30k_steps', type=int, default=0)
+  parser.add_argument('--hosts', default='', help='e.g. 1,8,64,256: one host\'s share')
+  parser.add_argument('--rows_per_host', type=int, default=128)
   parser.add_argument('--record', default='')
   a = parser.parse_args()
   root = pathlib.Path(a.root or tempfile.mkdtemp(prefix='input_bench_'))
@@ -200,15 +256,19 @@ def main():
   record['tokens_per_s_one_core'] = round(throughput(stream, a.batches))
   sampled = base_config(corpus, root, subword_samples=4)
   record['subword_sampling_tokens_per_s_one_core'] = round(throughput(
-      pipeline.train_stream(sampled, store, tokenizer), max(5, a.batches // 10)))
+      pipeline.train_stream(sampled, store, tokenizer), max(10, a.batches // 5)))
   os.sched_setaffinity(0, cores)
   from transformer_jax.data.stream import Prefetch
   ahead = Prefetch(pipeline.train_stream(config, store, tokenizer), config.data.prefetch)
   record['tokens_per_s_all_cores'] = round(throughput(ahead, a.batches))
   ahead.close()
   batch = next(stream)
-  record['row_fill'] = round(float((batch['source_segment_ids'] > 0).mean()), 3)
+  record['row_fill'] = round(min(float((batch[f'{f}_segment_ids'] > 0).mean())
+                                 for f in ('source', 'target')), 3)
   record['batch_shape'] = list(batch['source'].shape)
+  if a.hosts:
+    record['per_host'] = [host_share(config, store, tokenizer, int(h), a.rows_per_host,
+                                     a.batches, root, workdir) for h in a.hosts.split(',')]
   if a.multi30k_steps:
     record.update(multi30k_input_wait(a.multi30k_steps, root))
   record['cpus'] = len(cores)

@@ -82,7 +82,8 @@ def test_the_data_position_is_one_record_and_an_old_per_process_one_is_refused(
   workdir = tmp_path / 'work'
   shutil.copytree(briefly_trained, workdir)
   data = workdir / 'checkpoints' / '6' / 'data'
-  assert set(json.loads((data / 'metadata').read_text())) == {'epoch', 'position', 'deferred'}
+  saved = json.loads((data / 'metadata').read_text())
+  assert set(saved) == {'format', 'rows', 'pairs', 'next', 'back'} and saved['format'] == 2
   checkpoints = checkpoint_lib.Checkpoints(str(workdir), tiny_config())
   try:
     vocab = tiny_config().data.vocab_path

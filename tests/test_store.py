@@ -56,3 +56,13 @@ def test_a_changed_vocabulary_or_setting_reads_another_store(pipeline_corpus, wi
   other_direction = with_data(config, source_lang='de', target_lang='en')
   assert store_lib.key(config.data, data_id, 'a') != store_lib.key(other_direction.data,
                                                                    data_id, 'a')
+
+
+def test_gather_reads_many_pairs_back_to_back_and_cuts_them_at_a_limit(pipeline_corpus):
+  _, _, store = pipeline_corpus
+  ids = np.asarray([1999, 0, 5, 5, 1000])
+  pieces = store.tokens(ids, 'target')
+  flat, lengths = store.gather(ids, 'target', limit=6)
+  np.testing.assert_array_equal(lengths, [min(len(p), 6) for p in pieces])
+  np.testing.assert_array_equal(flat, np.concatenate([p[:6] for p in pieces]))
+  assert store.gather(np.zeros(0, np.int64), 'target')[0].size == 0

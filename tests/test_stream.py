@@ -1,13 +1,14 @@
 """The training stream (data/stream.py): packed batches of fixed shapes, one pair per
 row without packing, long pairs dropped or truncated, a global order that depends only
-on the seed and the step, each process's rows of the global batch, and exact resume
-from (epoch, position) on any number of processes."""
+on the seed and the step, each process's rows of the global batch, each process's work
+bound by its own rows, and exact resume on any number of processes."""
 import collections
+import threading
 
 import numpy as np
 import pytest
 
-from transformer_jax.data import pipeline, stream as stream_lib
+from transformer_jax.data import pipeline, shuffle, stream as stream_lib
 from transformer_jax.data.tokenizer import EOS_ID, PAD_ID
 from transformer_jax.errors import UserError
 
@@ -64,29 +65,37 @@ def test_packed_batches_have_fixed_shapes_and_consistent_masks(pipeline_corpus):
     assert fill > 0.6, fill
 
 
+def placed_pairs(batch, stream):
+  """(epoch, pair id) of each pair in `batch`, checked against the tokens the batch
+  holds: the stream's account of what it placed must be what it placed."""
+  rows = {}
+  for row, epoch, pair in stream.placed:
+    rows.setdefault(row - stream.mine[0], []).append((epoch, pair))
+  for row, pairs in rows.items():
+    segments = batch['source_segment_ids'][row]
+    held = [batch['source'][row][segments == k].tolist() for k in range(1, segments.max() + 1)]
+    stored = [t[:32].tolist() for t in stream.store.tokens(
+        np.asarray([p for _, p in pairs]), 'source')]
+    assert held == stored
+  assert sum(len(p) for p in rows.values()) == sum(
+      int(s.max()) for s in batch['source_segment_ids'])
+  return [pair for pairs in rows.values() for pair in pairs]
+
+
 def test_an_epoch_holds_every_stored_pair_once(pipeline_corpus):
-  """The rows of the batches up to the end of epoch 0 hold each of its pairs (those
-  within max_len) exactly once, as the store holds them, plus pairs of epoch 1 read by
-  then; nothing else."""
+  """By the time every pair of epoch 0 is placed, the batches held each pair that fits
+  max_len exactly once in epoch 0, pairs deferred to a later batch included, and no
+  pair of epoch 1 twice."""
   config, _, store = pipeline_corpus
   stream = make(config, store)
   found = collections.Counter()
-  while stream.epoch == 0 or any(epoch == 0 for epoch, _ in stream.get_state()['deferred']):
-    batch = next(stream)
-    segments = batch['source_segment_ids']
-    found.update(tuple(batch['source'][r][segments[r] == k].tolist())
-                 for r in range(8) for k in range(1, segments[r].max() + 1))
-
-  def stored(epoch, end):  # pairs with both sides within max_len
-    ids = stream.pair_ids(epoch, range(end))
-    lengths = store.lengths(ids)
-    ids = ids[(lengths['source'] <= 32) & (lengths['target'] <= 32)]
-    return collections.Counter(tuple(t.tolist()) for t in store.tokens(ids, 'source'))
-  epoch_0, epoch_1 = stored(0, len(store)), stored(1, stream.position)
-  assert not epoch_0 - found  # all of epoch 0
-  assert not found - epoch_0 - epoch_1  # and nothing that was not read
-  assert sum(found.values()) == sum(epoch_0.values()) + sum(epoch_1.values()) - len(
-      stream.get_state()['deferred'])
+  while stream.epoch == 0:
+    found.update(placed_pairs(next(stream), stream))
+  lengths = store.lengths(np.arange(len(store)))
+  fitting = np.flatnonzero((lengths['source'] <= 32) & (lengths['target'] <= 32))
+  assert {pair for (epoch, pair) in found if epoch == 0} == set(fitting.tolist())
+  assert max(found.values()) == 1
+  assert {epoch for epoch, _ in found} == {0, 1}  # rows run on into the next epoch
 
 
 def test_unpacked_batches_hold_one_pair_per_row(pipeline_corpus, with_data):
@@ -108,7 +117,7 @@ def test_long_pairs_are_dropped_or_truncated(pipeline_corpus, with_data):
     full_rows[truncate] = np.mean(lengths == 12)
   # Half the synthetic sentences are longer than 12 tokens: truncated, they fill rows.
   assert full_rows[True] > 0.6 and full_rows[False] < 0.4
-  with pytest.raises(UserError, match='No training pair fits data.max_len=2'):
+  with pytest.raises(UserError, match='training pairs in a row fits data.max_len=2'):
     next(make(with_data(config, max_len=2), store))
 
 
@@ -126,28 +135,74 @@ def test_same_seed_same_batches_other_seed_other_batches_new_order_each_epoch(pi
 def test_restored_stream_continues_exactly_across_an_epoch(pipeline_corpus):
   config, _, store = pipeline_corpus
   stream = make(config, store)
-  while stream.epoch == 0 and stream.position < len(store) - 40:
+  states = []
+  while stream.epoch == 0:
+    states.append(stream.get_state())
     next(stream)
-  state = stream.get_state()
-  uninterrupted = take(stream, 8)  # crosses into epoch 1
+  uninterrupted = take(make(config, store, state=states[-4]), 8)  # crosses into epoch 1
+  stream = make(config, store, state=states[-4])
+  assert_same_batches(take(stream, 8), uninterrupted)
   assert stream.epoch == 1
-  assert_same_batches(take(make(config, store, state=state), 8), uninterrupted)
+  assert_same_batches(take(make(config, store, state=stream.get_state()), 3), take(stream, 3))
 
 
 @pytest.mark.parametrize('count', [2, 4])
 def test_processes_take_disjoint_rows_that_make_the_global_batch(pipeline_corpus, count):
-  """Process i of N gets rows [i*8/N, (i+1)*8/N) of the 1-process batch, and all end at
-  the same (global) state: a run resumes on any number of processes."""
+  """Process i of N gets rows [i*8/N, (i+1)*8/N) of the 1-process batch, and their states
+  together are the 1-process state: a run resumes on any number of processes."""
   config, _, store = pipeline_corpus
-  whole = take(make(config, store), 3)
+  one = make(config, store)
+  whole = take(one, 3)
   parts = [make(config, store, i, count) for i in range(count)]
   for batch in whole:
     pieces = [next(p) for p in parts]
     for key in batch:
       np.testing.assert_array_equal(np.concatenate([p[key] for p in pieces]), batch[key])
-  assert len({str(p.get_state()) for p in parts}) == 1
+  merged = stream_lib.merge_states([p.local_state() for p in parts], len(store))
+  assert merged == one.get_state()
+  resumed = [make(config, store, i, count, state=merged) for i in range(count)]
+  for batch in take(one, 2):
+    pieces = [next(p) for p in resumed]
+    np.testing.assert_array_equal(np.concatenate([p['target'] for p in pieces]),
+                                  batch['target'])
   with pytest.raises(UserError, match='divisible by the number of processes'):
     make(config, store, 0, 3)
+
+
+def test_a_host_reads_only_for_its_own_rows_whatever_the_number_of_hosts(pipeline_corpus,
+                                                                         with_data):
+  """Process 0 with 2 rows of its own, of 1, 4 or 16 processes: it looks up the same
+  number of pairs, whatever the global batch (2 to 32 rows)."""
+  config, _, store = pipeline_corpus
+  reads = {}
+  for hosts in (1, 4, 16):
+    stream = make(with_data(config, batch_size=2 * hosts), store, 0, hosts)
+    for _ in range(40):
+      assert next(stream)['source'].shape == (2, 32)
+    reads[hosts] = stream.reads
+  assert max(reads.values()) <= 1.5 * min(reads.values()), reads
+  assert reads[16] < 32 * stream_lib._AHEAD, reads  # less than one read for each global row
+
+
+def test_a_saved_position_of_another_batch_size_or_version_goes_on_without_repeats(
+    pipeline_corpus, with_data, capsys):
+  """A state of 8 rows resumed with 4: no pair of the epoch is placed twice; a position
+  of the earlier version (one global order) goes on from the start of the next epoch."""
+  config, _, store = pipeline_corpus
+  stream = make(config, store)
+  seen = collections.Counter()
+  for _ in range(20):
+    seen.update(placed_pairs(next(stream), stream))
+  narrower = make(with_data(config, batch_size=4), store, state=stream.get_state())
+  assert 'data.batch_size=8' in capsys.readouterr().err
+  while narrower.epoch == 0:
+    next(narrower)
+    seen.update((e, p) for _, e, p in narrower.placed)
+  assert max(seen.values()) == 1
+  old = make(config, store, state={'epoch': 2, 'position': 17, 'deferred': [[2, 5]]})
+  assert 'an earlier version' in capsys.readouterr().err
+  next(old)
+  assert {epoch for _, epoch, _ in old.placed} == {3}
 
 
 def test_prefetch_hands_out_the_same_batches_and_the_consumed_state(pipeline_corpus):
@@ -157,7 +212,57 @@ def test_prefetch_hands_out_the_same_batches_and_the_consumed_state(pipeline_cor
   try:
     assert_same_batches(take(ahead, 4), take(plain, 4))
     assert ahead.get_state() == plain.get_state()  # not the position it has made ahead
-    ahead.set_state({'epoch': 0, 'position': 0})
+    ahead.set_state(make(config, store).get_state())
     assert_same_batches(take(ahead, 2), take(make(config, store), 2))
   finally:
     ahead.close()
+
+
+class Failing:
+  """A real stream that fails at its `fail_at`-th batch, as a broken input would."""
+
+  def __init__(self, stream, fail_at):
+    self.stream, self.fail_at, self.made = stream, fail_at, 0
+
+  def __next__(self):
+    self.made += 1
+    if self.made == self.fail_at:
+      raise UserError('the input broke')
+    return next(self.stream)
+
+  def local_state(self):
+    return self.stream.local_state()
+
+
+def test_prefetch_passes_an_input_error_on_and_never_hangs_on_close(pipeline_corpus):
+  """The error reaches the consumer after the batches made before it, on every later
+  call too; and a consumer that stops while the thread holds an error for a full queue
+  closes at once (the thread used to wait forever to hand it over)."""
+  config, _, store = pipeline_corpus
+  ahead = stream_lib.Prefetch(Failing(make(config, store), fail_at=3), depth=1)
+  take(ahead, 2)
+  for _ in range(2):
+    with pytest.raises(UserError, match='the input broke'):
+      next(ahead)
+  ahead.close()
+  stuck = stream_lib.Prefetch(Failing(make(config, store), fail_at=2), depth=1)
+  while stuck._thread.is_alive() and stuck.stream.made < 2:  # batch 1 queued, 2 failed
+    stuck._thread.join(0.01)
+  closing = threading.Thread(target=stuck.close, daemon=True)
+  closing.start()
+  closing.join(60)  # not a speed limit: a hang's detector
+  assert not closing.is_alive(), 'Prefetch.close() hangs on a thread holding an error'
+
+
+@pytest.mark.parametrize('n', [1, 2, 7, 1000, 4097])
+def test_each_epochs_order_is_a_permutation_of_its_own(n):
+  orders = [shuffle.permute(np.arange(n), n, shuffle.keys(0, e))
+            for e in (0, 1)]
+  for order in orders:
+    np.testing.assert_array_equal(np.sort(order), np.arange(n))
+  if n > 7:
+    assert not np.array_equal(orders[0], orders[1])
+    assert not np.array_equal(orders[0], np.arange(n))
+    some = np.asarray([5, 3, n - 1])  # any positions, at once
+    np.testing.assert_array_equal(shuffle.permute(
+        some, n, shuffle.keys(0, 0)), orders[0][some])

@@ -137,7 +137,7 @@ class Checkpoints:
     meta = {'config': self.config.to_dict(), 'vocab_sha256': sha, 'vocab_model': model}
     lanes = checksum.start(state)  # of the values in memory now; read before any update
     items = dict(state=ocp.args.StandardSave(state))
-    if data_iterator is not None:  # (epoch, position): the same on every process
+    if data_iterator is not None:  # gathered from every process: one record
       data = data_iterator.get_state()
       meta['data_sha256'] = integrity.json_sha256(data)
       items['data'] = ocp.args.JsonSave(data)

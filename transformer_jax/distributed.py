@@ -200,6 +200,13 @@ def each(value: int) -> list[int]:
   return [int(v) for v in multihost_utils.process_allgather(np.asarray(value, np.int32))]
 
 
+def each_array(value: np.ndarray) -> list[np.ndarray]:
+  """Every process's `value` (int32, one shape on all), in process order (a collective)."""
+  if jax.process_count() == 1:
+    return [value]
+  return list(np.asarray(multihost_utils.process_allgather(np.asarray(value, np.int32))))
+
+
 def barrier(what: str, timeout_s: float) -> None:
   """Wait until every process gets here; after `timeout_s`, one error naming `what`."""
   if jax.process_count() == 1:

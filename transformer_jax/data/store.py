@@ -7,7 +7,6 @@ under `data.store_dir` (default WORKDIR/store), one directory per key:
   KEY/meta.json                       pairs, shards, dtype, and what the key covers
   KEY/shard-00000/{source,target}.npy token ids of every pair, EOS appended, back to back
   KEY/shard-00000/{source,target}_offsets.npy  where pair i starts (pairs + 1 entries)
-  KEY/shard-00000/record.npy          each pair's position in the dataset split
   KEY/shard-00000/COMPLETE            written last: a shard without it is prepared again
 
 KEY is a hash of the vocabulary's bytes and of everything that decides the token ids
@@ -43,6 +42,7 @@ VERSION = 1
 FIELDS = ('source', 'target')
 PAIRS_PER_SHARD = 200_000
 _CHUNK = 8192  # pairs read and tokenized at a time
+_ARRAYS = ('source', 'target', 'source_offsets', 'target_offsets')
 
 
 def key(data: ConfigDict, dataset_id: str, vocab_sha256: str) -> str:
@@ -125,7 +125,7 @@ def _write_shard(shard, source, start: int, end: int, data, tokenizer, dtype) ->
       lengths[field].append(np.fromiter(map(len, ids), np.int64, len(ids)) + 1)
       flats[field].append(np.fromiter(
           itertools.chain.from_iterable(x + [EOS_ID] for x in ids), dtype))
-  arrays = {'record': np.arange(start, end, dtype=np.int64)}
+  arrays = {}
   for field in FIELDS:
     arrays[field] = np.concatenate(flats[field]) if flats[field] else np.zeros(0, dtype)
     counts = np.concatenate(lengths[field]) if lengths[field] else np.zeros(0, np.int64)
@@ -149,7 +149,7 @@ class TokenStore:
     self._starts = np.asarray([start for start, _ in self.meta['ranges']], np.int64)
     self._shards = [{name: np.load(os.path.join(local, f'shard-{i:05d}', f'{name}.npy'),
                                    mmap_mode='r')
-                     for name in ('source', 'target', 'source_offsets', 'target_offsets')}
+                     for name in _ARRAYS}
                     for i in range(self.meta['shards'])]
 
   def __len__(self) -> int:
@@ -160,29 +160,54 @@ class TokenStore:
     return {field: int(sum(int(shard[f'{field}_offsets'][-1]) for shard in self._shards))
             for field in FIELDS}
 
-  def _locate(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  def _by_shard(self, ids: np.ndarray):
+    """(shard, where in `ids`, index within the shard) for each shard `ids` touch."""
     shard = np.searchsorted(self._starts, ids, side='right') - 1
-    return shard, ids - self._starts[shard]
+    order = np.argsort(shard, kind='stable')
+    bounds = np.flatnonzero(np.diff(shard[order])) + 1
+    for where in np.split(order, bounds) if len(ids) else ():
+      s = int(shard[where[0]])
+      yield self._shards[s], where, ids[where] - self._starts[s]
 
   def lengths(self, ids: np.ndarray) -> dict[str, np.ndarray]:
     """Tokens (EOS included) of each pair in `ids`, per field."""
-    shard, local = self._locate(ids)
     out = {field: np.empty(len(ids), np.int64) for field in FIELDS}
-    for s in np.unique(shard):
-      rows = shard == s
+    for shard, where, local in self._by_shard(ids):
       for field in FIELDS:
-        offsets = self._shards[s][f'{field}_offsets']
-        out[field][rows] = offsets[local[rows] + 1] - offsets[local[rows]]
+        offsets = shard[f'{field}_offsets']
+        out[field][where] = offsets[local + 1] - offsets[local]
     return out
+
+  def gather(self, ids: np.ndarray, field: str, limit: int | None = None
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """(the token ids of the pairs in `ids`, back to back, in order; each one's length),
+    each pair's first `limit` tokens only if given. One read per shard, not per pair."""
+    lengths = np.empty(len(ids), np.int64)
+    starts = np.empty(len(ids), np.int64)
+    for shard, where, local in self._by_shard(ids):
+      offsets = shard[f'{field}_offsets']
+      starts[where] = offsets[local]
+      lengths[where] = offsets[local + 1] - starts[where]
+    if limit is not None:
+      lengths = np.minimum(lengths, limit)
+    ends = np.cumsum(lengths)
+    flat = np.empty(int(ends[-1]) if len(ids) else 0, np.int32)
+    for shard, where, _ in self._by_shard(ids):
+      within = _ranges(starts[where], lengths[where])  # positions in the shard's tokens
+      flat[_ranges(ends[where] - lengths[where], lengths[where])] = shard[field][within]
+    return flat, lengths
 
   def tokens(self, ids: np.ndarray, field: str) -> list[np.ndarray]:
     """The token ids of each pair in `ids` (EOS last), in order."""
-    shard, local = self._locate(ids)
-    out = [None] * len(ids)
-    for i, (s, j) in enumerate(zip(shard.tolist(), local.tolist())):
-      offsets, flat = self._shards[s][f'{field}_offsets'], self._shards[s][field]
-      out[i] = flat[offsets[j]:offsets[j + 1]]
-    return out
+    flat, lengths = self.gather(ids, field)
+    return np.split(flat, np.cumsum(lengths)[:-1]) if len(ids) else []
+
+
+def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+  """The concatenation of range(start, start + length) for each pair: no Python loop."""
+  total = int(lengths.sum())
+  firsts = np.cumsum(lengths) - lengths  # where each range begins in the output
+  return np.arange(total) + np.repeat(starts - firsts, lengths)
 
 
 def _local_copy(root, cache: str) -> str:
@@ -195,7 +220,7 @@ def _local_copy(root, cache: str) -> str:
       continue
     tmp = shard + f'.tmp-{os.getpid()}'
     os.makedirs(tmp, exist_ok=True)
-    for name in ('source', 'target', 'source_offsets', 'target_offsets', 'record'):
+    for name in _ARRAYS:
       with open(os.path.join(tmp, f'{name}.npy'), 'wb') as f:
         f.write((root / f'shard-{i:05d}' / f'{name}.npy').read_bytes())
     open(os.path.join(tmp, 'COMPLETE'), 'w').close()

@@ -75,6 +75,7 @@ class Stream:
     share = rows // process_count
     self.mine = np.arange(process_index * share, (process_index + 1) * share)  # global rows
     self.reads = 0  # pairs this stream has looked up: its work, which tests bound
+    self.placed = []  # (global row, epoch, pair id) of each pair of the last batch
     self.set_state(None)
 
   # -------------------------------------------------------------------- order
@@ -83,17 +84,13 @@ class Stream:
     """The pairs at `positions` of epoch `epoch`'s order."""
     return shuffle.permute(np.asarray(positions), self.pairs, shuffle.keys(self.seed, epoch))
 
-  def _global(self, row: int, k):
-    """The global index of the k-th pair of (local) row `row`."""
-    return self.mine[row] + np.asarray(k) * self.rows
-
   @property
   def epoch(self) -> int:
     """The epoch of the first global index these rows have not placed: every pair
     before it is placed (or dropped)."""
     state = self.local_state()
-    back = np.where(state['back'] > 0, state['back'], 0).max(1)
-    return int((self.mine + (state['next'] - back) * self.rows).min() // self.pairs)
+    oldest = state['next'] - state['back'].max(1)  # k of the row's first unplaced pair
+    return int((self.mine + oldest * self.rows).min() // self.pairs)
 
   # -------------------------------------------------------------------- batches
 
@@ -103,7 +100,6 @@ class Stream:
   def __next__(self) -> dict:
     self._read_ahead([r for r, ahead in enumerate(self._ahead) if len(ahead) < self._low])
     placed = [self._pack(r) for r in range(len(self.mine))]
-    # What the batch holds, row by row: (global row, epoch, pair id) of each pair.
     self.placed = [(int(self.mine[r]), i.epoch, i.pair) for r, row in enumerate(placed)
                    for i in row]
     return self._layout(placed)

@@ -285,3 +285,27 @@ def command_process():
     return Result(result.returncode, result.stdout.decode(), result.stderr.decode())
 
   return run
+
+
+class BrokenInput:
+  """A real training stream that fails at its `fail_at`-th batch, as a broken input
+  would (an injected fault: what tests assert is how its consumer behaves)."""
+
+  def __init__(self, stream, fail_at):
+    from transformer_jax.errors import UserError
+    self.stream, self.fail_at, self.made, self.error = stream, fail_at, 0, UserError
+
+  def __next__(self):
+    self.made += 1
+    if self.made == self.fail_at:
+      raise self.error('the input broke')
+    return next(self.stream)
+
+  def __getattr__(self, name):  # local_state, get_state, set_state
+    return getattr(self.stream, name)
+
+
+@pytest.fixture(scope='session')
+def broken_input():
+  """broken_input(stream, fail_at) -> `stream`, failing at batch `fail_at`."""
+  return BrokenInput

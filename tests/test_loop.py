@@ -164,33 +164,16 @@ def test_rdrop_training_resumes_exactly(tiny_config, saved_params, tmp_path):
     np.testing.assert_array_equal(a, b)
 
 
-class BrokenInput:
-  """The real training stream, failing at its `fail_at`-th batch as a broken input
-  would (an injected fault: what is asserted is the loop's behaviour)."""
-
-  def __init__(self, stream, fail_at):
-    self.stream, self.fail_at, self.made = stream, fail_at, 0
-
-  def __next__(self):
-    self.made += 1
-    if self.made == self.fail_at:
-      raise UserError('the input broke')
-    return next(self.stream)
-
-  def __getattr__(self, name):  # local_state, get_state, set_state
-    return getattr(self.stream, name)
-
-
 @pytest.mark.parametrize('fail_at', [3, 9])
 def test_a_failing_input_ends_the_run_with_its_error_and_never_hangs_it(
-    tiny_config, tmp_path, monkeypatch, fail_at):
+    tiny_config, tmp_path, monkeypatch, broken_input, fail_at):
   """Failing at batch 3, the run stops with the input's error; failing at batch 9, which
   a 4-step run never takes but its prefetch thread makes (and holds, the queue full), the
   run ends normally: it used to wait forever for that thread."""
   from transformer_jax import loop
   real = loop.pipeline.train_stream
   monkeypatch.setattr(loop.pipeline, 'train_stream',
-                      lambda *a, **k: BrokenInput(real(*a, **k), fail_at))
+                      lambda *a, **k: broken_input(real(*a, **k), fail_at))
   config = tiny_config(num_steps=4, checkpoint_every=4)
   config.data.prefetch = 4
   if fail_at == 3:

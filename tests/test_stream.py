@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 
-from transformer_jax.data import pipeline, shuffle, stream as stream_lib
+from transformer_jax.data import pipeline, stream as stream_lib
 from transformer_jax.data.tokenizer import EOS_ID, PAD_ID
 from transformer_jax.errors import UserError
 
@@ -218,34 +218,19 @@ def test_prefetch_hands_out_the_same_batches_and_the_consumed_state(pipeline_cor
     ahead.close()
 
 
-class Failing:
-  """A real stream that fails at its `fail_at`-th batch, as a broken input would."""
-
-  def __init__(self, stream, fail_at):
-    self.stream, self.fail_at, self.made = stream, fail_at, 0
-
-  def __next__(self):
-    self.made += 1
-    if self.made == self.fail_at:
-      raise UserError('the input broke')
-    return next(self.stream)
-
-  def local_state(self):
-    return self.stream.local_state()
-
-
-def test_prefetch_passes_an_input_error_on_and_never_hangs_on_close(pipeline_corpus):
+def test_prefetch_passes_an_input_error_on_and_never_hangs_on_close(pipeline_corpus,
+                                                                    broken_input):
   """The error reaches the consumer after the batches made before it, on every later
   call too; and a consumer that stops while the thread holds an error for a full queue
   closes at once (the thread used to wait forever to hand it over)."""
   config, _, store = pipeline_corpus
-  ahead = stream_lib.Prefetch(Failing(make(config, store), fail_at=3), depth=1)
+  ahead = stream_lib.Prefetch(broken_input(make(config, store), 3), depth=1)
   take(ahead, 2)
   for _ in range(2):
     with pytest.raises(UserError, match='the input broke'):
       next(ahead)
   ahead.close()
-  stuck = stream_lib.Prefetch(Failing(make(config, store), fail_at=2), depth=1)
+  stuck = stream_lib.Prefetch(broken_input(make(config, store), 2), depth=1)
   while stuck._thread.is_alive() and stuck.stream.made < 2:  # batch 1 queued, 2 failed
     stuck._thread.join(0.01)
   closing = threading.Thread(target=stuck.close, daemon=True)
@@ -253,16 +238,3 @@ def test_prefetch_passes_an_input_error_on_and_never_hangs_on_close(pipeline_cor
   closing.join(60)  # not a speed limit: a hang's detector
   assert not closing.is_alive(), 'Prefetch.close() hangs on a thread holding an error'
 
-
-@pytest.mark.parametrize('n', [1, 2, 7, 1000, 4097])
-def test_each_epochs_order_is_a_permutation_of_its_own(n):
-  orders = [shuffle.permute(np.arange(n), n, shuffle.keys(0, e))
-            for e in (0, 1)]
-  for order in orders:
-    np.testing.assert_array_equal(np.sort(order), np.arange(n))
-  if n > 7:
-    assert not np.array_equal(orders[0], orders[1])
-    assert not np.array_equal(orders[0], np.arange(n))
-    some = np.asarray([5, 3, n - 1])  # any positions, at once
-    np.testing.assert_array_equal(shuffle.permute(
-        some, n, shuffle.keys(0, 0)), orders[0][some])

@@ -6,6 +6,7 @@ JAX = '0.10.2'
 # google-cloud-storage tensorboardX's; Orbax reaches GCS through tensorstore itself.
 GCS = ['gcsfs==2026.10.1', 'google-cloud-storage==3.17.1']
 BENCH = ['matplotlib==3.11.2']  # bench/quality_multi30k.py's plot
+EXPORT = ['ctranslate2==4.8.5']
 
 setup(
     name='transformer_jax',
@@ -39,7 +40,8 @@ setup(
         # libtpu lets the tests compile for TPU topologies on a CPU host (`aot`).
         # the GCS emulator lets the tests run a workdir in a bucket without a network.
         'test': ['pytest==9.2.0', f'jax[tpu]=={JAX}', 'gcp-storage-emulator==2026.7.19', *GCS,
-                 *BENCH],
+                 *BENCH, *EXPORT],
+        'export': EXPORT,  # the serving engines `export` writes for
         'tf': ['tensorflow-cpu==2.21.0'],  # only for TFDS catalog builders (WMT)
         'gcs': GCS,
         'bench': BENCH,

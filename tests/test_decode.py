@@ -77,8 +77,8 @@ def enumerate_scores(model, source, max_len, alpha):
   scores = []
   for seq in candidates:
     target = jnp.asarray([seq])
-    each = jnp.stack([jax.nn.log_softmax(forward(m, source, shift_right(target)))[0]
-                      for m in models])
+    each = jnp.stack([jax.nn.log_softmax(forward(m, source, shift_right(target)).at[
+        ..., PAD_ID].set(decode.NEG_INF))[0] for m in models])  # PAD gets no probability
     logp = jax.nn.logsumexp(each, axis=0) - np.log(len(models))
     total = float(sum(logp[i, tok] for i, tok in enumerate(seq)))
     scores.append(total / decode.length_penalty(len(seq), alpha))

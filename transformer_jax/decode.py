@@ -118,9 +118,12 @@ def _prepare_all(model, source: jax.Array, copies: int, max_len: int):
 
 def _next_logp(model, tokens, t, caches, cross_kvs, source_segments):
   """(log p(next token) [B, V], the caches one step longer). For an ensemble, the log of
-  the mean of the models' probabilities (as fairseq ensembles)."""
+  the mean of the models' probabilities (as fairseq ensembles). Padding is never
+  produced, so it gets no probability: the distribution is over the tokens that can be
+  (as CTranslate2, which an export must match, excludes it)."""
   steps = [m.decode_step(tokens, t, cache, kv, source_segments)
            for m, cache, kv in zip(_members(model), caches, cross_kvs, strict=True)]
+  steps = [(logits.at[:, PAD_ID].set(NEG_INF), cache) for logits, cache in steps]
   caches = tuple(cache for _, cache in steps)
   if len(steps) == 1:
     return jax.nn.log_softmax(steps[0][0]), caches
@@ -158,10 +161,8 @@ def _decoding_loop(cond, body, state: dict, max_len: int) -> dict:
 
 
 def _allowed_logp(logp, t, limits, eos_id: int):
-  """`logp` [B, V] where padding is never produced and a sentence at its length limit may
-  only end."""
+  """`logp` [B, V] where a sentence at its length limit may only end."""
   vocab = jnp.arange(logp.shape[-1])
-  logp = jnp.where(vocab == PAD_ID, NEG_INF, logp)
   if eos_id < 0:  # fixed-length decoding: nothing ends, every step is a real token
     return logp
   at_limit = (t + 1 >= limits)[:, None]

@@ -1,5 +1,5 @@
-"""The flags of the commands that restore a model and decode with it (`translate`,
-`evaluate`): which checkpoint, and how to decode. Defined once here, since absl forbids
+"""The flags of the commands that restore a model (`translate`, `evaluate`, `export`):
+which checkpoint, where to write, and how to decode. Defined once here, since absl forbids
 defining a flag twice and both commands may be imported into one process."""
 from __future__ import annotations
 
@@ -14,6 +14,9 @@ ENSEMBLE = flags.DEFINE_list(
     'ensemble', None, 'Decode with several models as one instead of --workdir\'s: '
     'DIR[@STEP|@averaged|@best],... (the mean of their next-token probabilities; the '
     'vocabularies must be the same).')
+OUTPUT = flags.DEFINE_string(
+    'output', None, 'translate: the file to write translations to (default: stdout); '
+    'export: the directory to write the model to.')
 _BEAM = flags.DEFINE_integer('beam_size', 4, 'Beam width (the paper: 4).')
 _ALPHA = flags.DEFINE_float('alpha', 0.6, 'Length penalty exponent (the paper: 0.6).')
 _MAX_EXTRA_LEN = flags.DEFINE_integer(

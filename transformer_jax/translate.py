@@ -48,8 +48,8 @@ def main(argv):
                and _stdin_is_a_stream())
   lines = None if streaming else datasets.read_lines(_INPUT.value)
   restored = inference_flags.restore()
-  out = sys.stdout if _OUTPUT.value in (None, '-') else open(_OUTPUT.value, 'w',
-                                                            encoding='utf-8')
+  output = inference_flags.OUTPUT.value
+  out = sys.stdout if output in (None, '-') else open(output, 'w', encoding='utf-8')
   try:
     if streaming:
       number = 0
@@ -122,7 +122,6 @@ def _checked(item):
 
 
 _INPUT = flags.DEFINE_string('input', None, 'Text file to translate (default: stdin).')
-_OUTPUT = flags.DEFINE_string('output', None, 'Where to write translations (default: stdout).')
 _NBEST = flags.DEFINE_integer('nbest', 1, 'Hypotheses per input line (beam search), written '
                               'as LINE<TAB>SCORE<TAB>TRANSLATION.')
 _MAX_WAIT_MS = flags.DEFINE_integer(

@@ -43,6 +43,10 @@ class Tokenizer:
   def vocab_size(self) -> int:
     return self._sp.get_piece_size()
 
+  def piece(self, i: int) -> str:
+    """The vocabulary's piece of id `i` (e.g. '<pad>', '▁the')."""
+    return self._sp.id_to_piece(i)
+
   def encode(self, text: str) -> list[int]:
     return self.encode_batch([text])[0]
 

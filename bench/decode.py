@@ -14,7 +14,14 @@ example's 24.7 sentences/s at 187 GFLOP/s (bench/workloads/README.md).
 With `--ensemble=N`, N models of the workload's shape (seeds seed..seed+N-1) decode as
 one (`decode.Ensemble`): the cost of an ensemble in time and in peak memory (VmHWM).
 
+With `--engines=ours,ctranslate2 [--quantization=float32,int8]`, the same model also
+exported to CTranslate2 (serving.py) decodes the same sources, beam 4 and greedy, each
+run at the fixed length (CTranslate2: min = max decoding length = the workload's steps;
+`intra_threads` = the cores, `inter_threads=1`), the engines alternating within each
+repeat: sentences/s per engine and method, and each engine's ratio to ours.
+
   python bench/decode.py [--repeats=5] [--matmul_dtype=bfloat16] [--ensemble=2]
+                         [--engines=ours,ctranslate2 --quantization=float32,int8]
                          [--record=FILE]
 """
 from __future__ import annotations
@@ -55,8 +62,14 @@ def main():
                       'measure a warm start (default: off, a cold compile)')
   parser.add_argument('--ensemble', type=int, default=1,
                       help='decode with this many models as one (decode.Ensemble)')
+  parser.add_argument('--engines', default='',
+                      help='ours,ctranslate2: decoding speed side by side (see above)')
+  parser.add_argument('--quantization', default='float32',
+                      help="CTranslate2's weights: float32, int8 or both (comma list)")
   parser.add_argument('--record', default='', help='also write the JSON here')
   args = parser.parse_args()
+  if args.engines:
+    return emit(compare_engines(args), args.record)
   cli.use_compilation_cache(args.compilation_cache)
   w = json.loads(WORKLOAD.read_text())
   config = workload_config(w, 'float32', args.matmul_dtype)
@@ -99,6 +112,60 @@ def main():
       'peak_rss_gib': peak_rss_gib(),
   }
   emit(result, args.record)
+
+def compare_engines(args) -> dict:
+  """Sentences/s of our decoder and of CTranslate2 on the workload's model, alternating."""
+  import os
+  import tempfile
+  import ctranslate2
+  from transformer_jax import serving
+  w = json.loads(WORKLOAD.read_text())
+  config = workload_config(w, 'float32', args.matmul_dtype)
+  model = Transformer(config.model, rngs=nnx.Rngs(params=w['seed']))
+  source = np.random.default_rng(w['seed']).integers(
+      3, w['vocab_size'], (w['decode_batch'], w['decode_src_len']), dtype=np.int32)
+  steps, cores = w['decode_steps'], len(os.sched_getaffinity(0))
+  runs = {}
+  if 'ours' in args.engines.split(','):
+    runs['ours'] = {
+        'beam': lambda: decode.beam_search(model, source, beam_size=w['beam'], max_len=steps,
+                                           eos_id=-1)[0],
+        'greedy': lambda: decode.sample(model, source, max_len=steps, eos_id=-1)[0]}
+  pieces = ['<pad>', '</s>', '<unk>'] + [f'w{i}' for i in range(3, w['vocab_size'])]
+  batch = [[pieces[t] for t in row] + ['</s>'] for row in source.tolist()]
+  for quantization in args.quantization.split(',') if 'ctranslate2' in args.engines else ():
+    directory = tempfile.mkdtemp(prefix=f'ct2_{quantization}_')
+    serving.write_ctranslate2(model, config.model, pieces, directory, quantization,
+                              positions=w['decode_src_len'] + steps + 2)
+    translator = ctranslate2.Translator(directory, device='cpu', intra_threads=cores,
+                                        inter_threads=1)
+    translate = lambda beam, t=translator: t.translate_batch(
+        batch, beam_size=beam, min_decoding_length=steps, max_decoding_length=steps,
+        max_batch_size=len(batch))
+    runs[f'ctranslate2_{quantization}'] = {'beam': lambda f=translate: f(w['beam']),
+                                           'greedy': lambda f=translate: f(1)}
+  for methods in runs.values():  # warm-up: compiles ours, loads theirs
+    for run in methods.values():
+      jax.block_until_ready(run())
+  times = {(engine, method): [] for engine, methods in runs.items() for method in methods}
+  for _ in range(args.repeats):
+    for (engine, method), measured in times.items():
+      start = time.perf_counter()
+      jax.block_until_ready(runs[engine][method]())
+      measured.append(time.perf_counter() - start)
+  result = {'benchmark': 'decode_engines', 'workload': w['name'], 'beam': w['beam'],
+            'sources': w['decode_batch'], 'steps': steps, 'threads': cores,
+            'repeats': args.repeats, 'ctranslate2': ctranslate2.__version__, 'engines': {}}
+  for (engine, method), measured in times.items():
+    result['engines'].setdefault(engine, {})[f'{method}_sentences_per_s'] = round(
+        w['decode_batch'] / statistics.median(measured), 1)
+  ours = result['engines'].get('ours')
+  for engine, figures in result['engines'].items():
+    if ours and engine != 'ours':
+      figures.update({f'{k.split("_")[0]}_vs_ours': round(v / ours[k], 2)
+                      for k, v in figures.items()})
+  return result
+
 
 def peak_rss_gib() -> float:
   """This process's peak resident memory (VmHWM)."""

@@ -1,34 +1,22 @@
 """`python -m transformer_jax.export --workdir=DIR --format=ctranslate2 --output=OUT`:
 a trained model in the engine people serve translation with.
 
-`ctranslate2`: a CTranslate2 model directory, built from the weights with CTranslate2's
-own model-spec API (`TransformerSpec`), the SentencePiece model beside it. Our model is
-the one CTranslate2 implements for OpenNMT and Marian: post- or pre-norm, ReLU
-feed-forward, no attention biases, scaled embeddings shared with the output layer,
-LayerNorm epsilon 1e-6. Two things are ours and are written into the export: the
-interleaved sinusoidal positions (sin, cos per channel pair; given as a table) and the
-decoder's start, the pad id's own embedding. Padding is never produced: the output layer
-gets a bias of 0 everywhere but -1e9 at the pad id (the weights stay tied).
-
-Reads the parameters only (as `translate`: --step, --averaged, or --workdir=DIR/best).
+`ctranslate2`: a CTranslate2 model directory (serving.py builds it), the SentencePiece
+model, the training config and a README beside it. Reads the parameters only, as
+`translate` does (--step, --averaged, or --workdir=DIR/best).
 """
 from __future__ import annotations
 
 import json
 import os
 
-import numpy as np
-from absl import app, flags
-from flax import nnx
+from absl import flags
 
-from transformer_jax import cli, inference, inference_flags
-from transformer_jax.data.tokenizer import EOS_ID, PAD_ID, UNK_ID
+from transformer_jax import cli, inference, inference_flags, serving
 from transformer_jax.errors import UserError
 
 FORMATS = ('ctranslate2',)
 QUANTIZATIONS = ('float32', 'int8', 'float16')
-SPM_FILE = 'sentencepiece.model'
-_NEVER = -1e9  # the output bias at the pad id
 
 _FORMAT = flags.DEFINE_string('format', 'ctranslate2', f'One of: {", ".join(FORMATS)}.')
 _QUANTIZATION = flags.DEFINE_string(
@@ -39,114 +27,16 @@ _POSITIONS = flags.DEFINE_integer(
     'the exported model can take (translate: --max_input_len + --max_extra_len).')
 
 
-def _engine():
-  try:
-    import ctranslate2  # noqa: PLC0415 (the export extra; nothing else needs it)
-  except ImportError:
-    raise UserError("export needs CTranslate2: pip install -e '.[export]'.") from None
-  return ctranslate2
-
-
-def weights(model) -> dict[str, np.ndarray]:
-  """Every parameter as float32 numpy, by its path ('encoder_layers/0/...')."""
-  state = nnx.state(model, nnx.Param)
-  # Copies, writable: CTranslate2 quantizes in place.
-  return {'/'.join(map(str, path)): np.array(value, np.float32)
-          for path, value in nnx.to_flat_state(state)}
-
-
-def positions_table(rows: int, d_model: int) -> np.ndarray:
-  """The model's sinusoidal positions (model.sinusoidal_positions), rows x d_model."""
-  two_i = np.arange(0, d_model, 2, dtype=np.float32)
-  angles = np.arange(rows, dtype=np.float32)[:, None] / (10000.0 ** (two_i / d_model))
-  return np.stack([np.sin(angles), np.cos(angles)], -1).reshape(rows, d_model)
-
-
-def ctranslate2_spec(restored: inference.Restored, positions: int):
-  """The CTranslate2 `TransformerSpec` of a restored model, weights set."""
-  ct2 = _engine()
-  from ctranslate2.specs import common_spec, transformer_spec  # noqa: PLC0415
-  cfg = restored.config.model
-  w = weights(restored.model)
-  spec = transformer_spec.TransformerSpec.from_config(
-      (cfg.num_encoder_layers, cfg.num_decoder_layers), cfg.num_heads,
-      pre_norm=cfg.pre_norm, activation=common_spec.Activation.RELU)
-  table = w['source_embedding/table/embedding']
-  target_table = w.get('target_embedding/table/embedding', table)
-  position_table = positions_table(positions, cfg.d_model)
-  for stack, embedding in ((spec.encoder, table), (spec.decoder, target_table)):
-    embeddings = stack.embeddings if isinstance(stack.embeddings, list) else [stack.embeddings]
-    embeddings[0].weight = embedding
-    stack.scale_embeddings = True
-    stack.position_encodings.encodings = position_table
-  for i, layer in enumerate(spec.encoder.layer):
-    prefix = f'encoder_layers/{i}'
-    _attention(layer.self_attention, w, f'{prefix}/self_attention', fused=True)
-    _norm(layer.self_attention.layer_norm, w, f'{prefix}/attention_block')
-    _feed_forward(layer.ffn, w, prefix)
-  for i, layer in enumerate(spec.decoder.layer):
-    prefix = f'decoder_layers/{i}'
-    _attention(layer.self_attention, w, f'{prefix}/self_attention', fused=True)
-    _norm(layer.self_attention.layer_norm, w, f'{prefix}/self_attention_block')
-    _attention(layer.attention, w, f'{prefix}/cross_attention', fused=False)
-    _norm(layer.attention.layer_norm, w, f'{prefix}/cross_attention_block')
-    _feed_forward(layer.ffn, w, prefix)
-  if cfg.pre_norm:
-    _norm(spec.encoder.layer_norm, w, 'encoder_norm')
-    _norm(spec.decoder.layer_norm, w, 'decoder_norm')
-  if not cfg.tie_output_embedding:
-    raise UserError('This model has a separate output projection (model.'
-                    'tie_output_embedding=False); the export supports tied ones only.')
-  spec.decoder.projection.weight = target_table
-  bias = np.zeros(cfg.vocab_size, np.float32)
-  bias[PAD_ID] = _NEVER
-  spec.decoder.projection.bias = bias
-  spec.decoder.start_from_zero_embedding = False
-  pieces = [restored.tokenizer.piece(i) for i in range(restored.tokenizer.vocab_size)]
-  spec.register_source_vocabulary(pieces)
-  spec.register_target_vocabulary(pieces)
-  spec.config.add_source_bos = spec.config.add_source_eos = False
-  spec.config.bos_token = spec.config.decoder_start_token = pieces[PAD_ID]
-  spec.config.eos_token, spec.config.unk_token = pieces[EOS_ID], pieces[UNK_ID]
-  spec.config.layer_norm_epsilon = 1e-6
-  del ct2
-  return spec
-
-
-def _attention(spec, w, prefix: str, fused: bool) -> None:
-  """Our projections [D, H, K] (query/key/value) and [H, K, D] (output) as CTranslate2's
-  linear layers [out, in]; self-attention fuses Q, K and V, cross-attention K and V."""
-  q, k, v = (w[f'{prefix}/{n}/kernel'] for n in ('query', 'key', 'value'))
-  q, k, v = (x.reshape(x.shape[0], -1).T for x in (q, k, v))
-  if fused:
-    spec.linear[0].weight = np.concatenate([q, k, v])
-  else:
-    spec.linear[0].weight = q
-    spec.linear[1].weight = np.concatenate([k, v])
-  out = w[f'{prefix}/output/kernel']
-  spec.linear[-1].weight = out.reshape(-1, out.shape[-1]).T
-
-
-def _norm(spec, w, prefix: str) -> None:
-  spec.gamma = w[f'{prefix}/norm/scale'] if f'{prefix}/norm/scale' in w else w[f'{prefix}/scale']
-  spec.beta = w[f'{prefix}/norm/bias'] if f'{prefix}/norm/bias' in w else w[f'{prefix}/bias']
-
-
-def _feed_forward(spec, w, prefix: str) -> None:
-  _norm(spec.layer_norm, w, f'{prefix}/feed_forward_block')
-  for linear, name in ((spec.linear_0, 'w1'), (spec.linear_1, 'w2')):
-    linear.weight = w[f'{prefix}/feed_forward/{name}/kernel'].T
-    linear.bias = w[f'{prefix}/feed_forward/{name}/bias']
-
-
 def export_ctranslate2(restored: inference.Restored, output: str, quantization: str,
                        positions: int) -> None:
-  spec = ctranslate2_spec(restored, positions)
-  spec.validate()
-  spec.optimize(quantization=None if quantization == 'float32' else quantization)
-  spec.save(output)
-  with open(os.path.join(output, SPM_FILE), 'wb') as f:
-    f.write(restored.tokenizer.serialized())
+  """A restored checkpoint as a CTranslate2 model directory, its SentencePiece model
+  beside it."""
+  tokenizer = restored.tokenizer
+  pieces = [tokenizer.piece(i) for i in range(tokenizer.vocab_size)]
+  serving.write_ctranslate2(restored.model, restored.config.model, pieces, output,
+                            quantization, positions)
+  with open(os.path.join(output, serving.SPM_FILE), 'wb') as f:
+    f.write(tokenizer.serialized())
 
 
 def _readme(restored: inference.Restored, workdir: str, fmt: str, quantization: str) -> str:
@@ -163,7 +53,7 @@ d_model {restored.config.model.d_model}; weights {quantization}. The training co
 {lowercase}
 ```python
 import ctranslate2, sentencepiece as spm
-sp = spm.SentencePieceProcessor(model_file="OUT/{SPM_FILE}")
+sp = spm.SentencePieceProcessor(model_file="OUT/{serving.SPM_FILE}")
 translator = ctranslate2.Translator("OUT")
 pieces = sp.encode("A sentence.", out_type=str) + ["</s>"]  # EOS: the caller's
 out = translator.translate_batch([pieces], beam_size=4, length_penalty=0.6)
@@ -187,7 +77,7 @@ def main(argv):
                     'one (nothing was written).')
   if inference_flags.ENSEMBLE.value:
     raise UserError('--ensemble cannot be exported: an engine decodes one model.')
-  _engine()
+  serving.engine()
   restored = inference_flags.restore()
   workdir = cli.required_workdir()
   os.makedirs(output, exist_ok=True)

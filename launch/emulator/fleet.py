@@ -190,10 +190,12 @@ def _boot(n: dict, i: int, hostname: str, endpoints: str, s: dict) -> dict:
 def _private_tmp(disk: pathlib.Path, s: dict) -> str:
   """Shell: the worker's own /tmp (scp's target; libtpu's and JAX's scratch files),
   keeping visible what lives under the machine's /tmp and the worker needs: the fleet's
-  directory (its HOME) and the Python environment (CI's venv is made in /tmp)."""
+  directory (its HOME), the Python environment (CI's venv is made in /tmp) and this
+  repository (vm.py; a clone in /tmp)."""
   tmp = disk / 'tmp'
   tmp.mkdir()
-  keep = {root(), pathlib.Path(s['python']).parents[1], pathlib.Path(s['venv'] or '/')}
+  keep = {root(), pathlib.Path(s['python']).parents[1], pathlib.Path(s['venv'] or '/'),
+          HERE.parents[1]}
   binds = []
   for path in sorted(keep):
     if path.is_relative_to('/tmp'):

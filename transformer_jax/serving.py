@@ -17,6 +17,7 @@ from ml_collections import ConfigDict
 
 from transformer_jax.data.tokenizer import EOS_ID, PAD_ID, UNK_ID
 from transformer_jax.errors import UserError
+from transformer_jax.model import sinusoidal_positions
 
 SPM_FILE = 'sentencepiece.model'
 _NEVER = -1e9  # the output bias at the pad id
@@ -38,16 +39,12 @@ def weights(model) -> dict[str, np.ndarray]:
           for path, value in nnx.to_flat_state(state)}
 
 
-def positions_table(rows: int, d_model: int) -> np.ndarray:
-  """The model's sinusoidal positions (model.sinusoidal_positions), rows x d_model."""
-  two_i = np.arange(0, d_model, 2, dtype=np.float32)
-  angles = np.arange(rows, dtype=np.float32)[:, None] / (10000.0 ** (two_i / d_model))
-  return np.stack([np.sin(angles), np.cos(angles)], -1).reshape(rows, d_model)
-
-
 def ctranslate2_spec(model, cfg: ConfigDict, pieces: list[str], positions: int):
   """The CTranslate2 `TransformerSpec` of `model` (of model config `cfg`, vocabulary
   `pieces`: id i is pieces[i]), weights set; `positions` rows of position table."""
+  if not cfg.tie_output_embedding:
+    raise UserError('This model has a separate output projection (model.'
+                    'tie_output_embedding=False); the export supports tied ones only.')
   engine()
   from ctranslate2.specs import common_spec, transformer_spec  # noqa: PLC0415
   w = weights(model)
@@ -56,7 +53,7 @@ def ctranslate2_spec(model, cfg: ConfigDict, pieces: list[str], positions: int):
       pre_norm=cfg.pre_norm, activation=common_spec.Activation.RELU)
   table = w['source_embedding/table/embedding']
   target_table = w.get('target_embedding/table/embedding', table)
-  position_table = positions_table(positions, cfg.d_model)
+  position_table = np.asarray(sinusoidal_positions(np.arange(positions), cfg.d_model))
   for stack, embedding in ((spec.encoder, table), (spec.decoder, target_table)):
     embeddings = stack.embeddings if isinstance(stack.embeddings, list) else [stack.embeddings]
     embeddings[0].weight = embedding
@@ -65,21 +62,18 @@ def ctranslate2_spec(model, cfg: ConfigDict, pieces: list[str], positions: int):
   for i, layer in enumerate(spec.encoder.layer):
     prefix = f'encoder_layers/{i}'
     _attention(layer.self_attention, w, f'{prefix}/self_attention', fused=True)
-    _norm(layer.self_attention.layer_norm, w, f'{prefix}/attention_block')
+    _norm(layer.self_attention.layer_norm, w, f'{prefix}/attention_block/norm')
     _feed_forward(layer.ffn, w, prefix)
   for i, layer in enumerate(spec.decoder.layer):
     prefix = f'decoder_layers/{i}'
     _attention(layer.self_attention, w, f'{prefix}/self_attention', fused=True)
-    _norm(layer.self_attention.layer_norm, w, f'{prefix}/self_attention_block')
+    _norm(layer.self_attention.layer_norm, w, f'{prefix}/self_attention_block/norm')
     _attention(layer.attention, w, f'{prefix}/cross_attention', fused=False)
-    _norm(layer.attention.layer_norm, w, f'{prefix}/cross_attention_block')
+    _norm(layer.attention.layer_norm, w, f'{prefix}/cross_attention_block/norm')
     _feed_forward(layer.ffn, w, prefix)
   if cfg.pre_norm:
     _norm(spec.encoder.layer_norm, w, 'encoder_norm')
     _norm(spec.decoder.layer_norm, w, 'decoder_norm')
-  if not cfg.tie_output_embedding:
-    raise UserError('This model has a separate output projection (model.'
-                    'tie_output_embedding=False); the export supports tied ones only.')
   spec.decoder.projection.weight = target_table
   bias = np.zeros(cfg.vocab_size, np.float32)
   bias[PAD_ID] = _NEVER
@@ -109,12 +103,11 @@ def _attention(spec, w, prefix: str, fused: bool) -> None:
 
 
 def _norm(spec, w, prefix: str) -> None:
-  spec.gamma = w[f'{prefix}/norm/scale'] if f'{prefix}/norm/scale' in w else w[f'{prefix}/scale']
-  spec.beta = w[f'{prefix}/norm/bias'] if f'{prefix}/norm/bias' in w else w[f'{prefix}/bias']
+  spec.gamma, spec.beta = w[f'{prefix}/scale'], w[f'{prefix}/bias']
 
 
 def _feed_forward(spec, w, prefix: str) -> None:
-  _norm(spec.layer_norm, w, f'{prefix}/feed_forward_block')
+  _norm(spec.layer_norm, w, f'{prefix}/feed_forward_block/norm')
   for linear, name in ((spec.linear_0, 'w1'), (spec.linear_1, 'w2')):
     linear.weight = w[f'{prefix}/feed_forward/{name}/kernel'].T
     linear.bias = w[f'{prefix}/feed_forward/{name}/bias']

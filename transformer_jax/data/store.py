@@ -184,7 +184,8 @@ class TokenStore:
     each pair's first `limit` tokens only if given. One read per shard, not per pair."""
     lengths = np.empty(len(ids), np.int64)
     starts = np.empty(len(ids), np.int64)
-    for shard, where, local in self._by_shard(ids):
+    shards = list(self._by_shard(ids))
+    for shard, where, local in shards:
       offsets = shard[f'{field}_offsets']
       starts[where] = offsets[local]
       lengths[where] = offsets[local + 1] - starts[where]
@@ -192,7 +193,7 @@ class TokenStore:
       lengths = np.minimum(lengths, limit)
     ends = np.cumsum(lengths)
     flat = np.empty(int(ends[-1]) if len(ids) else 0, np.int32)
-    for shard, where, _ in self._by_shard(ids):
+    for shard, where, _ in shards:
       within = _ranges(starts[where], lengths[where])  # positions in the shard's tokens
       flat[_ranges(ends[where] - lengths[where], lengths[where])] = shard[field][within]
     return flat, lengths

@@ -6,7 +6,9 @@ JAX = '0.10.2'
 # google-cloud-storage tensorboardX's; Orbax reaches GCS through tensorstore itself.
 GCS = ['gcsfs==2026.10.1', 'google-cloud-storage==3.17.1']
 BENCH = ['matplotlib==3.11.2']  # bench/quality_multi30k.py's plot
-EXPORT = ['ctranslate2==4.8.5']
+# The serving engines `export` writes for. torch==2.13.0 also matches the CPU build
+# (2.13.0+cpu), which pip takes where an index offers it: about a tenth of the CUDA one.
+EXPORT = ['ctranslate2==4.8.5', 'transformers==5.25.0', 'torch==2.13.0']
 
 setup(
     name='transformer_jax',
@@ -41,7 +43,7 @@ setup(
         # the GCS emulator lets the tests run a workdir in a bucket without a network.
         'test': ['pytest==9.2.0', f'jax[tpu]=={JAX}', 'gcp-storage-emulator==2026.7.19', *GCS,
                  *BENCH, *EXPORT],
-        'export': EXPORT,  # the serving engines `export` writes for
+        'export': EXPORT,
         'tf': ['tensorflow-cpu==2.21.0'],  # only for TFDS catalog builders (WMT)
         'gcs': GCS,
         'bench': BENCH,

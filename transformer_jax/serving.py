@@ -31,6 +31,13 @@ def engine():
   return ctranslate2
 
 
+def check_tied(cfg: ConfigDict) -> None:
+  """Both engines tie the output layer to the target embedding, as the paper does."""
+  if not cfg.tie_output_embedding:
+    raise UserError('This model has a separate output projection (model.'
+                    'tie_output_embedding=False); the export supports tied ones only.')
+
+
 def weights(model) -> dict[str, np.ndarray]:
   """Every parameter as float32 numpy, by its path ('encoder_layers/0/...')."""
   state = nnx.state(model, nnx.Param)
@@ -42,9 +49,7 @@ def weights(model) -> dict[str, np.ndarray]:
 def ctranslate2_spec(model, cfg: ConfigDict, pieces: list[str], positions: int):
   """The CTranslate2 `TransformerSpec` of `model` (of model config `cfg`, vocabulary
   `pieces`: id i is pieces[i]), weights set; `positions` rows of position table."""
-  if not cfg.tie_output_embedding:
-    raise UserError('This model has a separate output projection (model.'
-                    'tie_output_embedding=False); the export supports tied ones only.')
+  check_tied(cfg)
   engine()
   from ctranslate2.specs import common_spec, transformer_spec  # noqa: PLC0415
   w = weights(model)

@@ -1,9 +1,15 @@
 """The Multi30k recipe end to end (issue 8, README "Results"); writes JSON and a PNG.
 
   python bench/quality_multi30k.py --workdir=DIR [--config=configs/multi30k.py]
-      [--budgets_minutes=60,120] [--phase=all|run|analyze] [--config.KEY=VALUE ...]
+      [--budgets_minutes=60,120 | --budget_flops=F] [--phase=all|run|analyze]
+      [--config.KEY=VALUE ...]
   python bench/quality_multi30k.py --phase=ensemble --runs=DIR1,DIR2 --workdir=OUT
-      [--budgets_minutes=60]
+      [--budgets_minutes=60 | --budget_flops=F]
+
+A budget is minutes of this machine (`--budgets_minutes`), or training FLOPs
+(`--budget_flops`, passed to train as `train.budget_flops`: the run ends at the step that
+spends them, the same step on any machine; the analysis then takes the whole run, budget
+`all`). Every result carries both the minutes and the FLOPs it used.
 
 `run` trains `--config` in a fresh DIR as its own process (`python -m
 transformer_jax.train`) and notes the command's start and end times, so the wall-clock
@@ -112,12 +118,23 @@ def score_test(restored, splits, settings, hypotheses_path: pathlib.Path, label:
   return test
 
 
-def score_budget(workdir, minutes, start, times, splits, grid, candidates) -> dict:
+def label(minutes: float | None) -> str:
+  """A budget's name: '60 min', or 'all' (the whole run: a FLOPs budget ended it)."""
+  return 'all' if minutes is None else f'{minutes:g} min'
+
+
+def parse_budgets(text: str) -> list[float | None]:
+  return [None if m == 'all' else float(m) for m in text.split(',')]
+
+
+def score_budget(workdir, minutes, start, times, splits, grid, candidates,
+                 flops_per_step: float) -> dict:
   """The recipe's result at a time budget: the checkpoints committed within it, the number
   of them to average and the beam settings (one of `grid`) chosen by validation BLEU,
   then the test scores of that choice."""
   from transformer_jax import checkpoint, inference  # noqa: PLC0415
-  within = sorted(step for step, t in times.items() if t - start <= 60 * minutes)
+  within = sorted(step for step, t in times.items()
+                  if minutes is None or t - start <= 60 * minutes)
   if not within:
     return {'minutes': minutes, 'error': 'no checkpoint was committed within the budget'}
   last = within[-1]
@@ -125,13 +142,15 @@ def score_budget(workdir, minutes, start, times, splits, grid, candidates) -> di
   for n in (n for n in candidates if n <= len(within)):
     checkpoint.average(str(workdir), n, until_step=last)
     tried += validate(inference.restore(str(workdir), averaged=True), splits, grid,
-                      f'{minutes} min, step {last}, average of {n}', average=n)
+                      f'{label(minutes)}, step {last}, average of {n}', average=n)
   best, settings = best_of(tried)
   checkpoint.average(str(workdir), best['average'], until_step=last)
   test = score_test(inference.restore(str(workdir), averaged=True), splits, settings,
-                     workdir / f'test_hypotheses_{minutes:g}min.txt', f'{minutes} min')
+                     workdir / f'test_hypotheses_{label(minutes).replace(" ", "")}.txt',
+                     label(minutes))
   return {'minutes': minutes, 'last_checkpoint_step': last,
           'last_checkpoint_minutes': (times[last] - start) / 60,
+          'flops': last * flops_per_step,  # training FLOPs up to that checkpoint
           'averaged_last': best['average'], 'averaged_steps': within[-best['average']:],
           'decode': {'beam_size': settings.beam_size, 'alpha': settings.alpha},
           'validation_bleu_lowercased_by_average': {
@@ -146,8 +165,9 @@ def scored_budgets(runs, records, minutes: float) -> list[dict]:
   for run, record in zip(runs, records):
     budget = next((b for b in record['budgets'] if b['minutes'] == minutes), None)
     if budget is None or 'test' not in budget:
-      sys.exit(f'error: {run / "quality.json"} has no scored {minutes:g}-minute budget; run '
-               f'--phase=analyze there with --budgets_minutes={minutes:g} first.')
+      which = label(minutes).replace(' min', '')
+      sys.exit(f'error: {run / "quality.json"} has no scored budget {label(minutes)}; run '
+               f'--phase=analyze there with --budgets_minutes={which} first.')
     chosen.append(budget)
   return chosen
 
@@ -162,13 +182,14 @@ def score_ensemble(runs, chosen, minutes, splits, grid, out: pathlib.Path) -> di
     checkpoint.average(str(run), budget['averaged_last'],
                        until_step=budget['last_checkpoint_step'])
   restored = inference.restore_ensemble([f'{run}@averaged' for run in runs])
-  tried = validate(restored, splits, grid, f'ensemble of {len(runs)} at {minutes:g} min')
+  tried = validate(restored, splits, grid, f'ensemble of {len(runs)} at {label(minutes)}')
   best, settings = best_of(tried)
   test = score_test(restored, splits, settings, out / f'ensemble_test_hypotheses_'
-                     f'{minutes:g}min.txt', f'ensemble at {minutes:g} min')
+                     f'{label(minutes).replace(" ", "")}.txt', f'ensemble at {label(minutes)}')
   alone = [b['test']['bleu_lowercased_13a'] for b in chosen]
   return {'minutes_per_run': minutes,
           'training_minutes_total': sum(b['last_checkpoint_minutes'] for b in chosen),
+          'training_flops_total': sum(b.get('flops', 0.0) for b in chosen),
           'members': [{'run': run.name, 'averaged_steps': b['averaged_steps'],
                        'test_bleu_lowercased_13a': b['test']['bleu_lowercased_13a']}
                       for run, b in zip(runs, chosen)],
@@ -187,6 +208,7 @@ def run_summary(workdir: pathlib.Path, start: float, end: float) -> dict:
   # TFDS build, reading and tokenizing, initialization); the interval holds compilation.
   loop_start = first['time'] - first['step_time'] * first['step']
   return {'wall_clock_s': end - start, 'steps': train[-1]['step'],
+          'train_flops': train[-1].get('train_flops'),  # none in records before 2026-12
           'target_tokens_seen': sum(r['tokens'] for r in train),
           'phases_s': {'startup': loop_start - start,
                        'first_interval_with_compilation': first['time'] - loop_start,
@@ -226,10 +248,11 @@ def plot(summary: dict, budgets: list[dict], path: pathlib.Path) -> None:
   for b in budgets:
     if 'test' in b:
       bottom.plot(b['last_checkpoint_minutes'], b['test']['bleu_lowercased_13a'], 's',
-                  label=f'test BLEU lowercased, {b["minutes"]:g} min budget')
+                  label=f'test BLEU lowercased, budget {label(b["minutes"])}')
   for axis in (top, bottom):
     for b in budgets:
-      axis.axvline(b['minutes'], color='grey', ls=':', lw=1)
+      if b['minutes'] is not None:
+        axis.axvline(b['minutes'], color='grey', ls=':', lw=1)
   bottom.set_xlabel('minutes since the training command started')
   bottom.set_ylabel('BLEU')
   bottom.legend(loc='lower right')
@@ -278,9 +301,11 @@ def analyze(args) -> dict:
   config = inference.restore(str(workdir)).config
   splits, grid = load_splits(config, args.sentences), decode_grid(args)
   times = checkpoint_times(workdir)
-  budgets = [score_budget(workdir, float(m), start, times, splits, grid,
-                          [int(n) for n in args.average_candidates.split(',')])
-             for m in args.budgets_minutes.split(',')]
+  from transformer_jax import costs  # noqa: PLC0415
+  budgets = [score_budget(workdir, m, start, times, splits, grid,
+                          [int(n) for n in args.average_candidates.split(',')],
+                          costs.step_flops(config))
+             for m in parse_budgets(args.budgets_minutes)]
   summary = run_summary(workdir, start, record['end_time'])
   result = {'benchmark': 'quality_multi30k', 'date': time.strftime('%Y-%m-%d'),
             'command': record['command'], 'config': config.to_dict(),
@@ -294,7 +319,8 @@ def analyze(args) -> dict:
   print(json.dumps({'budgets': [{k: v for k, v in b.items() if k != 'test'} | {
       k: b['test'][k] for k in ('bleu_lowercased_13a', 'bleu_cased_13a', 'chrf')}
       if 'test' in b else b for b in budgets],
-      'wall_clock_s': summary['wall_clock_s'], 'steps': summary['steps']}, indent=2))
+      'wall_clock_s': summary['wall_clock_s'], 'steps': summary['steps'],
+      'train_flops': summary['train_flops']}, indent=2))
   return result
 
 
@@ -311,7 +337,7 @@ def ensemble(args) -> dict:
       sys.exit(f'error: {run / "quality.json"} does not exist; train and score that run first '
                f'(--workdir={run} --phase=all).')
     records.append(json.loads((run / 'quality.json').read_text()))
-  minutes = [float(m) for m in args.budgets_minutes.split(',')]
+  minutes = parse_budgets(args.budgets_minutes)
   chosen = [scored_budgets(runs, records, m) for m in minutes]  # all checked before any work
   out = pathlib.Path(args.workdir)
   out.mkdir(parents=True, exist_ok=True)
@@ -338,7 +364,12 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--workdir', required=True)
   parser.add_argument('--config', default=str(REPO / 'configs' / 'multi30k.py'))
-  parser.add_argument('--budgets_minutes', default='60,120')
+  parser.add_argument('--budgets_minutes', default=None,
+                      help="minutes from the command's start, e.g. 60,120, or 'all' (default: "
+                      "60,120; with --budget_flops, all)")
+  parser.add_argument('--budget_flops', type=float, default=0.0,
+                      help='end training at the step that spends these training FLOPs '
+                      '(train.budget_flops); docs/multi30k.md names the standard one, B_lc')
   parser.add_argument('--phase', default='all', choices=('all', 'run', 'analyze', 'ensemble'))
   parser.add_argument('--runs', default='',
                       help='--phase=ensemble: analyzed run directories to decode as one model')
@@ -362,6 +393,10 @@ def main():
   except ValueError:
     parser.error(f'--beam_size and --alpha take comma-separated numbers (beams >= 1), e.g. '
                  f'--beam_size=4,5 --alpha=0.6,1.0; got {args.beam_size!r} and {args.alpha!r}')
+  if args.budgets_minutes is None:
+    args.budgets_minutes = 'all' if args.budget_flops else '60,120'
+  if args.budget_flops:
+    args.overrides.append(f'--config.train.budget_flops={args.budget_flops!r}')
   if args.phase in ('all', 'run'):
     run(args)
   if args.phase in ('all', 'analyze'):

@@ -94,3 +94,21 @@ def test_mfu_uses_published_peaks_and_does_not_guess_a_cpus():
   config.train.rdrop_alpha = 1.0  # every row twice
   assert step_flops(config) == 2 * train_flops(config.model, config.data.batch_size, n, n)
   assert mfu(config, 0.5, [SimpleNamespace(device_kind='cpu')]) is None
+
+
+def test_a_flops_budget_ends_at_the_first_step_that_reaches_it(repo):
+  from transformer_jax.costs import last_step, step_flops
+  config = config_lib.load(str(repo / 'configs' / 'experiments' / 'multi30k_lc.py'))
+  config.train.num_steps = 100_000
+  assert last_step(config) == 100_000  # no budget
+  f = step_flops(config)
+  for budget, steps in ((2.5 * f, 3), (3 * f, 3), (3 * f + 1, 4), (0.1, 1), (1e30, 100_000)):
+    config.train.budget_flops = budget
+    assert last_step(config) == steps
+  config.train.budget_flops = 10_451 * f  # B_lc: the lowercased recipe's recorded run
+  assert last_step(config) == 10_451
+  config.train.rdrop_alpha = 5.0  # two passes a step: half the steps
+  assert last_step(config) == 5_226
+  config.train.budget_flops = -1.0
+  with pytest.raises(config_lib.ConfigError, match='train.budget_flops must be'):
+    config_lib.validate(config)

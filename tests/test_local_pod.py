@@ -38,15 +38,23 @@ def test_two_processes_match_one(repo, synthetic, tmp_path, variant):
   """Distinct sentences: the global batches do not depend on the number of processes, so
   2 processes x 4 devices train as 1 x 8; the data position is saved once. R-Drop's two
   dropout passes hash global row indices, so they too match; a CPU that emulates bf16
-  products is warned about once, by process 0."""
+  products is warned about once, by process 0. Both runs end at step 6 by a FLOPs budget
+  (train.budget_flops), which counts the same on any number of processes."""
+  from transformer_jax import config as config_lib
+  from transformer_jax import costs
+  tiny = config_lib.load(str(repo / 'configs' / 'tiny.py'))
+  tiny.train.rdrop_alpha = 2.0 if variant else 0.0
   flags = [*TINY, *(f'--config.data.{k}={v}' for k, v in synthetic.data.items()),
-           f'--config.data.vocab_path={synthetic.vocab}', '--config.train.num_steps=6',
-           '--config.train.checkpoint_every=6', *variant]
+           f'--config.data.vocab_path={synthetic.vocab}', '--config.train.num_steps=1000',
+           f'--config.train.budget_flops={5.5 * costs.step_flops(tiny)!r}',
+           '--config.train.checkpoint_every=1000', *variant]
   one, two = tmp_path / 'one', tmp_path / 'two'
   run(repo, tmp_path, ['train', f'--workdir={one}', *flags], processes=1, devices=8)
   results = run(repo, tmp_path, ['train', f'--workdir={two}', *flags], processes=2)
   single, multi = metrics_lib.read(str(one)), metrics_lib.read(str(two))
-  assert [r['step'] for r in multi] == list(range(1, 7))
+  assert [r['step'] for r in multi] == list(range(1, 7)) == [r['step'] for r in single]
+  for workdir in (one, two):
+    assert json.loads((workdir / 'done.json').read_text())['step'] == 6
   np.testing.assert_allclose([r['loss'] for r in multi], [r['loss'] for r in single], rtol=1e-6)
   if variant:
     np.testing.assert_allclose([r['rdrop_kl'] for r in multi], [r['rdrop_kl'] for r in single],

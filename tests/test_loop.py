@@ -1,6 +1,7 @@
 """The training loop (loop.py) in this process: the loss falls, checkpoints written by a
 kill are ignored, the time budget stops it, non-finite steps stop it or are skipped, and
 each refused workdir, checkpoint, mesh or batch is one clear error that changes nothing."""
+import json
 import math
 import os
 import pathlib
@@ -56,6 +57,21 @@ def test_time_budget_saves_and_stops_early(tiny_config, workdir, capsys):
   assert steps[:3] == [2, 4, 6] and 6 < steps[-1] < 1000
   assert checkpoint_lib.Checkpoints(str(workdir), config).steps() == [4, 6, steps[-1]]
   assert 'train.stop_after_minutes reached' in capsys.readouterr().out
+
+
+def test_a_flops_budget_ends_the_run_with_a_checkpoint_and_done_json(tiny_config, tmp_path,
+                                                                     capsys):
+  from transformer_jax import costs
+  config = tiny_config(num_steps=1000, checkpoint_every=1000)
+  config.train.budget_flops = 4.5 * costs.step_flops(config)
+  last = train(config, str(tmp_path))
+  records = metrics_lib.read(str(tmp_path))
+  assert [r['step'] for r in records] == [1, 2, 3, 4, 5] and last['step'] == 5
+  assert records[-1]['train_flops'] == 5 * costs.step_flops(config)
+  assert checkpoint_lib.Checkpoints(str(tmp_path), config).steps() == [5]
+  assert json.loads((tmp_path / 'done.json').read_text())['step'] == 5
+  assert 'train.budget_flops reached at step 5' in capsys.readouterr().out
+  assert train(config, str(tmp_path)) == {'step': 5}  # done: nothing more to train
 
 
 def test_workdir_not_writable(tiny_config, tmp_path):

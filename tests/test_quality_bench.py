@@ -54,6 +54,7 @@ def test_recipe_bench_records_budgets_scores_and_plot(repo, tmp_path):
   assert 'lc' in test['bleu_lowercased_signature'] and 'mixed' in test['bleu_cased_signature']
   run = record['run']
   assert run['steps'] == 6 and run['target_tokens_seen'] > 0
+  assert late['flops'] == run['train_flops'] == 6 * tiny_step_flops(repo)
   assert 0 < run['phases_s']['startup'] < run['wall_clock_s']
   assert len(run['validation_bleu_curve']) == 2  # steps 3 and 6
   assert record['versions']['jax'] and record['machine']['cores'] >= 1
@@ -67,21 +68,40 @@ def test_recipe_bench_records_budgets_scores_and_plot(repo, tmp_path):
   assert sorted(os.listdir(workdir)) == before
 
 
+def tiny_step_flops(repo) -> float:
+  """Training FLOPs of one step of configs/multi30k.py under TINY."""
+  from transformer_jax import config as config_lib
+  from transformer_jax import costs
+  config = config_lib.load(str(repo / 'configs' / 'multi30k.py'))
+  config.model.update(vocab_size=256, d_model=32, d_ff=64, num_heads=2, num_encoder_layers=1,
+                      num_decoder_layers=1)
+  config.data.update(batch_size=8, max_len=32)
+  return costs.step_flops(config)
+
+
 @pytest.mark.slow
 def test_ensemble_of_seeds_decodes_analyzed_runs_as_one(repo, tmp_path):
+  """Two seeds, each ended by a FLOPs budget at step 5 (not TINY's 6), analyzed whole
+  and decoded as one; the records carry the FLOPs."""
   runs = [tmp_path / f'seed{seed}' for seed in (0, 1)]
+  budget = f'--budget_flops={4.5 * tiny_step_flops(repo)!r}'
   for seed, run in enumerate(runs):
-    result = bench(repo, f'--workdir={run}', '--budgets_minutes=1000', '--sentences=8',
+    result = bench(repo, f'--workdir={run}', budget, '--sentences=8',
                    '--average_candidates=1,2', f'--config.data.data_dir={DATA}',
                    f'--config.data.tfds_dir={tmp_path / "tfds"}', f'--config.seed={seed}',
                    *TINY)
     assert result.returncode == 0, result.stderr[-3000:]
   out = tmp_path / 'ensemble'
   result = bench(repo, '--phase=ensemble', f'--runs={runs[0]},{runs[1]}', f'--workdir={out}',
-                 '--budgets_minutes=1000', '--sentences=8', '--alpha=0.6,2.0')
+                 budget, '--sentences=8', '--alpha=0.6,2.0')
   assert result.returncode == 0, result.stderr[-3000:]
   record = json.loads((out / 'ensemble.json').read_text())
-  members = [json.loads((run / 'quality.json').read_text())['budgets'][0] for run in runs]
+  records = [json.loads((run / 'quality.json').read_text()) for run in runs]
+  members = [r['budgets'][0] for r in records]
+  assert [r['run']['steps'] for r in records] == [5, 5]
+  assert [r['run']['train_flops'] for r in records] == [5 * tiny_step_flops(repo)] * 2
+  assert [(m['minutes'], m['last_checkpoint_step'], m['flops']) for m in members] == \
+      [(None, 5, 5 * tiny_step_flops(repo))] * 2
   assert [r['seed'] for r in record['runs']] == [0, 1]
   (budget,) = record['budgets']
   assert [m['averaged_steps'] for m in budget['members']] == [
@@ -90,11 +110,12 @@ def test_ensemble_of_seeds_decodes_analyzed_runs_as_one(repo, tmp_path):
   assert budget['members_mean_test_bleu_lowercased_13a'] == pytest.approx(sum(alone) / 2)
   assert budget['training_minutes_total'] == pytest.approx(
       sum(m['last_checkpoint_minutes'] for m in members))
+  assert budget['training_flops_total'] == 10 * tiny_step_flops(repo)
   tried = budget['validation_tried']
   assert [t['alpha'] for t in tried] == [0.6, 2.0]
   assert budget['decode']['alpha'] == max(tried, key=lambda t: t['bleu_lowercased_13a'])['alpha']
   assert budget['test']['sentences'] == 8 and 0 <= budget['test']['bleu_lowercased_13a'] <= 100
-  assert len((out / 'ensemble_test_hypotheses_1000min.txt').read_text().splitlines()) == 8
+  assert len((out / 'ensemble_test_hypotheses_all.txt').read_text().splitlines()) == 8
   assert str(out) not in (out / 'ensemble.json').read_text()  # the data flags name tmp_path
 
 
@@ -110,7 +131,7 @@ def test_ensemble_phase_refuses_runs_it_cannot_use(repo, tmp_path):
         {'minutes': 60.0, 'test': {'bleu_lowercased_13a': 30.0}}]}))
   unbudgeted = bench(repo, '--phase=ensemble', f'--runs={tmp_path / "a"},{tmp_path / "b"}',
                      f'--workdir={tmp_path / "o"}', '--budgets_minutes=60,120')
-  assert unbudgeted.returncode != 0 and 'no scored 120-minute budget' in unbudgeted.stderr
+  assert unbudgeted.returncode != 0 and 'no scored budget 120 min' in unbudgeted.stderr
   assert not (tmp_path / 'o').exists()  # every budget is checked before anything is written
 
 

@@ -84,6 +84,10 @@ def defaults() -> ConfigDict:
   # train from step 0 beside them (True).
   c.train.restart_if_no_valid_checkpoint = False
   c.train.stop_after_minutes = 0.0  # save and stop after this long (per invocation); 0 = off
+  # End the run (checkpoint, done.json) at the first step whose training FLOPs, counted
+  # from step 0 as `info`'s flops_per_step_train each, reach this; 0 = off. A budget the
+  # same on any machine and any number of processes, unlike minutes.
+  c.train.budget_flops = 0.0
   c.train.log_every = 50         # console line + TensorBoard scalars
   c.train.eval_every = 500       # validation loss/accuracy; 0 = only at the end
   c.train.eval_batch_size = 64
@@ -235,6 +239,8 @@ def _check_values(c: ConfigDict) -> None:
     _require(t[key] >= 0, f'train.{key} must be >= 0 (0 = off), got {t[key]}.')
   _require(c.train.stop_after_minutes >= 0, 'train.stop_after_minutes must be >= 0 '
            f'(0 = no time limit), got {c.train.stop_after_minutes}.')
+  _require(math.isfinite(t.budget_flops) and t.budget_flops >= 0, 'train.budget_flops '
+           f'must be a finite number >= 0 (0 = no budget), got {t.budget_flops}.')
   _require(c.data.batch_size % c.train.grad_accum_steps == 0,
            f'data.batch_size ({c.data.batch_size}) must be divisible by '
            f'train.grad_accum_steps ({c.train.grad_accum_steps}).')

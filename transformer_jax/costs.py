@@ -68,6 +68,17 @@ def step_flops(config: ConfigDict) -> float:
   return passes * train_flops(config.model, config.data.batch_size, n, n)
 
 
+def last_step(config: ConfigDict) -> int:
+  """The step a run of `config` ends at: `train.num_steps`, or, with `train.budget_flops`,
+  the first step whose training FLOPs from step 0 (`step_flops` each) reach the budget,
+  if that comes first. Depends on the config alone, not on the machine or processes."""
+  t = config.train
+  if not t.get('budget_flops'):
+    return t.num_steps
+  # (1 - 1e-12): a budget of exactly k steps' FLOPs, rounded as floats are, is k steps.
+  return min(t.num_steps, max(1, math.ceil(t.budget_flops / step_flops(config) * (1 - 1e-12))))
+
+
 def mfu(config: ConfigDict, step_seconds: float, devices) -> float | None:
   """Model FLOPs utilization: model FLOPs per second over the devices' summed peak."""
   peaks = [peak_flops(d.device_kind) for d in devices]

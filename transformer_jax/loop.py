@@ -18,7 +18,7 @@ from flax import nnx
 from ml_collections import ConfigDict
 
 from transformer_jax import checkpoint as checkpoint_lib
-from transformer_jax import distributed, files, inference, precision, scoring, sharding
+from transformer_jax import costs, distributed, files, inference, precision, scoring, sharding
 from transformer_jax import metrics as metrics_lib
 from transformer_jax.data import datasets, pipeline
 from transformer_jax.data.stream import Prefetch
@@ -27,7 +27,7 @@ from transformer_jax.steps import (abstract_batch, build, compile_in_background,
                                    init_state)
 
 
-DONE_FILE = 'done.json'  # written when the run reaches train.num_steps: a supervisor's signal
+DONE_FILE = 'done.json'  # written when the run reaches its last step: a supervisor's signal
 
 
 class Preemption:
@@ -129,7 +129,7 @@ def restore_or_init(setup, checkpoints, data_iterator, vocab_path):
 
 
 def _done(workdir: str, record: dict | None) -> None:
-  """Write WORKDIR/done.json, the last metrics of a run that reached train.num_steps
+  """Write WORKDIR/done.json, the last metrics of a run that reached its last step
   (None: remove it, the run is about to train past it)."""
   done = files.path(workdir) / DONE_FILE
   if not distributed.is_writer():
@@ -142,10 +142,11 @@ def _done(workdir: str, record: dict | None) -> None:
 
 
 def train(config: ConfigDict, workdir: str) -> dict:
-  """Train until `train.num_steps`, resuming from the workdir; returns the last metrics
-  and their `step` (only the step if there was nothing left to train). A run that reaches
-  `train.num_steps` writes WORKDIR/done.json, the signal `launch/tpu.py supervise` waits
-  for; one that trains past it removes it first."""
+  """Train until `train.num_steps` (or the step that spends `train.budget_flops`),
+  resuming from the workdir; returns the last metrics and their `step` (only the step if
+  there was nothing left to train). A run that reaches that last step writes
+  WORKDIR/done.json, the signal `launch/tpu.py supervise` waits for; one that trains past
+  it removes it first."""
   checkpoint_lib.check_writable(workdir)
   if (warning := precision.cpu_warning(config.model)) is not None:
     distributed.warn(warning)
@@ -165,16 +166,16 @@ def train(config: ConfigDict, workdir: str) -> dict:
   state = restore_or_init(setup, checkpoints, stream, tokenizer.path)
   batches = Prefetch(stream, config.data.prefetch)  # from the restored position
   step = int(state.step)
-  t = config.train
-  if step < t.num_steps:  # past every refusal: a refused run leaves done.json alone
+  t, end = config.train, costs.last_step(config)
+  if step < end:  # past every refusal: a refused run leaves done.json alone
     _done(workdir, None)
   preemption = Preemption(t.stop_after_minutes)
-  reporter = metrics_lib.Reporter(workdir, config, step, t.num_steps, preemption.deadline)
+  reporter = metrics_lib.Reporter(workdir, config, step, end, preemption.deadline)
   bleu = BleuTracker(config, workdir, tokenizer, mesh) if t.bleu_every and eval_split else None
   history, last = [], {}
   waited, interval_start = 0.0, None  # time the loop waited for input, since when
   try:
-    while step < t.num_steps:
+    while step < end:
       started = time.perf_counter()
       interval_start = interval_start or started  # (evaluation and saving left out)
       batch = next(batches)
@@ -184,7 +185,7 @@ def train(config: ConfigDict, workdir: str) -> dict:
       history.append(metrics)
       reporter.progress(step)
       preempted = preemption.requested(step, t.log_every)
-      checkpoint_due = step % t.checkpoint_every == 0 or step == t.num_steps or preempted
+      checkpoint_due = step % t.checkpoint_every == 0 or step == end or preempted
       if step % t.log_every == 0 or checkpoint_due:
         input_wait = waited / max(time.perf_counter() - interval_start, 1e-9)
         last = {**_log_interval(reporter, step, history, t.skip_nonfinite, input_wait,
@@ -192,10 +193,10 @@ def train(config: ConfigDict, workdir: str) -> dict:
                 'step': step}
         history, waited, interval_start = [], 0.0, None
       if eval_split is not None and ((t.eval_every and step % t.eval_every == 0)
-                                     or step == t.num_steps):
+                                     or step == end):
         sums = evaluate(config, eval_step_fn, state.params, eval_split, mesh)
         last.update({f'eval_{k}': v for k, v in reporter.eval(step, sums).items()})
-      if bleu is not None and (step % t.bleu_every == 0 or step == t.num_steps):
+      if bleu is not None and (step % t.bleu_every == 0 or step == end):
         started = time.perf_counter()
         last['eval_bleu'] = bleu(setup.graphdef, state.params)
         reporter.eval(step, {}, {'bleu': last['eval_bleu'],
@@ -214,7 +215,10 @@ def train(config: ConfigDict, workdir: str) -> dict:
     reporter.close()
     if bleu is not None:
       bleu.close()
-  if step >= t.num_steps:  # saved (closing waited for it): a supervisor may stop now
+  if step >= end:  # saved (closing waited for it): a supervisor may stop now
+    if end < t.num_steps:
+      distributed.say(f'train.budget_flops reached at step {step} '
+                      f'({step * costs.step_flops(config):.4g} FLOPs); the run is done.')
     _done(workdir, {**last, 'step': step})
   return last or {'step': step}
 

@@ -75,7 +75,8 @@ class Reporter:
     self._interval_start = (now, step)
     step_time = (now - start_time) / max(step - start_step, 1)
     values = {**summarize(sums), **extra, 'step_time': step_time,
-              'target_tokens_per_s': float(sums['tokens']) / max(now - start_time, 1e-9)}
+              'target_tokens_per_s': float(sums['tokens']) / max(now - start_time, 1e-9),
+              'train_flops': step * costs.step_flops(self.config)}  # from step 0
     mfu = costs.mfu(self.config, step_time, jax.devices())
     if mfu is not None:  # none on a CPU: its peak is not published, and not guessed
       values['mfu'] = mfu
@@ -86,7 +87,8 @@ class Reporter:
               f'acc {values["accuracy"]:.3f}  lr {values["learning_rate"]:.2e}  '
               f'{values["target_tokens_per_s"]:,.0f} tgt tok/s  {step_time:.3f} s/step  '
               f'MFU {f"{mfu:.1%}" if mfu is not None else "n/a"}  '
-              f'input wait {values.get("input_wait", 0):.0%}  ETA {_duration(eta)}')
+              f'input wait {values.get("input_wait", 0):.0%}  '
+              f'{values["train_flops"]:.3g} FLOPs  ETA {_duration(eta)}')
       print(('\r' + ' ' * 100 + '\r' if self._tty else '') + line, flush=True)
     return values
 

@@ -2,7 +2,7 @@
 JSON record written as it goes (a run cut short keeps what it measured).
 
   python bench/accelerator.py [--budget_s=540] [--record=FILE] [--data_dir=DIR]
-                              [--size=auto|full|tiny] [--sections=smoke,train_base,...]
+      [--workdir=DIR] [--size=auto|full|tiny] [--sections=smoke,train_base,...]
 
 Sections, in priority order, each given a share of --budget_s (what one leaves unspent
 goes to the next):
@@ -172,7 +172,7 @@ def train(name: str, tiny: bool, seconds: float) -> dict:
   device = jax.devices()[0]
   limit = (device.memory_stats() or {}).get('bytes_limit')
   limit = limit * jax.device_count() if limit else None
-  first = max(8, jax.device_count())
+  first = max(8 if tiny else 128, jax.device_count())
   best, tries = largest_batch(config, mesh, limit, time.monotonic() + seconds / 2, first,
                               32 if tiny else 8192)
   if best is None:
@@ -234,11 +234,11 @@ def decode(tiny: bool, seconds: float) -> dict:
   return result
 
 
-def quality(tiny: bool, seconds: float, data_dir: str) -> dict:
-  """Both recipes at B_lc (tiny: 4.5 tiny steps), one vocabulary, then their ensemble."""
+def quality(tiny: bool, seconds: float, data_dir: str, workdir: str) -> dict:
+  """Both recipes at B_lc (tiny: 4.5 tiny steps), one vocabulary, then their ensemble;
+  the runs go to a new folder in `workdir`."""
   from transformer_jax import config as config_lib, costs  # noqa: PLC0415
-  root = pathlib.Path(os.environ.get('ACCELERATOR_WORKDIR', '/tmp/accelerator_quality'))
-  root = root / time.strftime('%Y%m%d-%H%M%S')
+  root = pathlib.Path(workdir) / time.strftime('%Y%m%d-%H%M%S')
   flags = [f'--config.data.data_dir={data_dir}', f'--config.data.tfds_dir={root / "tfds"}']
   averages, sentences = ['--average_candidates=1,5'], []
   budget = B_LC
@@ -277,6 +277,9 @@ def quality(tiny: bool, seconds: float, data_dir: str) -> dict:
       result['ensemble'] = {'test_bleu_lowercased_13a': b['test']['bleu_lowercased_13a'],
                             'test_bleu_cased_13a': b['test']['bleu_cased_13a'],
                             'training_flops_total': b['training_flops_total']}
+  failed = [name for name, run in result['runs'].items() if 'error' in run]
+  if failed or 'error' in result.get('ensemble', {}):
+    result['error'] = f'failed: {", ".join(failed) or "ensemble"} (see runs)'
   return result
 
 
@@ -313,6 +316,8 @@ def main():
   parser.add_argument('--record', default='')
   parser.add_argument('--data_dir', default='', help='Multi30k files (default: the tests\' '
                       'fixture, tests/data/multi30k: plumbing only)')
+  parser.add_argument('--workdir', default='/tmp/accelerator_quality',
+                      help='where the quality runs go (a new folder each time)')
   parser.add_argument('--size', default='auto', choices=('auto', 'full', 'tiny'))
   parser.add_argument('--sections', default=','.join(SHARES))
   args = parser.parse_args()
@@ -331,7 +336,7 @@ def main():
         tiny = jax.default_backend() == 'cpu'
       if name == 'quality':
         data_dir = args.data_dir or str(REPO / 'tests' / 'data' / 'multi30k')
-        out = quality(tiny, share, data_dir)
+        out = quality(tiny, share, data_dir, args.workdir)
       else:
         out = SECTIONS[name](tiny, share)
     except Exception as e:  # noqa: BLE001 - recorded; the record is the product

@@ -19,8 +19,7 @@ def bench(repo, *flags, env=None):
 
 def test_every_section_measures_at_tiny_sizes_within_the_budget(repo, tmp_path):
   path = tmp_path / 'record.json'
-  result = bench(repo, '--budget_s=120', f'--record={path}',
-                 env={'ACCELERATOR_WORKDIR': str(tmp_path / 'quality')})
+  result = bench(repo, '--budget_s=120', f'--record={path}', f'--workdir={tmp_path / "quality"}')
   assert result.returncode == 0, result.stderr[-3000:]
   record = json.loads(path.read_text())
   sections = record['sections']

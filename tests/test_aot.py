@@ -20,7 +20,8 @@ def run_aot(command_process, *flags):
 @pytest.mark.parametrize('topology, chips', [('v5e:2x2', 4), ('v4:2x2x1', 4)])
 def test_compiles_for_tpu_topologies_and_counts_flops_like_info(command_process, repo, topology,
                                                                 chips):
-  result = run_aot(command_process, f'--topology={topology}', '--config.mesh.fsdp=2', *SMALL)
+  result = run_aot(command_process, f'--topology={topology}', '--config.mesh.fsdp=2',
+                   '--breakdown', *SMALL)
   assert result.code == 0, result.err[-2000:]
   report = json.loads(result.out)
   assert report['chips'] == chips and report['mesh'] == {'data': 2, 'fsdp': 2, 'tensor': 1}
@@ -33,6 +34,15 @@ def test_compiles_for_tpu_topologies_and_counts_flops_like_info(command_process,
   assert report['fits'] and 0 < memory['total'] < report['hbm_per_chip_bytes']
   assert memory['arguments'] > 0 and report['roofline_estimate']['step_s'] > 0
   assert report['collectives']  # data and FSDP parallelism communicate
+  tokens_per_chip = 16 * 32 / chips  # batch x max_len over the chips
+  assert report['bytes_accessed_per_target_token'] * tokens_per_chip == pytest.approx(
+      report['bytes_accessed_per_chip'])
+  assert report['flops_per_target_token'] * tokens_per_chip * chips == pytest.approx(
+      report['flops_per_step_compiled_all_chips'])
+  breakdown = report['breakdown']  # where the bytes go, largest first
+  sizes = [r['bytes'] for r in breakdown['top_by_bytes']]
+  assert sizes == sorted(sizes, reverse=True) and sizes[0] > 0
+  assert any('dot_general' in o['operation'] for o in breakdown['by_operation'])
   decode = report['decode']  # beam search compiled for the same chips
   assert decode['fits'] and decode['memory_per_chip_bytes']['total'] > 0
 

@@ -29,3 +29,30 @@ def test_collectives_are_counted_once_each_with_their_async_starts():
       '%ag = f32[16]{0} all-gather(f32[8]{0} %r), dimensions={0}',
       '%add = f32[8]{0} add(f32[8]{0} %all-reduce.1, f32[8]{0} %ard)'])
   assert topology.collectives(hlo) == {'all-reduce': 2, 'all-gather': 1}
+
+
+def test_the_breakdown_counts_each_instructions_bytes_and_names_its_operation():
+  hlo = '\n'.join([
+      'HloModule m', '',
+      '%fused (p: f32[4,8]) -> f32[4,8] {', '  %p = f32[4,8]{1,0} parameter(0)', '}', '',
+      'ENTRY %main (a: f32[4,8], b: bf16[8,16]) -> f32[4,16] {',
+      '  %a = f32[4,8]{1,0:T(8,128)} parameter(0)',
+      '  %b = bf16[8,16]{1,0} parameter(1)',
+      '  %fusion.1 = f32[4,16]{1,0} fusion(%a, %b), kind=kOutput, calls=%fused, '
+      'metadata={op_name="jit(train_step)/jvp(nd,dv->nv)/dot_general"}, '
+      'backend_config={"estimated_cycles":"900"}',
+      '  %copy-start.2 = (bf16[8,16]{1,0}, bf16[8,16]{1,0:S(1)}, u32[]) copy-start(%b)',
+      '  %copy-done.2 = bf16[8,16]{1,0:S(1)} copy-done(%copy-start.2)',
+      '  ROOT %fusion.3 = f32[4,16]{1,0} fusion(%fusion.1, %copy-done.2), kind=kLoop, '
+      'calls=%fused, metadata={op_name="jit(train_step)/transpose(jvp(nd,dv->nv))/mul"}',
+      '}'])
+  b = topology.breakdown(hlo)
+  by_name = {r['name']: r for r in b['top_by_bytes']}
+  assert set(by_name) == {'fusion.1', 'copy-start.2', 'fusion.3'}  # no views, no params
+  assert by_name['fusion.1']['bytes'] == 4 * 8 * 4 + 8 * 16 * 2 + 4 * 16 * 4
+  assert by_name['copy-start.2']['bytes'] == 8 * 16 * 2  # its destination, once
+  assert by_name['fusion.3']['bytes'] == 2 * 4 * 16 * 4 + 8 * 16 * 2
+  assert b['bytes_counted'] == sum(r['bytes'] for r in by_name.values())
+  assert b['top_by_estimated_cycles'][0]['name'] == 'fusion.1'
+  operations = {o['operation'] for o in b['by_operation']}
+  assert {'forward nd,dv->nv dot_general', 'backward nd,dv->nv mul', 'copy-start'} == operations

@@ -19,7 +19,7 @@ def main(argv):
   config = cli.resolved_config()
   if not _TOPOLOGY.value:
     raise UserError('--topology is required, e.g. --topology=v5e:4x4.')
-  result = topology.report(config, _TOPOLOGY.value, _DECODE.value)
+  result = topology.report(config, _TOPOLOGY.value, _DECODE.value, _BREAKDOWN.value)
   print(json.dumps(result, indent=2))
   if not result['fits']:
     need = (f'{result["memory_per_chip_bytes"]["total"] / 2**30:.1f} GiB per chip'
@@ -31,6 +31,9 @@ def main(argv):
 
 
 _TOPOLOGY = flags.DEFINE_string('topology', None, 'TPU slice, e.g. v5e:4x4, v4:2x2x1, v5p:4x4x4.')
+_BREAKDOWN = flags.DEFINE_bool(
+    'breakdown', False, "Also where the step's bytes go: the top instructions by bytes and "
+    'by the compiler\'s cycle estimate, and bytes by JAX operation (topology.breakdown).')
 _DECODE = flags.DEFINE_bool('compile_decode', True, 'Also compile beam search '
                             '(train.eval_batch_size sources of data.max_len tokens, beam 4).')
 

@@ -9,6 +9,8 @@ D d_model, H heads, K head dim (d_k = d_v = d_model / H), F d_ff, V vocab.
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -87,7 +89,31 @@ def attention_weights(query: jax.Array, key: jax.Array, mask: jax.Array,
   logits = precision.einsum('bhqk,bhsk->bhqs', query, key, matmul_dtype)
   logits = logits / jnp.sqrt(depth).astype(query.dtype)
   logits = jnp.where(mask, logits.astype(jnp.float32), jnp.finfo(jnp.float32).min)
-  return jax.nn.softmax(logits, axis=-1).astype(query.dtype)
+  return softmax(logits, query.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def softmax(logits: jax.Array, dtype) -> jax.Array:
+  """softmax over the last axis, computed in fp32 from fp32 `logits`, returned in `dtype`.
+
+  Its gradient is computed in fp32 from the returned weights, the only thing kept for
+  the backward pass: with bf16 activations that halves what attention stores and reads
+  back (autodiff of `jax.nn.softmax(...).astype(dtype)` keeps the fp32 weights)."""
+  return jax.nn.softmax(logits, axis=-1).astype(dtype)
+
+
+def _softmax_forward(logits, dtype):
+  weights = softmax(logits, dtype)
+  return weights, weights
+
+
+def _softmax_backward(dtype, weights, g):
+  del dtype
+  p, g = weights.astype(jnp.float32), g.astype(jnp.float32)
+  return (p * (g - jnp.sum(g * p, axis=-1, keepdims=True)),)
+
+
+softmax.defvjp(_softmax_forward, _softmax_backward)
 
 
 class MultiHeadAttention(nnx.Module):

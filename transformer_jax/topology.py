@@ -104,9 +104,89 @@ SUGGESTIONS = [
     'compute in bfloat16: --config.model.dtype=bfloat16']
 
 
-def report(config, topology: str, with_decode: bool = True) -> dict:
+_DTYPE_BYTES = {'pred': 1, 's8': 1, 'u8': 1, 'f8e4m3fn': 1, 'f8e5m2': 1, 's16': 2, 'u16': 2,
+                'bf16': 2, 'f16': 2, 's32': 4, 'u32': 4, 'f32': 4, 's64': 8, 'u64': 8,
+                'f64': 8}
+_ARRAY = re.compile(r'\b(pred|[suf]\d+|bf16|f8e4m3fn|f8e5m2)\[([\d,]*)\]')
+_INSTRUCTION = re.compile(r'^\s*(?:ROOT )?%([\w.-]+) = (.*?) ([a-z][\w-]*)\((.*?)\)(?:,|$)')
+# What moves no bytes of its own (views, tuples, the ends of async pairs).
+_NO_BYTES = {'parameter', 'get-tuple-element', 'tuple', 'bitcast', 'constant', 'copy-done',
+             'slice-done', 'after-all', 'opt-barrier', 'all-reduce-done', 'all-gather-done',
+             'collective-permute-done'}
+
+
+def array_bytes(shape: str) -> int:
+  """Bytes of every array in an HLO shape ('f32[8,128]{1,0}', or a tuple of them)."""
+  total = 0
+  for dtype, dims in _ARRAY.findall(shape):
+    elements = 1
+    for d in filter(None, dims.split(',')):
+      elements *= int(d)
+    total += elements * _DTYPE_BYTES.get(dtype, 4)
+  return total
+
+
+def breakdown(hlo_text: str, top: int = 15) -> dict:
+  """Where the compiled step's bytes go: each top-level instruction of the entry
+  computation (fusions, copies, collectives) counted as its operands' plus its output's
+  bytes (an async copy or slice: its destination, once), with the JAX operation that
+  made it (`op_name`) and the TPU compiler's own cycle estimate. A ranking aid: XLA's
+  `bytes accessed` (the report's total) counts a fusion's operands by what it reads."""
+  entry = hlo_text[hlo_text.index('\nENTRY'):]
+  entry = entry[:entry.index('\n}')]
+  shapes, rows = {}, []
+  for line in entry.splitlines()[1:]:
+    m = _INSTRUCTION.match(line)
+    if not m:
+      continue
+    name, shape, opcode, args = m.groups()
+    shapes[name] = shape
+    if opcode in _NO_BYTES:
+      continue
+    operands = re.findall(r'%([\w.-]+)', args)
+    op_name = re.search(r'op_name="([^"]*)"', line)
+    cycles = re.search(r'"estimated_cycles":"(\d+)"', line)
+    rows.append(dict(name=name, opcode=opcode, shape=re.sub(r'\{[^}]*\}', '', shape)[:120],
+                     op_name=op_name.group(1) if op_name else '',
+                     estimated_cycles=int(cycles.group(1)) if cycles else 0,
+                     operands=operands))
+  for row in rows:
+    out = array_bytes(shapes[row['name']])
+    if row['opcode'] in ('copy-start', 'slice-start'):  # ((source), destination, context)
+      dtype, dims = _ARRAY.findall(shapes[row['name']])[1]
+      row['bytes'] = array_bytes(f'{dtype}[{dims}]')
+      row.pop('operands')
+    else:
+      row['bytes'] = out + sum(array_bytes(shapes.get(o, '')) for o in row.pop('operands'))
+  by_operation = {}
+  for row in rows:
+    key = _operation(row['op_name']) or row['opcode']
+    by_operation[key] = by_operation.get(key, 0) + row['bytes']
+  ranked = sorted(by_operation.items(), key=lambda kv: -kv[1])
+  return {'instructions': len(rows), 'bytes_counted': sum(r['bytes'] for r in rows),
+          'top_by_bytes': sorted(rows, key=lambda r: -r['bytes'])[:top],
+          'top_by_estimated_cycles': sorted(rows, key=lambda r: -r['estimated_cycles'])[:top],
+          'by_operation': [{'operation': k, 'bytes': v} for k, v in ranked[:top]]}
+
+
+def _operation(op_name: str) -> str:
+  """'jit(train_step)/transpose(jvp(bld,dhk->bhlk))/dot_general' -> 'backward
+  bld,dhk->bhlk dot_general': which pass and which JAX operation."""
+  if not op_name:
+    return ''
+  parts = op_name.split('/')[1:] or [op_name]
+  backward = any(p.startswith('transpose(') for p in parts)
+  inner = re.findall(r'\(([^()]*)\)+$', parts[-2]) if len(parts) > 1 else []
+  label = ' '.join(filter(None, [inner[0] if inner and '->' in inner[0] else '',
+                                 re.sub(r'\.\d+$', '', parts[-1])]))
+  return f'{"backward" if backward else "forward"} {label}'
+
+
+def report(config, topology: str, with_decode: bool = True,
+           with_breakdown: bool = False) -> dict:
   """Compile the train step (and, `with_decode`, beam search) for `topology`; per-chip
-  memory against HBM, FLOPs, collectives and a roofline estimate, as a dict."""
+  memory against HBM, FLOPs, collectives and a roofline estimate, as a dict; with
+  `with_breakdown`, where the step's bytes go (`breakdown`)."""
   devices = topology_devices(topology)
   chip = CHIPS[topology.split(':')[0]]
   try:
@@ -127,6 +207,7 @@ def report(config, topology: str, with_decode: bool = True) -> dict:
   bytes_accessed = float(cost.get('bytes accessed', 0.0))
   step_s = max(compiled_flops / chip['peak_flops'], bytes_accessed / chip['hbm_bandwidth'])
   fits = per_chip['total'] <= chip['hbm']
+  tokens_per_chip = config.data.batch_size * config.data.max_len / len(devices)
   result = {
       'topology': topology, 'chips': len(devices), 'mesh': dict(setup.mesh.shape),
       'per_chip_batch_rows': config.data.batch_size / len(devices),
@@ -135,12 +216,18 @@ def report(config, topology: str, with_decode: bool = True) -> dict:
       'flops_per_step_compiled_all_chips': compiled_flops * len(devices),
       'flops_per_step_analytic': analytic,
       'compiled_over_analytic': compiled_flops * len(devices) / analytic,
+      # Per chip, over the target token slots each chip holds (batch x max_len / chips).
+      'bytes_accessed_per_chip': bytes_accessed,
+      'bytes_accessed_per_target_token': bytes_accessed / tokens_per_chip,
+      'flops_per_target_token': compiled_flops / tokens_per_chip,
       'collectives': collectives(compiled.as_text()),
       'roofline_estimate': {
           'note': 'ESTIMATE from published peak FLOP/s and HBM bandwidth, not a measurement',
           'step_s': step_s, 'mfu': analytic / (len(devices) * chip['peak_flops'] * step_s),
           'target_tokens_per_s': config.data.batch_size * config.data.max_len / step_s},
   }
+  if with_breakdown:
+    result['breakdown'] = breakdown(compiled.as_text())
   if with_decode:
     decode_memory = _memory(compile_decode(setup, config.train.eval_batch_size,
                                            config.data.max_len))

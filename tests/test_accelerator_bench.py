@@ -25,7 +25,7 @@ def test_every_section_measures_at_tiny_sizes_within_the_budget(repo, tmp_path):
   sections = record['sections']
   assert list(sections) == ['smoke', 'train_base', 'train_big', 'decode', 'quality']
   assert not [name for name, s in sections.items() if 'error' in s]
-  assert record['size'] == 'tiny' and record['elapsed_s'] < 120
+  assert record['size'] == 'tiny' and record['elapsed_s'] < 130  # the budget, + writing it
   smoke = sections['smoke']
   assert smoke['backend'] == 'cpu' and smoke['versions']['jax']
   for name in ('train_base', 'train_big'):

@@ -66,19 +66,21 @@ def test_beam_size_one_is_greedy(seed):
 
 
 def enumerate_scores(model, source, max_len, alpha):
-  """Every output the decoder may produce (no PAD; EOS forced at max_len), scored with
-  the full forward pass: log p / ((5 + len) / 6)^alpha. For a list of models (an
-  ensemble), p is the mean of their probabilities at every position."""
+  """Every output the decoder may produce (no PAD; not empty; EOS forced at max_len),
+  scored with the full forward pass: log p / ((5 + len) / 6)^alpha. For a list of models
+  (an ensemble), p is the mean of their probabilities at every position."""
   models = model if isinstance(model, list) else [model]
   vocab = models[0].vocab_size
   words = [t for t in range(vocab) if t not in (PAD_ID, EOS_ID)]
-  candidates = [list(prefix) + [EOS_ID] for n in range(max_len)
+  candidates = [list(prefix) + [EOS_ID] for n in range(1, max_len)
                 for prefix in itertools.product(words, repeat=n)]
   scores = []
   for seq in candidates:
     target = jnp.asarray([seq])
+    # PAD gets no probability, nor EOS as the first token.
     each = jnp.stack([jax.nn.log_softmax(forward(m, source, shift_right(target)).at[
-        ..., PAD_ID].set(decode.NEG_INF))[0] for m in models])  # PAD gets no probability
+        ..., PAD_ID].set(decode.NEG_INF).at[:, 0, EOS_ID].set(decode.NEG_INF))[0]
+        for m in models])
     logp = jax.nn.logsumexp(each, axis=0) - np.log(len(models))
     total = float(sum(logp[i, tok] for i, tok in enumerate(seq)))
     scores.append(total / decode.length_penalty(len(seq), alpha))
@@ -95,7 +97,7 @@ def test_beam_search_finds_the_best_of_all_candidates(seed):
   model = Transformer(model_config(vocab_size=6), rngs=nnx.Rngs(seed))
   source = sources(seed, rows=1, vocab=6)
   candidates, scores = enumerate_scores(model, source, max_len=3, alpha=0.6)
-  assert len(candidates) == 1 + 4 + 16
+  assert len(candidates) == 4 + 16  # 1, 2 words, then EOS
   tokens, score = decode.beam_search(model, source, beam_size=32, alpha=0.6, max_len=3)
   assert as_list(tokens[0]) == candidates[int(np.argmax(scores))]
   np.testing.assert_allclose(float(score[0]), scores.max(), rtol=1e-4)
@@ -239,3 +241,16 @@ def test_growing_cache_equals_one_sized_for_max_len(monkeypatch, changes):
   assert decode.cache_lengths(40) == [16, 40]
   for a, e in zip(actual, expected):
     np.testing.assert_array_equal(a, e)
+
+
+def test_no_translation_is_empty_even_where_the_model_would_end_at_once():
+  """End of sentence gets no probability as the first token (as in CTranslate2 and
+  fairseq): a model that favours it at every step still writes a word first."""
+  model = Transformer(model_config(), rngs=nnx.Rngs(0))
+  table = model.source_embedding.table.embedding
+  table[...] = table[...].at[EOS_ID].multiply(50.0)  # EOS's logit dwarfs every other
+  source = sources(0, rows=4)
+  for tokens in (decode.beam_search(model, source, beam_size=4, max_len=12)[0],
+                 decode.sample(model, source, max_len=12)[0]):
+    tokens = np.asarray(tokens)
+    assert (tokens[:, 0] != EOS_ID).all() and (tokens[:, 1] == EOS_ID).all()

@@ -136,7 +136,7 @@ def marian_model(model, cfg: ConfigDict, max_positions: int = 1024):
   marian.generation_config = transformers.GenerationConfig(
       decoder_start_token_id=PAD_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID,
       forced_eos_token_id=EOS_ID, bad_words_ids=[[PAD_ID]], num_beams=4,
-      max_length=max_positions)
+      min_new_tokens=1, max_length=max_positions)  # no empty output, as our decoder
   return marian
 
 

@@ -220,6 +220,9 @@ def train(config: ConfigDict, workdir: str) -> dict:
       distributed.say(f'train.budget_flops reached at step {step} '
                       f'({step * costs.step_flops(config):.4g} FLOPs); the run is done.')
     _done(workdir, {**last, 'step': step})
+    # No process ends before done.json exists: a supervisor that saw one worker's
+    # training gone while the run was not yet marked done would relaunch it.
+    distributed.barrier('see done.json written', 300)
   return last or {'step': step}
 
 

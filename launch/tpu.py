@@ -173,7 +173,11 @@ def train(a) -> None:
             f'{VENV}/bin/python -m transformer_jax.train {command_flags(a)}')
   wrapper = (f'echo $$ > {TRAIN_PID}; rm -f {TRAIN_EXIT}; '
              f'(while sleep 60 && kill -0 $$ 2> /dev/null; do {ship}; done) & shipper=$!; '
-             f'({script}) >> {TRAIN_LOG} 2>&1; echo $? > {TRAIN_EXIT}; kill $shipper; {ship}')
+             f'({script}) >> {TRAIN_LOG} 2>&1; code=$?; '
+             # A newer run may have started meanwhile (this one's last process outlived
+             # done.json): only the current run's wrapper reports an exit.
+             f'if [ "$(cat {TRAIN_PID})" = "$$" ]; then echo $code > {TRAIN_EXIT}; fi; '
+             f'kill $shipper; {ship}')
   ssh(a, f'rm -f {TRAIN_EXIT}; setsid nohup bash -c {shlex.quote(wrapper)} '
          '> /dev/null 2>&1 < /dev/null &')
 

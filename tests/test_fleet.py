@@ -135,8 +135,11 @@ def test_supervise_retries_unreachable_vms_and_adopts_a_live_run(emulated):
   faults = fleet.settings()
   assert faults['create_failures'] == 0 and out.count('tpu-vm create') == 2  # retried
   second = f'gs://{BUCKET}/second'
-  assert launcher('train', f'--workdir={second}', '--', *TRAIN)[0] == 0
   n = fleet.node('mt')
+  # The first run's processes may outlive its done.json by a moment (closing down):
+  # counted beside the second run's, they would look like a second launch.
+  until(lambda: not any(fleet.training(w['init']) for w in n['workers']), 'first run gone')
+  assert launcher('train', f'--workdir={second}', '--', *TRAIN)[0] == 0
   until(lambda: all(fleet.training(w['init']) for w in n['workers']), 'train started')
   most, done = [0], threading.Event()
 

@@ -42,6 +42,10 @@ import sys  # noqa: E402
 import traceback  # noqa: E402
 from importlib import metadata  # noqa: E402
 
+from packaging.version import Version  # noqa: E402
+
+from pod_rehearsal import commit, cpu_model  # noqa: E402 (bench/: standard library only)
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # The lowest versions this code runs on (setup.py pins them); newer ones are the device's.
 MINIMUM = {'jax': '0.10.2', 'jaxlib': '0.10.2', 'flax': '0.12.8', 'optax': '0.2.8',
@@ -70,15 +74,11 @@ class Record(dict):
     print(text, flush=True)
 
 
-def _version_tuple(v: str) -> tuple:
-  return tuple(int(''.join(c for c in p if c.isdigit()) or 0) for p in v.split('.')[:3])
-
-
 def smoke(tiny: bool, seconds: float) -> dict:
   del tiny, seconds
   versions = {p: metadata.version(p) for p in MINIMUM}
   old = [f'{p} {v} < {MINIMUM[p]}' for p, v in versions.items()
-         if _version_tuple(v) < _version_tuple(MINIMUM[p])]
+         if Version(v) < Version(MINIMUM[p])]
   if old:
     raise RuntimeError(f'needs at least {", ".join(f"{p} {v}" for p, v in MINIMUM.items())};'
                        f' found {", ".join(old)}')
@@ -96,13 +96,8 @@ def smoke(tiny: bool, seconds: float) -> dict:
           'device_count': jax.device_count(), 'process_count': jax.process_count(),
           'peak_flops_per_device': costs.peak_flops(device.device_kind),
           'memory_bytes_limit': (device.memory_stats() or {}).get('bytes_limit'),
-          'driver': _driver(), 'host_cpu': _cpu()}
+          'driver': _driver(), 'host_cpu': cpu_model()}
 
-
-def _cpu() -> str:
-  sys.path.insert(0, str(REPO / 'bench'))
-  from pod_rehearsal import cpu_model  # noqa: PLC0415
-  return cpu_model()
 
 
 def _driver() -> str | None:
@@ -322,7 +317,7 @@ def main():
   parser.add_argument('--sections', default=','.join(SHARES))
   args = parser.parse_args()
   record = Record(args.record)
-  record.update(commit=_commit(), date=time.strftime('%Y-%m-%d'), budget_s=args.budget_s,
+  record.update(commit=commit(), date=time.strftime('%Y-%m-%d'), budget_s=args.budget_s,
                 command='python bench/accelerator.py ' + ' '.join(sys.argv[1:]), sections={})
   names = [s for s in SHARES if s in args.sections.split(',')]
   tiny = args.size == 'tiny'
@@ -349,13 +344,6 @@ def main():
     if name == 'smoke' and 'error' in out:
       sys.exit('smoke test failed; the record says why')
 
-
-def _commit() -> str:
-  try:
-    return subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=REPO, text=True,
-                          capture_output=True).stdout.strip() or 'unknown'
-  except OSError:
-    return 'unknown'
 
 
 if __name__ == '__main__':

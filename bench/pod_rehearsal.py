@@ -58,11 +58,16 @@ def cpu_model() -> str:
 
 
 def commit() -> str:
-  """HEAD, marked -dirty when the working tree has changes."""
+  """HEAD, marked -dirty when the working tree has changes; 'unknown' without git or a
+  repository (a copy of the tree, as the lent accelerator gets)."""
   def git(*args):
     return subprocess.run(['git', *args], cwd=REPO, capture_output=True, text=True).stdout
-  head = git('rev-parse', '--short', 'HEAD').strip()
-  return head + ('-dirty' if git('status', '--porcelain', '--untracked-files=no').strip() else '')
+  try:
+    head = git('rev-parse', '--short', 'HEAD').strip()
+    dirty = bool(head) and bool(git('status', '--porcelain', '--untracked-files=no').strip())
+  except OSError:
+    return 'unknown'
+  return (head + ('-dirty' if dirty else '')) if head else 'unknown'
 
 
 def emit(record: dict, path: str = '', args: list[str] | None = None) -> None:

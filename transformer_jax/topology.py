@@ -151,13 +151,13 @@ def breakdown(hlo_text: str, top: int = 15) -> dict:
                      estimated_cycles=int(cycles.group(1)) if cycles else 0,
                      operands=operands))
   for row in rows:
-    out = array_bytes(shapes[row['name']])
+    operands = row.pop('operands')
     if row['opcode'] in ('copy-start', 'slice-start'):  # ((source), destination, context)
       dtype, dims = _ARRAY.findall(shapes[row['name']])[1]
       row['bytes'] = array_bytes(f'{dtype}[{dims}]')
-      row.pop('operands')
     else:
-      row['bytes'] = out + sum(array_bytes(shapes.get(o, '')) for o in row.pop('operands'))
+      row['bytes'] = (array_bytes(shapes[row['name']])
+                      + sum(array_bytes(shapes.get(o, '')) for o in operands))
   by_operation = {}
   for row in rows:
     key = _operation(row['op_name']) or row['opcode']

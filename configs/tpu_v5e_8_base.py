@@ -16,6 +16,7 @@ def get_config():
   c.data.max_len = 128
   c.data.batch_size = 256
   c.mesh.data, c.mesh.fsdp, c.mesh.tensor = -1, 1, 1
+  c.mesh.shard_update = True  # each chip updates 1/8 of Adam's state (docs/tpu.md)
   c.train.checkpoint_every = 2000
   c.train.eval_every = 2000
   c.train.bleu_every = 10000

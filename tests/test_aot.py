@@ -43,6 +43,12 @@ def test_compiles_for_tpu_topologies_and_counts_flops_like_info(command_process,
   sizes = [r['bytes'] for r in breakdown['top_by_bytes']]
   assert sizes == sorted(sizes, reverse=True) and sizes[0] > 0
   assert any('dot_general' in o['operation'] for o in breakdown['by_operation'])
+  # HBM bytes: the part of what the breakdown counts that does not live on chip.
+  assert 0 < report['hbm_bytes_per_chip'] <= breakdown['bytes_counted']
+  assert report['roofline_estimate_hbm']['step_s'] <= report['roofline_estimate']['step_s']
+  compiler = report['compiler_estimate']  # the TPU compiler's own cycle estimate
+  assert compiler['estimated_cycles'] > 0
+  assert (compiler['step_s'] > 0) if topology.startswith('v5e') else 'step_s' not in compiler
   decode = report['decode']  # beam search compiled for the same chips
   assert decode['fits'] and decode['memory_per_chip_bytes']['total'] > 0
 

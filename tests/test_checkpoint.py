@@ -7,6 +7,7 @@ import shutil
 
 import jax
 import numpy as np
+import optax
 import pytest
 
 from transformer_jax import checkpoint as checkpoint_lib
@@ -18,12 +19,15 @@ from transformer_jax.steps import build, compile_steps
 def test_checkpoint_restores_onto_other_meshes_and_continues(briefly_trained, tiny_config,
                                                              fake_batch, saved_params):
   """Saved from a mesh of 8 data-parallel devices; restored with FSDP and tensor
-  parallelism, and onto one device; each continues training."""
+  parallelism, onto one device, and with Adam's state split over data and fsdp
+  (mesh.shard_update); each continues training."""
   config = tiny_config()
   reference = saved_params(briefly_trained, config, 6)
-  for sizes, devices in (((1, 4, 2), None), ((1, 1, 1), jax.devices()[:1])):
+  for sizes, devices, shard_update in (((1, 4, 2), None, False),
+                                       ((1, 1, 1), jax.devices()[:1], False),
+                                       ((4, 2, 1), None, True)):
     other = config.copy_and_resolve_references()
-    other.mesh.update(dict(zip(('data', 'fsdp', 'tensor'), sizes)))
+    other.mesh.update(dict(zip(('data', 'fsdp', 'tensor'), sizes)), shard_update=shard_update)
     mesh = sharding.make_mesh(other.mesh, devices)
     setup = build(other, mesh)
     checkpoints = checkpoint_lib.Checkpoints(str(briefly_trained), other)
@@ -33,6 +37,8 @@ def test_checkpoint_restores_onto_other_meshes_and_continues(briefly_trained, ti
       np.testing.assert_array_equal(a, np.asarray(b))
     assert state.params['encoder_layers'][0]['feed_forward']['w1']['kernel'].sharding.mesh.shape \
         == dict(zip(('data', 'fsdp', 'tensor'), sizes))
+    mu = jax.tree.leaves(optax.tree_utils.tree_get(state.opt_state, 'mu'))[0]
+    assert ('data' in str(mu.sharding.spec)) == shard_update
     train_step, _ = compile_steps(setup)
     state, metrics = train_step(state, sharding.place_batch(fake_batch(other), mesh))
     assert int(state.step) == 7 and math.isfinite(float(metrics['loss']))

@@ -54,3 +54,20 @@ def test_batches_split_over_data_and_fsdp():
 def test_mesh_over_chosen_devices():
   mesh = sharding.make_mesh(mesh_config(1, -1, 1), jax.devices()[:2])
   assert dict(mesh.shape) == {'data': 1, 'fsdp': 2, 'tensor': 1}
+
+
+def test_weight_update_sharding_adds_data_to_the_largest_dimension_that_divides():
+  mesh = sharding.make_mesh(mesh_config(4, 2, 1))
+  shape = lambda *dims: jax.ShapeDtypeStruct(dims, np.float32)
+  specs = {'w': P('fsdp', 'tensor'), 'table': P('tensor', 'fsdp'), 'scale': P('fsdp'),
+           'odd': P(None, 'fsdp'), 'bias': P()}
+  shapes = {'w': shape(32, 64), 'table': shape(100, 32), 'scale': shape(8),
+            'odd': shape(3, 6), 'bias': shape(6)}
+  assert sharding.update_specs(specs, shapes, mesh) == {
+      'w': P('fsdp', ('tensor', 'data')),  # 64 per shard beats 16
+      'table': P(('tensor', 'data'), 'fsdp'),  # 100 divides by 4; 32 / 2 = 16 is smaller
+      'scale': P(('fsdp', 'data')),  # 8 / 2 = 4 still divides by 4
+      'odd': P(None, 'fsdp'),  # neither 3 nor 6 / 2 divides by 4: left as it was
+      'bias': P()}  # 6 does not divide either
+  one = sharding.make_mesh(mesh_config(1, 8, 1))
+  assert sharding.update_specs(specs, shapes, one) == specs  # no data axis to split over

@@ -56,3 +56,28 @@ def test_the_breakdown_counts_each_instructions_bytes_and_names_its_operation():
   assert b['top_by_estimated_cycles'][0]['name'] == 'fusion.1'
   operations = {o['operation'] for o in b['by_operation']}
   assert {'forward nd,dv->nv dot_general', 'backward nd,dv->nv mul', 'copy-start'} == operations
+
+
+def test_traffic_counts_hbm_bytes_apart_from_on_chip_ones_and_sums_the_cycle_estimates():
+  hlo = '\n'.join([
+      'HloModule m', '',
+      'ENTRY %main (a: f32[4,8], b: bf16[8,16]) -> f32[4,16] {',
+      '  %a = f32[4,8]{1,0} parameter(0)',
+      '  %b = bf16[64,16]{1,0} parameter(1)',
+      # A prefetch of one slice into on-chip memory: one HBM read of the slice.
+      '  %slice-start.1 = ((bf16[64,16]{1,0}), bf16[8,16]{1,0:S(1)}, s32[]{:S(2)}) '
+      'slice-start(%b), slice={[0:8], [0:16]}',
+      '  %slice-done.1 = bf16[8,16]{1,0:S(1)} slice-done(%slice-start.1)',
+      '  %fusion.1 = f32[4,16]{1,0:T(8,128)S(1)} fusion(%a, %slice-done.1), kind=kOutput, '
+      'calls=%f, backend_config={"estimated_cycles":"900"}',
+      '  ROOT %fusion.2 = f32[4,16]{1,0} fusion(%fusion.1), kind=kLoop, calls=%g, '
+      'backend_config={"estimated_cycles":"100"}',
+      '}'])
+  hbm = 8 * 16 * 2 + 4 * 8 * 4 + 4 * 16 * 4  # the slice read, a read, fusion.2's output
+  on_chip = 8 * 16 * 2 + (8 * 16 * 2 + 4 * 16 * 4) + 4 * 16 * 4
+  assert topology.traffic(hlo) == {'hbm_bytes': hbm, 'on_chip_bytes': on_chip,
+                                   'estimated_cycles': 1000}
+  # A loop's body is not in the entry: no figure rather than a partial one.
+  looped = hlo.replace('ROOT %fusion.2 = f32[4,16]{1,0} fusion(%fusion.1)',
+                       'ROOT %while.2 = f32[4,16]{1,0} while(%fusion.1)')
+  assert topology.traffic(looped) is None

@@ -101,6 +101,9 @@ def defaults() -> ConfigDict:
   c.mesh.data = -1
   c.mesh.fsdp = 1
   c.mesh.tensor = 1
+  # Weight-update sharding: Adam's moments and the update split over `data` too
+  # (sharding.update_specs); the parameters stay as the rules place them.
+  c.mesh.shard_update = False
   return c
 
 

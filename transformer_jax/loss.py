@@ -30,9 +30,15 @@ def cross_entropy(logits: jax.Array, targets: jax.Array, label_smoothing: float)
 
 
 def _terms(logits, targets, label_smoothing):
+  """`cross_entropy`'s terms and lse. `logits` may be the output layer's product in the
+  model's dtype: the sums run in fp32 either way."""
+  # The target's logit is read before widening: XLA otherwise stores a widened fp32 copy
+  # of all the logits (606 MB per chip in the base TPU preset) just for this gather.
+  target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+  target_logit = target_logit.astype(jnp.float32)
+  logits = logits.astype(jnp.float32)
   top = jnp.max(logits, axis=-1)
   lse = top + jnp.log(jnp.sum(jnp.exp(logits - top[..., None]), axis=-1))
-  target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
   nll = lse - target_logit
   loss = (1.0 - label_smoothing) * nll + label_smoothing * (lse - jnp.mean(logits, axis=-1))
   # The target is the argmax (ties aside): no separate argmax pass over the vocabulary.
@@ -51,17 +57,24 @@ def projected_cross_entropy(x: jax.Array, kernel: jax.Array, targets: jax.Array,
 
 def output_logits(x, kernel, layout, matmul_dtype):
   """fp32 logits [N, V] of hidden states x [N, D] (the softmax and loss run in fp32)."""
-  return precision.einsum(f'nd,{layout}->nv', x, kernel, matmul_dtype).astype(jnp.float32)
+  return _product(x, kernel, layout, matmul_dtype).astype(jnp.float32)
+
+
+def _product(x, kernel, layout, matmul_dtype):
+  """The logits in the product's own dtype (bf16 in a bf16 model: its fp32 logits hold
+  the same values)."""
+  return precision.einsum(f'nd,{layout}->nv', x, kernel, matmul_dtype)
 
 
 def _forward(x, kernel, targets, label_smoothing, layout, matmul_dtype):
-  logits = output_logits(x, kernel, layout, matmul_dtype)
+  logits = _product(x, kernel, layout, matmul_dtype)
   *outputs, lse = _terms(logits, targets, label_smoothing)
   return tuple(outputs), (x, kernel, targets, logits, lse)
 
 
 def _backward(label_smoothing, layout, matmul_dtype, residuals, cotangents):
   x, kernel, targets, logits, lse = residuals
+  logits = logits.astype(jnp.float32)
   g_loss, g_nll, _ = cotangents
   d_logits = _cross_entropy_grad(logits, lse, targets, g_loss, g_nll, label_smoothing)
   return (*_project_back(x, kernel, d_logits.astype(x.dtype), layout, matmul_dtype), None)
@@ -103,16 +116,17 @@ def projected_rdrop(x: jax.Array, kernel: jax.Array, targets: jax.Array,
 
 
 def _rdrop_forward(x, kernel, targets, label_smoothing, layout, matmul_dtype):
-  logits = output_logits(x.reshape(-1, x.shape[-1]), kernel, layout, matmul_dtype)
+  logits = _product(x.reshape(-1, x.shape[-1]), kernel, layout, matmul_dtype)
   logits = logits.reshape(*x.shape[:-1], -1)
   *outputs, lse = _terms(logits, targets, label_smoothing)
-  logp = logits - lse[..., None]
+  logp = logits.astype(jnp.float32) - lse[..., None]
   kl = jnp.sum((jnp.exp(logp[:, 0]) - jnp.exp(logp[:, 1])) * (logp[:, 0] - logp[:, 1]), -1)
   return (*outputs, kl), (x, kernel, targets, logits, lse)
 
 
 def _rdrop_backward(label_smoothing, layout, matmul_dtype, residuals, cotangents):
   x, kernel, targets, logits, lse = residuals
+  logits = logits.astype(jnp.float32)
   g_loss, g_nll, _, g_kl = cotangents
   p = jnp.exp(logits - lse[..., None])
   d = (logits[:, 0] - lse[:, 0, :, None]) - (logits[:, 1] - lse[:, 1, :, None])

@@ -97,25 +97,30 @@ class Setup:
   tx: optax.GradientTransformation
   state_shardings: TrainState
   abstract_state: TrainState  # shapes + shardings, the target for restoring
+  update_shardings: Any  # of gradients and the update: the moments' (mesh.shard_update)
 
 
 def build(config: ConfigDict, mesh) -> Setup:
   abstract_model = nnx.eval_shape(lambda: Transformer(config.model, rngs=nnx.Rngs(0)))
   graphdef, abstract_params = nnx.split(abstract_model)
   replicated = NamedSharding(mesh, P())
-  param_shardings = sharding.named(mesh, nnx.to_pure_dict(sharding.state_specs(abstract_params)))
-  tx = optim.make_optimizer(config)
+  param_specs = nnx.to_pure_dict(sharding.state_specs(abstract_params))
   params_shape = nnx.to_pure_dict(abstract_params)
+  update_specs = (sharding.update_specs(param_specs, params_shape, mesh)
+                  if config.mesh.shard_update else param_specs)
+  param_shardings = sharding.named(mesh, param_specs)
+  update_shardings = sharding.named(mesh, update_specs)
+  tx = optim.make_optimizer(config)
   opt_shape = jax.eval_shape(tx.init, params_shape)
-  # Optimizer moments mirror the parameters, so they are sharded the same way.
-  opt_shardings = optax.tree_map_params(tx, lambda _, s: s, opt_shape, param_shardings,
+  # Optimizer moments mirror the parameters (split over `data` too with mesh.shard_update).
+  opt_shardings = optax.tree_map_params(tx, lambda _, s: s, opt_shape, update_shardings,
                                         transform_non_params=lambda _: replicated)
   state_shardings = TrainState(step=replicated, params=param_shardings,
                                opt_state=opt_shardings, rng=replicated)
   abstract = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=params_shape,
                         opt_state=opt_shape, rng=jax.ShapeDtypeStruct((2,), jnp.uint32))
   abstract = sharding.abstract_with_shardings(abstract, state_shardings)
-  return Setup(config, mesh, graphdef, tx, state_shardings, abstract)
+  return Setup(config, mesh, graphdef, tx, state_shardings, abstract, update_shardings)
 
 
 def initializer(setup: Setup):
@@ -158,6 +163,8 @@ def train_step(setup: Setup, state: TrainState, batch: dict) -> tuple[TrainState
   def micro_step(grads_and_sums, inputs):
     index, micro_batch = inputs
     def loss(params):
+      # As the rules place them: the optimizer's sharding (mesh.shard_update) stays there.
+      params = jax.lax.with_sharding_constraint(params, setup.state_shardings.params)
       model = nnx.merge(setup.graphdef, params)
       rngs = nnx.Rngs(dropout=jax.random.fold_in(rng, index))
       sums = (rdrop_sums(model, micro_batch, t.label_smoothing, t.rdrop_alpha, rngs)
@@ -176,6 +183,8 @@ def train_step(setup: Setup, state: TrainState, batch: dict) -> tuple[TrainState
                                     (jnp.arange(t.grad_accum_steps), micro))
   grads = jax.tree.map(lambda g: g / jnp.maximum(sums['tokens'], 1.0), grads)
   updates, opt_state = setup.tx.update(grads, state.opt_state, state.params)
+  # Each device computes the update of the slice its moments hold (mesh.shard_update).
+  updates = jax.lax.with_sharding_constraint(updates, setup.update_shardings)
   params = optax.apply_updates(state.params, updates)
   grad_norm = optax.tree.norm(grads)
   finite = jnp.isfinite(sums['loss']) & jnp.isfinite(grad_norm)

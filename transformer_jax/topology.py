@@ -21,10 +21,13 @@ from transformer_jax.costs import peak_flops, train_flops
 from transformer_jax.errors import UserError
 
 # Published per-chip figures: HBM bytes, peak dense bf16 FLOP/s (costs.PEAK_FLOPS), HBM
-# bytes/s.
+# bytes/s; for v5e, whose chip is one TensorCore, the clock the peak implies (4 MXUs of
+# 128 x 128 multiply-adds: 197e12 / (4 * 128 * 128 * 2) = 1.5 GHz), which turns the
+# compiler's cycle estimate into seconds.
 CHIPS = {
     'v4': dict(hbm=32 * 2 ** 30, peak_flops=peak_flops('TPU v4'), hbm_bandwidth=1.2e12),
-    'v5e': dict(hbm=16 * 2 ** 30, peak_flops=peak_flops('TPU v5 lite'), hbm_bandwidth=819e9),
+    'v5e': dict(hbm=16 * 2 ** 30, peak_flops=peak_flops('TPU v5 lite'), hbm_bandwidth=819e9,
+                clock_hz=peak_flops('TPU v5 lite') / (4 * 128 * 128 * 2)),
     'v5p': dict(hbm=95 * 2 ** 30, peak_flops=peak_flops('TPU v5'), hbm_bandwidth=2.765e12),
     'v6e': dict(hbm=32 * 2 ** 30, peak_flops=peak_flops('TPU v6 lite'), hbm_bandwidth=1.64e12),
 }
@@ -107,35 +110,45 @@ SUGGESTIONS = [
 _DTYPE_BYTES = {'pred': 1, 's8': 1, 'u8': 1, 'f8e4m3fn': 1, 'f8e5m2': 1, 's16': 2, 'u16': 2,
                 'bf16': 2, 'f16': 2, 's32': 4, 'u32': 4, 'f32': 4, 's64': 8, 'u64': 8,
                 'f64': 8}
-_ARRAY = re.compile(r'\b(pred|[suf]\d+|bf16|f8e4m3fn|f8e5m2)\[([\d,]*)\]')
+_ARRAY = re.compile(r'\b(pred|[suf]\d+|bf16|f8e4m3fn|f8e5m2)\[([\d,]*)\](\{[^}]*\})?')
 _INSTRUCTION = re.compile(r'^\s*(?:ROOT )?%([\w.-]+) = (.*?) ([a-z][\w-]*)\((.*?)\)(?:,|$)')
 # What moves no bytes of its own (views, tuples, the ends of async pairs).
 _NO_BYTES = {'parameter', 'get-tuple-element', 'tuple', 'bitcast', 'constant', 'copy-done',
              'slice-done', 'after-all', 'opt-barrier', 'all-reduce-done', 'all-gather-done',
              'collective-permute-done'}
+_ASYNC_MOVES = ('copy-start', 'slice-start')  # shape ((source), destination, context)
 
 
-def array_bytes(shape: str) -> int:
-  """Bytes of every array in an HLO shape ('f32[8,128]{1,0}', or a tuple of them)."""
-  total = 0
-  for dtype, dims in _ARRAY.findall(shape):
+def _arrays(shape: str) -> list[tuple[int, int]]:
+  """(bytes, memory space) of every array in an HLO shape ('f32[8,128]{1,0:S(1)}', or a
+  tuple of them). Space 0 is HBM; a layout's S(n), n > 0, is on-chip memory (on v5e the
+  128 MiB VMEM, where the compiler prefetches operands: memory-space assignment)."""
+  out = []
+  for dtype, dims, layout in _ARRAY.findall(shape):
     elements = 1
     for d in filter(None, dims.split(',')):
       elements *= int(d)
-    total += elements * _DTYPE_BYTES.get(dtype, 4)
-  return total
+    space = re.search(r'S\((\d+)\)', layout)
+    out.append((elements * _DTYPE_BYTES.get(dtype, 4), int(space.group(1)) if space else 0))
+  return out
 
 
-def breakdown(hlo_text: str, top: int = 15) -> dict:
-  """Where the compiled step's bytes go: each top-level instruction of the entry
-  computation (fusions, copies, collectives) counted as its operands' plus its output's
-  bytes (an async copy or slice: its destination, once), with the JAX operation that
-  made it (`op_name`) and the TPU compiler's own cycle estimate. A ranking aid: XLA's
-  `bytes accessed` (the report's total) counts a fusion's operands by what it reads."""
+def array_bytes(shape: str) -> int:
+  """Bytes of every array in an HLO shape, in any memory space."""
+  return sum(size for size, _ in _arrays(shape))
+
+
+def _entry(hlo_text: str) -> str:
   entry = hlo_text[hlo_text.index('\nENTRY'):]
-  entry = entry[:entry.index('\n}')]
-  shapes, rows = {}, []
-  for line in entry.splitlines()[1:]:
+  return entry[:entry.index('\n}')]
+
+
+def _entry_instructions(hlo_text: str):
+  """Each top-level instruction of the entry computation that moves bytes, as a dict:
+  name, opcode, op_name, estimated_cycles, and the (bytes, space) arrays it reads and
+  writes (an async copy or slice reads its destination's size from its source)."""
+  shapes = {}
+  for line in _entry(hlo_text).splitlines()[1:]:
     m = _INSTRUCTION.match(line)
     if not m:
       continue
@@ -144,29 +157,62 @@ def breakdown(hlo_text: str, top: int = 15) -> dict:
     if opcode in _NO_BYTES:
       continue
     operands = re.findall(r'%([\w.-]+)', args)
+    if opcode in _ASYNC_MOVES:
+      _, source = _arrays(shapes[operands[0]])[0]
+      size, destination = _arrays(shape)[1]
+      reads, writes = [(size, source)], [(size, destination)]
+    else:
+      reads = [a for o in operands for a in _arrays(shapes.get(o, ''))]
+      writes = _arrays(shape)
     op_name = re.search(r'op_name="([^"]*)"', line)
     cycles = re.search(r'"estimated_cycles":"(\d+)"', line)
-    rows.append(dict(name=name, opcode=opcode, shape=re.sub(r'\{[^}]*\}', '', shape)[:120],
-                     op_name=op_name.group(1) if op_name else '',
-                     estimated_cycles=int(cycles.group(1)) if cycles else 0,
-                     operands=operands))
-  for row in rows:
-    operands = row.pop('operands')
-    if row['opcode'] in ('copy-start', 'slice-start'):  # ((source), destination, context)
-      dtype, dims = _ARRAY.findall(shapes[row['name']])[1]
-      row['bytes'] = array_bytes(f'{dtype}[{dims}]')
-    else:
-      row['bytes'] = (array_bytes(shapes[row['name']])
-                      + sum(array_bytes(shapes.get(o, '')) for o in operands))
-  by_operation = {}
+    yield dict(name=name, opcode=opcode, shape=re.sub(r'\{[^}]*\}', '', shape)[:120],
+               op_name=op_name.group(1) if op_name else '',
+               estimated_cycles=int(cycles.group(1)) if cycles else 0,
+               reads=reads, writes=writes)
+
+
+def traffic(hlo_text: str) -> dict | None:
+  """HBM bytes and the compiler's cycle estimate of the compiled step's entry computation.
+  XLA's `bytes accessed` counts every operand and output wherever it lives; here an array
+  the compiler placed in on-chip memory (S(1)) costs no HBM traffic, and a prefetch into it
+  costs one HBM read. None when the entry loops (gradient accumulation): a loop body's
+  instructions are not in the entry, and XLA's own total is the figure to use."""
+  if re.search(r' while\(', _entry(hlo_text)):
+    return None
+  hbm = on_chip = cycles = 0
+  for ins in _entry_instructions(hlo_text):
+    cycles += ins['estimated_cycles']
+    for size, space in ins['reads'] + ins['writes']:
+      hbm, on_chip = (hbm + size, on_chip) if space == 0 else (hbm, on_chip + size)
+  return {'hbm_bytes': hbm, 'on_chip_bytes': on_chip, 'estimated_cycles': cycles}
+
+
+def breakdown(hlo_text: str, top: int = 15) -> dict:
+  """Where the compiled step's bytes go: each top-level instruction of the entry
+  computation (fusions, copies, collectives) counted as its operands' plus its output's
+  bytes in any memory space (an async copy or slice: its destination, once), with the JAX
+  operation that made it (`op_name`) and the TPU compiler's own cycle estimate. A ranking
+  aid: XLA's `bytes accessed` (the report's total) counts a fusion's operands by what it
+  reads."""
+  rows = []
+  for ins in _entry_instructions(hlo_text):
+    moved = ins.pop('writes') + ([] if ins['opcode'] in _ASYNC_MOVES else ins['reads'])
+    del ins['reads']
+    rows.append({**ins, 'bytes': sum(size for size, _ in moved)})
+  by_operation, cycles = {}, {}
   for row in rows:
     key = _operation(row['op_name']) or row['opcode']
     by_operation[key] = by_operation.get(key, 0) + row['bytes']
+    cycles[key] = cycles.get(key, 0) + row['estimated_cycles']
   ranked = sorted(by_operation.items(), key=lambda kv: -kv[1])
   return {'instructions': len(rows), 'bytes_counted': sum(r['bytes'] for r in rows),
           'top_by_bytes': sorted(rows, key=lambda r: -r['bytes'])[:top],
           'top_by_estimated_cycles': sorted(rows, key=lambda r: -r['estimated_cycles'])[:top],
-          'by_operation': [{'operation': k, 'bytes': v} for k, v in ranked[:top]]}
+          'by_operation': [{'operation': k, 'bytes': v, 'estimated_cycles': cycles[k]}
+                           for k, v in ranked[:top]],
+          'by_operation_cycles': [{'operation': k, 'estimated_cycles': v} for k, v in sorted(
+              cycles.items(), key=lambda kv: -kv[1])[:top]]}
 
 
 def _operation(op_name: str) -> str:
@@ -205,9 +251,19 @@ def report(config, topology: str, with_decode: bool = True,
   analytic = train_flops(config.model, config.data.batch_size, config.data.max_len,
                          config.data.max_len)
   bytes_accessed = float(cost.get('bytes accessed', 0.0))
-  step_s = max(compiled_flops / chip['peak_flops'], bytes_accessed / chip['hbm_bandwidth'])
   fits = per_chip['total'] <= chip['hbm']
   tokens_per_chip = config.data.batch_size * config.data.max_len / len(devices)
+  hlo_text = compiled.as_text()
+  moved = traffic(hlo_text)
+
+  def estimate(note, step_s):
+    return {'note': note, 'step_s': step_s,
+            'mfu': analytic / (len(devices) * chip['peak_flops'] * step_s),
+            'target_tokens_per_s': config.data.batch_size * config.data.max_len / step_s}
+
+  def roofline(bytes_per_chip):  # the slower of the FLOPs at peak and the bytes at bandwidth
+    return max(compiled_flops / chip['peak_flops'], bytes_per_chip / chip['hbm_bandwidth'])
+
   result = {
       'topology': topology, 'chips': len(devices), 'mesh': dict(setup.mesh.shape),
       'per_chip_batch_rows': config.data.batch_size / len(devices),
@@ -220,14 +276,27 @@ def report(config, topology: str, with_decode: bool = True,
       'bytes_accessed_per_chip': bytes_accessed,
       'bytes_accessed_per_target_token': bytes_accessed / tokens_per_chip,
       'flops_per_target_token': compiled_flops / tokens_per_chip,
-      'collectives': collectives(compiled.as_text()),
-      'roofline_estimate': {
-          'note': 'ESTIMATE from published peak FLOP/s and HBM bandwidth, not a measurement',
-          'step_s': step_s, 'mfu': analytic / (len(devices) * chip['peak_flops'] * step_s),
-          'target_tokens_per_s': config.data.batch_size * config.data.max_len / step_s},
+      'collectives': collectives(hlo_text),
+      'roofline_estimate': estimate(
+          'ESTIMATE from published peak FLOP/s and HBM bandwidth with XLA\'s bytes accessed '
+          '(which counts on-chip operands too), not a measurement', roofline(bytes_accessed)),
   }
+  if moved:
+    result.update({
+        'hbm_bytes_per_chip': moved['hbm_bytes'],
+        'hbm_bytes_per_target_token': moved['hbm_bytes'] / tokens_per_chip,
+        'roofline_estimate_hbm': estimate(
+            'ESTIMATE as roofline_estimate with only the bytes that live in HBM '
+            '(topology.traffic): an upper bound on speed, not a measurement',
+            roofline(moved['hbm_bytes'])),
+        'compiler_estimate': {'estimated_cycles': moved['estimated_cycles']}})
+    if chip.get('clock_hz'):
+      result['compiler_estimate'].update(estimate(
+          "ESTIMATE: the sum of the TPU compiler's per-instruction cycle estimates at the "
+          'clock the peak implies (collectives and async copies count 0), not a measurement',
+          moved['estimated_cycles'] / chip['clock_hz']))
   if with_breakdown:
-    result['breakdown'] = breakdown(compiled.as_text())
+    result['breakdown'] = breakdown(hlo_text)
   if with_decode:
     decode_memory = _memory(compile_decode(setup, config.train.eval_batch_size,
                                            config.data.max_len))

@@ -2,8 +2,8 @@
 
 Pure data parallelism over the 8 chips, bf16 compute with fp32 parameters, packed rows
 of 128 tokens: 256 x 128 = 32,768 source and as many target token slots per step, a
-little above the paper's ~25,000. `aot --topology=v5e:2x4` says it fits (3.0 GiB per
-chip of 16) and estimates its roofline.
+little above the paper's ~25,000. `aot --topology=v5e:2x4` says it fits (1.95 GiB per
+chip of 16) and estimates its speed (docs/tpu.md).
 """
 import os
 

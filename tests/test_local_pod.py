@@ -32,14 +32,17 @@ def run(repo, tmp_path, command, processes, devices=4):
 
 
 @pytest.mark.parametrize('variant', [[], ['--config.train.rdrop_alpha=2',
-                                            '--config.model.matmul_dtype=bfloat16']],
-                         ids=['plain', 'rdrop_bf16'])
+                                            '--config.model.matmul_dtype=bfloat16',
+                                            '--config.mesh.shard_update=True']],
+                         ids=['plain', 'rdrop_bf16_shard_update'])
 def test_two_processes_match_one(repo, synthetic, tmp_path, variant):
   """Distinct sentences: the global batches do not depend on the number of processes, so
   2 processes x 4 devices train as 1 x 8; the data position is saved once. R-Drop's two
   dropout passes hash global row indices, so they too match; a CPU that emulates bf16
-  products is warned about once, by process 0. Both runs end at step 6 by a FLOPs budget
-  (train.budget_flops), which counts the same on any number of processes."""
+  products is warned about once, by process 0; Adam's state split over the 8 data
+  replicas (mesh.shard_update) is gathered across the processes. Both runs end at step 6
+  by a FLOPs budget (train.budget_flops), which counts the same on any number of
+  processes."""
   from transformer_jax import config as config_lib
   from transformer_jax import costs
   tiny = config_lib.load(str(repo / 'configs' / 'tiny.py'))

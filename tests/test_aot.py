@@ -1,10 +1,11 @@
 """`aot` compiles the real train step for TPU topologies on this CPU host (libtpu comes
 with the test extra) and reports memory, FLOPs and collectives; too big is an error."""
 import json
+import re
 
 import pytest
 
-from transformer_jax import aot
+from transformer_jax import aot, topology
 from transformer_jax import config as config_lib
 from transformer_jax.costs import train_flops
 
@@ -51,6 +52,23 @@ def test_compiles_for_tpu_topologies_and_counts_flops_like_info(command_process,
   assert (compiler['step_s'] > 0) if topology.startswith('v5e') else 'step_s' not in compiler
   decode = report['decode']  # beam search compiled for the same chips
   assert decode['fits'] and decode['memory_per_chip_bytes']['total'] > 0
+
+
+@pytest.mark.slow
+def test_the_loss_gradient_keeps_its_tokens_on_their_devices_under_fsdp(repo):
+  """The output layer's backward pass with `fsdp`: each device reduces its own tokens'
+  share of the kernel's gradient. Left to itself, XLA's TPU partitioner all-gathered the
+  logits' gradient over the fsdp group instead ([tokens of the group, V]: in the big
+  preset 606 MB per chip, many times: docs/tpu.md)."""
+  config = config_lib.load(str(repo / 'configs' / 'tiny.py'))
+  config.model.update(d_model=256, d_ff=1024, vocab_size=512, num_heads=4)
+  config.data.update(batch_size=16, max_len=32)
+  config.mesh.update(dict(data=2, fsdp=2, tensor=1))
+  compiled, _ = topology.compile_train_step(config, topology.topology_devices('v5e:2x2'))
+  gathered = set(re.findall(r'= (\w+\[[\d,]+\])\S* all-gather', compiled.as_text()))
+  group_tokens = 2 * 16 * 32 // 4  # the fsdp group's 2 devices' tokens
+  assert 'bf16[512,256]' in gathered  # the embedding table is gathered, as FSDP does
+  assert f'bf16[{group_tokens},512]' not in gathered
 
 
 @pytest.mark.slow

@@ -45,13 +45,14 @@ def _terms(logits, targets, label_smoothing):
   return loss, nll, (target_logit >= top).astype(jnp.float32), lse
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
 def projected_cross_entropy(x: jax.Array, kernel: jax.Array, targets: jax.Array,
                             label_smoothing: float, layout: str = 'dv',
-                            matmul_dtype: str | None = None):
+                            matmul_dtype: str | None = None, shardings=None):
   """`cross_entropy(x @ kernel)` for hidden states x [N, D] and the pre-softmax kernel
   ([D, V] for layout 'dv', [V, D] for 'vd'), with a gradient that touches the [N, V]
-  logits once. Products take operands in `matmul_dtype` when given (precision.py)."""
+  logits once. Products take operands in `matmul_dtype` when given (precision.py).
+  `shardings` (sharding.token_shardings) keeps the gradient's tokens where they are."""
   return cross_entropy(output_logits(x, kernel, layout, matmul_dtype), targets, label_smoothing)
 
 
@@ -66,18 +67,20 @@ def _product(x, kernel, layout, matmul_dtype):
   return precision.einsum(f'nd,{layout}->nv', x, kernel, matmul_dtype)
 
 
-def _forward(x, kernel, targets, label_smoothing, layout, matmul_dtype):
+def _forward(x, kernel, targets, label_smoothing, layout, matmul_dtype, shardings):
+  del shardings
   logits = _product(x, kernel, layout, matmul_dtype)
   *outputs, lse = _terms(logits, targets, label_smoothing)
   return tuple(outputs), (x, kernel, targets, logits, lse)
 
 
-def _backward(label_smoothing, layout, matmul_dtype, residuals, cotangents):
+def _backward(label_smoothing, layout, matmul_dtype, shardings, residuals, cotangents):
   x, kernel, targets, logits, lse = residuals
   logits = logits.astype(jnp.float32)
   g_loss, g_nll, _ = cotangents
   d_logits = _cross_entropy_grad(logits, lse, targets, g_loss, g_nll, label_smoothing)
-  return (*_project_back(x, kernel, d_logits.astype(x.dtype), layout, matmul_dtype), None)
+  return (*_project_back(x, kernel, d_logits.astype(x.dtype), layout, matmul_dtype,
+                         shardings), None)
 
 
 def _cross_entropy_grad(logits, lse, targets, g_loss, g_nll, label_smoothing):
@@ -89,8 +92,16 @@ def _cross_entropy_grad(logits, lse, targets, g_loss, g_nll, label_smoothing):
           - (label_smoothing / vocab) * g_loss[..., None])
 
 
-def _project_back(x, kernel, d_logits, layout, matmul_dtype):
-  """(d x, d kernel) of logits = x @ kernel, in the layout the kernel is stored in."""
+def _project_back(x, kernel, d_logits, layout, matmul_dtype, shardings=None):
+  """(d x, d kernel) of logits = x @ kernel, in the layout the kernel is stored in.
+
+  With `shardings` (hidden states', logits'), x and d_logits stay split by token as the
+  batch is: each device then sums its own tokens' share of d kernel and the shares are
+  reduced. Left to itself XLA's partitioner all-gathered d_logits over `fsdp` instead
+  (606 MB per chip, dozens of times, in the big TPU preset: docs/tpu.md)."""
+  if shardings:
+    x = jax.lax.with_sharding_constraint(x, shardings[0])
+    d_logits = jax.lax.with_sharding_constraint(d_logits, shardings[1])
   d_x = precision.einsum(f'nv,{layout}->nd', d_logits, kernel, matmul_dtype)
   d_kernel = precision.einsum(f'nd,nv->{layout}', x, d_logits, matmul_dtype)
   return d_x, d_kernel
@@ -99,10 +110,10 @@ def _project_back(x, kernel, d_logits, layout, matmul_dtype):
 projected_cross_entropy.defvjp(_forward, _backward)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
 def projected_rdrop(x: jax.Array, kernel: jax.Array, targets: jax.Array,
                     label_smoothing: float, layout: str = 'dv',
-                    matmul_dtype: str | None = None):
+                    matmul_dtype: str | None = None, shardings=None):
   """R-Drop's terms fused with the pre-softmax linear. x [B, 2, T, D] holds each row's two
   dropout passes on axis 1, targets [B, 2, T]. Returns `projected_cross_entropy`'s (loss,
   nll, correct) per token [B, 2, T] and the symmetric KL between the passes' distributions
@@ -112,10 +123,12 @@ def projected_rdrop(x: jax.Array, kernel: jax.Array, targets: jax.Array,
   with d = log p1 - log p2, d KL / d z1 = p1 (d - E_p1[d]) + p1 - p2 (and z2's by symmetry).
   Autodiff of the KL on separately projected logits cost a second output projection, its
   backward, and several [tokens, vocab] arrays: R-Drop's step was 2.2-3.3x a plain one."""
-  return _rdrop_forward(x, kernel, targets, label_smoothing, layout, matmul_dtype)[0]
+  return _rdrop_forward(x, kernel, targets, label_smoothing, layout, matmul_dtype,
+                        shardings)[0]
 
 
-def _rdrop_forward(x, kernel, targets, label_smoothing, layout, matmul_dtype):
+def _rdrop_forward(x, kernel, targets, label_smoothing, layout, matmul_dtype, shardings):
+  del shardings
   logits = _product(x.reshape(-1, x.shape[-1]), kernel, layout, matmul_dtype)
   logits = logits.reshape(*x.shape[:-1], -1)
   *outputs, lse = _terms(logits, targets, label_smoothing)
@@ -124,7 +137,7 @@ def _rdrop_forward(x, kernel, targets, label_smoothing, layout, matmul_dtype):
   return (*outputs, kl), (x, kernel, targets, logits, lse)
 
 
-def _rdrop_backward(label_smoothing, layout, matmul_dtype, residuals, cotangents):
+def _rdrop_backward(label_smoothing, layout, matmul_dtype, shardings, residuals, cotangents):
   x, kernel, targets, logits, lse = residuals
   logits = logits.astype(jnp.float32)
   g_loss, g_nll, _, g_kl = cotangents
@@ -137,7 +150,7 @@ def _rdrop_backward(label_smoothing, layout, matmul_dtype, residuals, cotangents
               + g_kl[:, None, :, None] * d_kl)
   d_x, d_kernel = _project_back(x.reshape(-1, x.shape[-1]), kernel,
                                 d_logits.reshape(-1, logits.shape[-1]).astype(x.dtype),
-                                layout, matmul_dtype)
+                                layout, matmul_dtype, shardings)
   return d_x.reshape(x.shape), d_kernel, None
 
 

@@ -99,6 +99,13 @@ def named(mesh: Mesh, specs):
                       is_leaf=lambda x: isinstance(x, P))
 
 
+def token_shardings(mesh: Mesh) -> tuple[NamedSharding, NamedSharding]:
+  """Hidden states [tokens, D] and logits [tokens, V] with the batch's rows flattened to
+  tokens: split as the batch is, V as the rules split the vocabulary (loss.py)."""
+  return (NamedSharding(mesh, P(BATCH_AXES, None)),
+          NamedSharding(mesh, P(BATCH_AXES, RULES[model_lib.VOCAB])))
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
   """Batches [rows, length] split over every batch axis of the mesh."""
   return NamedSharding(mesh, P(BATCH_AXES, None))

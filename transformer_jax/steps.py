@@ -36,22 +36,24 @@ def model_inputs(batch: dict) -> dict:
               target_segments=batch['target_segment_ids'])
 
 
-def token_sums(model: Transformer, batch: dict, label_smoothing: float, rngs=None) -> dict:
-  """Sums over the batch's non-padding target tokens: loss, nll, correct, tokens."""
+def token_sums(model: Transformer, batch: dict, label_smoothing: float, rngs=None,
+               shardings=None) -> dict:
+  """Sums over the batch's non-padding target tokens: loss, nll, correct, tokens.
+  `shardings`: sharding.token_shardings of the mesh, for the loss's backward pass."""
   decoder_input = shift_right(batch['target'], batch['target_segment_ids'])
   states = model(batch['source'], decoder_input, rngs=rngs, logits=False, **model_inputs(batch))
   targets = batch['target'].reshape(-1)
   kernel, layout = model.output_kernel()
   loss, nll, correct = loss_lib.projected_cross_entropy(
       states.reshape(targets.shape[0], -1), kernel, targets, label_smoothing, layout,
-      model.matmul_dtype)
+      model.matmul_dtype, shardings)
   weights = (targets != PAD_ID).astype(jnp.float32)
   return {'loss': jnp.sum(loss * weights), 'nll': jnp.sum(nll * weights),
           'correct': jnp.sum(correct * weights), 'tokens': jnp.sum(weights)}
 
 
 def rdrop_sums(model: Transformer, batch: dict, label_smoothing: float, alpha: float,
-               rngs) -> dict:
+               rngs, shardings=None) -> dict:
   """R-Drop (Liang et al., 2021): the batch through the model twice, with independent
   dropout masks (one pass over the batch with every row twice: each row's masks hash its
   own index), and a consistency term between the two output distributions P1, P2. Per token,
@@ -67,7 +69,8 @@ def rdrop_sums(model: Transformer, batch: dict, label_smoothing: float, alpha: f
   targets = twice['target'].reshape(pairs)
   kernel, layout = model.output_kernel()
   loss, nll, correct, kl = loss_lib.projected_rdrop(
-      states.reshape(*pairs, -1), kernel, targets, label_smoothing, layout, model.matmul_dtype)
+      states.reshape(*pairs, -1), kernel, targets, label_smoothing, layout, model.matmul_dtype,
+      shardings)
   weights = (targets != PAD_ID).astype(jnp.float32)
   once = (batch['target'] != PAD_ID).astype(jnp.float32)
   mean_of_passes = lambda x: 0.5 * jnp.sum(x * weights)  # noqa: E731
@@ -167,8 +170,10 @@ def train_step(setup: Setup, state: TrainState, batch: dict) -> tuple[TrainState
       params = jax.lax.with_sharding_constraint(params, setup.state_shardings.params)
       model = nnx.merge(setup.graphdef, params)
       rngs = nnx.Rngs(dropout=jax.random.fold_in(rng, index))
-      sums = (rdrop_sums(model, micro_batch, t.label_smoothing, t.rdrop_alpha, rngs)
-              if t.rdrop_alpha else token_sums(model, micro_batch, t.label_smoothing, rngs))
+      tokens = sharding.token_shardings(setup.mesh)
+      sums = (rdrop_sums(model, micro_batch, t.label_smoothing, t.rdrop_alpha, rngs, tokens)
+              if t.rdrop_alpha else
+              token_sums(model, micro_batch, t.label_smoothing, rngs, tokens))
       return sums['loss'], sums
     grads, sums = jax.grad(loss, has_aux=True)(state.params)
     return jax.tree.map(jnp.add, grads_and_sums, (grads, sums)), None

@@ -76,9 +76,9 @@ def update_specs(param_specs, shapes, mesh: Mesh):
   Update in Data-Parallel Training"): each parameter's spec with `data` added to its
   largest dimension that still divides evenly. Adam's moments and the update take these
   specs, so each of the `data` replicas reads and writes 1/data of the optimizer's state
-  per step; the gradients are reduce-scattered instead of all-reduced and the new
-  parameters all-gathered (the same bytes over the network as one all-reduce). A
-  parameter with no such dimension keeps its spec."""
+  per step, and the new parameters are all-gathered (on the TPU program of
+  configs/tpu_v5e_8_base.py the gradients stay one all-reduce). A parameter with no such
+  dimension keeps its spec."""
   data = mesh.shape['data']
 
   def spec(p: P, shape) -> P:

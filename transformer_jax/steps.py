@@ -100,7 +100,7 @@ class Setup:
   tx: optax.GradientTransformation
   state_shardings: TrainState
   abstract_state: TrainState  # shapes + shardings, the target for restoring
-  update_shardings: Any  # of gradients and the update: the moments' (mesh.shard_update)
+  update_shardings: Any  # of Adam's update: the moments' (split over data: mesh.shard_update)
 
 
 def build(config: ConfigDict, mesh) -> Setup:

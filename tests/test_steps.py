@@ -57,15 +57,18 @@ def test_sharded_step_equals_single_device_step(tiny_config, fake_batch):
   assert mu.sharding.spec == w1.sharding.spec  # Adam moments follow their parameter
 
 
+@pytest.mark.parametrize('mesh_sizes, accum', [((4, 2, 1), 1), ((2, 2, 2), 2)],
+                         ids=['data_fsdp', 'all_axes_accumulated'])
 def test_weight_update_sharding_splits_adams_state_and_equals_the_replicated_update(
-    tiny_config, fake_batch):
-  """mesh.shard_update: Adam's moments split over `data` (on top of fsdp), parameters
-  placed as the rules say; three steps equal the same mesh's replicated update."""
-  config = tiny_config()
+    tiny_config, fake_batch, mesh_sizes, accum):
+  """mesh.shard_update: Adam's moments split over `data` (on top of fsdp and tensor),
+  parameters placed as the rules say; three steps equal the same mesh's replicated
+  update, with and without gradient accumulation."""
+  config = tiny_config(grad_accum_steps=accum)
   config.train.adam_eps = NOISE_EPS
-  _, replicated, m1 = steps_on((4, 2, 1), config, fake_batch, n=3)
+  _, replicated, m1 = steps_on(mesh_sizes, config, fake_batch, n=3)
   config.mesh.shard_update = True
-  _, split, m2 = steps_on((4, 2, 1), config, fake_batch, n=3)
+  _, split, m2 = steps_on(mesh_sizes, config, fake_batch, n=3)
   np.testing.assert_allclose(float(m1['loss']), float(m2['loss']), rtol=1e-5)
   np.testing.assert_allclose(float(m1['grad_norm']), float(m2['grad_norm']), rtol=1e-5)
   for a, b in zip(jax.tree.leaves(replicated), jax.tree.leaves(split), strict=True):

@@ -100,7 +100,6 @@ class Setup:
   tx: optax.GradientTransformation
   state_shardings: TrainState
   abstract_state: TrainState  # shapes + shardings, the target for restoring
-  update_shardings: Any  # of Adam's update: the moments' (split over data: mesh.shard_update)
 
 
 def build(config: ConfigDict, mesh) -> Setup:
@@ -109,21 +108,22 @@ def build(config: ConfigDict, mesh) -> Setup:
   replicated = NamedSharding(mesh, P())
   param_specs = nnx.to_pure_dict(sharding.state_specs(abstract_params))
   params_shape = nnx.to_pure_dict(abstract_params)
-  update_specs = (sharding.update_specs(param_specs, params_shape, mesh)
+  moment_specs = (sharding.update_specs(param_specs, params_shape, mesh)
                   if config.mesh.shard_update else param_specs)
   param_shardings = sharding.named(mesh, param_specs)
-  update_shardings = sharding.named(mesh, update_specs)
   tx = optim.make_optimizer(config)
   opt_shape = jax.eval_shape(tx.init, params_shape)
-  # Optimizer moments mirror the parameters (split over `data` too with mesh.shard_update).
-  opt_shardings = optax.tree_map_params(tx, lambda _, s: s, opt_shape, update_shardings,
+  # Optimizer moments mirror the parameters (split over `data` too with mesh.shard_update:
+  # XLA then computes each device's slice of the update from its slice of the moments).
+  opt_shardings = optax.tree_map_params(tx, lambda _, s: s, opt_shape,
+                                        sharding.named(mesh, moment_specs),
                                         transform_non_params=lambda _: replicated)
   state_shardings = TrainState(step=replicated, params=param_shardings,
                                opt_state=opt_shardings, rng=replicated)
   abstract = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=params_shape,
                         opt_state=opt_shape, rng=jax.ShapeDtypeStruct((2,), jnp.uint32))
   abstract = sharding.abstract_with_shardings(abstract, state_shardings)
-  return Setup(config, mesh, graphdef, tx, state_shardings, abstract, update_shardings)
+  return Setup(config, mesh, graphdef, tx, state_shardings, abstract)
 
 
 def initializer(setup: Setup):
@@ -188,8 +188,6 @@ def train_step(setup: Setup, state: TrainState, batch: dict) -> tuple[TrainState
                                     (jnp.arange(t.grad_accum_steps), micro))
   grads = jax.tree.map(lambda g: g / jnp.maximum(sums['tokens'], 1.0), grads)
   updates, opt_state = setup.tx.update(grads, state.opt_state, state.params)
-  # Each device computes the update of the slice its moments hold (mesh.shard_update).
-  updates = jax.lax.with_sharding_constraint(updates, setup.update_shardings)
   params = optax.apply_updates(state.params, updates)
   grad_norm = optax.tree.norm(grads)
   finite = jnp.isfinite(sums['loss']) & jnp.isfinite(grad_norm)

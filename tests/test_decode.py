@@ -254,3 +254,15 @@ def test_no_translation_is_empty_even_where_the_model_would_end_at_once():
                  decode.sample(model, source, max_len=12)[0]):
     tokens = np.asarray(tokens)
     assert (tokens[:, 0] != EOS_ID).all() and (tokens[:, 1] == EOS_ID).all()
+
+
+def test_a_length_limit_of_one_gives_the_end_of_sentence_and_a_real_score():
+  """Where a sentence's limit leaves room for nothing but the end of sentence, the
+  first-token ban yields: the empty translation, scored, not a failed search."""
+  model = Transformer(model_config(), rngs=nnx.Rngs(0))
+  source = sources(0, rows=2)
+  tokens, scores = decode.beam_search(model, source, beam_size=2, max_len=1)
+  assert (np.asarray(tokens)[:, 0] == EOS_ID).all() and np.isfinite(scores).all()
+  assert (np.asarray(scores) > decode.NEG_INF / 2).all()
+  sampled, _ = decode.sample(model, source, max_len=1)
+  assert (np.asarray(sampled)[:, 0] == EOS_ID).all()

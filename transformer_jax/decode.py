@@ -116,18 +116,19 @@ def _prepare_all(model, source: jax.Array, copies: int, max_len: int):
   return (tuple(p[0] for p in prepared), prepared[0][1], tuple(p[2] for p in prepared))
 
 
-def _next_logp(model, tokens, t, caches, cross_kvs, source_segments, eos_id: int):
+def _next_logp(model, tokens, t, caches, cross_kvs, source_segments, limits, eos_id: int):
   """(log p(next token) [B, V], the caches one step longer). For an ensemble, the log of
   the mean of the models' probabilities (as fairseq ensembles). What cannot be produced
   gets no probability, so the distribution is over the tokens that can be (as
   CTranslate2, which an export must match): padding never, and the end of sentence not
-  as the first token, so that no translation is empty (fairseq's min_len=1 too)."""
+  as the first token, so that no translation is empty (fairseq's min_len=1 too), unless
+  the sentence's length limit (`limits` [B]) allows nothing else."""
   steps = [m.decode_step(tokens, t, cache, kv, source_segments)
            for m, cache, kv in zip(_members(model), caches, cross_kvs, strict=True)]
   vocab = jnp.arange(_members(model)[0].vocab_size)
   banned = vocab == PAD_ID
   if eos_id >= 0:
-    banned = banned | ((t == 0) & (vocab == eos_id))
+    banned = banned | ((t == 0) & (limits[:, None] > 1) & (vocab == eos_id))
   steps = [(jnp.where(banned, NEG_INF, logits), cache) for logits, cache in steps]
   caches = tuple(cache for _, cache in steps)
   if len(steps) == 1:
@@ -211,9 +212,10 @@ def beam_search(model: Transformer | Ensemble, source: jax.Array, *, beam_size: 
 
   def body(s):
     t = s['step']
+    beam_limits = jnp.repeat(limits, beam_size)
     logp, cache = _next_logp(model, s['tokens'], t, s['cache'], cross_kv, source_segments,
-                             eos_id)
-    logp = _allowed_logp(logp, t, jnp.repeat(limits, beam_size), eos_id)
+                             beam_limits, eos_id)
+    logp = _allowed_logp(logp, t, beam_limits, eos_id)
     vocab = logp.shape[-1]
     candidates = s['live_logp'][:, :, None] + logp.reshape(batch, beam_size, vocab)
     top_logp, top_ids = _top_k(candidates.reshape(batch, -1), beam_size)
@@ -263,7 +265,7 @@ def sample(model: Transformer | Ensemble, source: jax.Array, key: jax.Array | No
   def body(s):
     t = s['step']
     logp, cache = _next_logp(model, s['tokens'], t, s['cache'], cross_kv, source_segments,
-                             eos_id)
+                             limits, eos_id)
     logp = _allowed_logp(logp, t, limits, eos_id)
     if top_k:
       kth = jax.lax.top_k(logp, top_k)[0][:, -1:]

@@ -171,23 +171,31 @@ def train(a) -> None:
   ship = f'gcloud storage cp -q {TRAIN_LOG} {log} > /dev/null 2>&1'
   script = (f'{fetch_dataset(a)} && cd {REMOTE_DIR} && '
             f'{VENV}/bin/python -m transformer_jax.train {command_flags(a)}')
-  wrapper = (f'echo $$ > {TRAIN_PID}; rm -f {TRAIN_EXIT}; '
-             f'(while sleep 60 && kill -0 $$ 2> /dev/null; do {ship}; done) & shipper=$!; '
-             f'({script}) >> {TRAIN_LOG} 2>&1; code=$?; '
-             # A newer run may have started meanwhile (this one's last process outlived
-             # done.json): only the current run's wrapper reports an exit.
-             f'if [ "$(cat {TRAIN_PID})" = "$$" ]; then echo $code > {TRAIN_EXIT}; fi; '
-             f'kill $shipper; {ship}')
-  ssh(a, f'rm -f {TRAIN_EXIT}; setsid nohup bash -c {shlex.quote(wrapper)} '
+  ssh(a, f'rm -f {TRAIN_EXIT}; setsid nohup bash -c {shlex.quote(wrapper(script, ship))} '
          '> /dev/null 2>&1 < /dev/null &')
+
+
+def wrapper(script: str, ship: str) -> str:
+  """The shell that runs `script` on a worker: pid in train.pid, output in train.log
+  (`ship` copies it out every minute and at the end), exit status in train.exit."""
+  return (f'echo $$ > {TRAIN_PID}; rm -f {TRAIN_EXIT}; '
+          f'(while sleep 60 && kill -0 $$ 2> /dev/null; do {ship}; done) & shipper=$!; '
+          f'({script}) >> {TRAIN_LOG} 2>&1; code=$?; '
+          # A newer run may have started meanwhile (this one's last process outlived
+          # done.json): only the current run's wrapper reports an exit.
+          f'if [ "$(cat {TRAIN_PID})" = "$$" ]; then echo $code > {TRAIN_EXIT}; fi; '
+          f'kill $shipper; {ship}')
+
+
+# A worker's answer to `running`: its wrapper is alive and has not written an exit.
+RUNNING_CHECK = (f'if test ! -e {TRAIN_EXIT} && kill -0 "$(cat {TRAIN_PID} 2> /dev/null)" '
+                 '2> /dev/null; then echo TRAIN_RUNNING; else echo TRAIN_STOPPED; fi')
 
 
 def running(a) -> bool | None:
   """Whether training runs on every worker; None if that cannot be told now (ssh failed).
   Each worker answers for itself: its wrapper is alive and has not written an exit."""
-  check = (f'if test ! -e {TRAIN_EXIT} && kill -0 "$(cat {TRAIN_PID} 2> /dev/null)" '
-           '2> /dev/null; then echo TRAIN_RUNNING; else echo TRAIN_STOPPED; fi')
-  result = ssh_output(a, check)
+  result = ssh_output(a, RUNNING_CHECK)
   if result is None or a.dry_run:
     return None if result is None else True
   answers = result.split()

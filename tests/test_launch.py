@@ -1,8 +1,14 @@
-"""The TPU launcher's dry runs: the exact gcloud commands, single host and pod. What the
-commands do on (emulated) TPU VMs, `supervise` included: tests/test_fleet.py."""
+"""The TPU launcher's dry runs: the exact gcloud commands, single host and pod; the
+worker-side wrapper run by bash. What the commands do on (emulated) TPU VMs, `supervise`
+included: tests/test_fleet.py."""
+import pathlib
 import shlex
 import subprocess
 import sys
+import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / 'launch'))
+import tpu  # noqa: E402 (launch/tpu.py)
 
 
 def dry_run(repo, *args):
@@ -68,3 +74,24 @@ def test_a_workdir_on_local_disks_is_refused(repo):
                            '--zone=us-east5-a', '--type=v5litepod-32', '--workdir=/data/run'],
                           cwd=repo, capture_output=True, text=True, timeout=60)
   assert result.returncode != 0 and 'gs://' in result.stderr and not result.stdout
+
+
+def test_only_the_current_runs_wrapper_reports_an_exit(tmp_path):
+  """The wrapper and `running`'s check, run by bash in a worker's HOME: a run whose last
+  process outlives the start of the next one must not mark the next one stopped."""
+  env = {'HOME': str(tmp_path), 'PATH': '/usr/bin:/bin'}
+
+  def start(script):
+    return subprocess.Popen(['bash', '-c', tpu.wrapper(script, ship='true')], env=env)
+
+  def check():
+    return subprocess.run(['bash', '-c', tpu.RUNNING_CHECK], env=env, capture_output=True,
+                          text=True).stdout.strip()
+
+  old = start('sleep 2; exit 3')  # the old run's last process, still ending
+  time.sleep(0.5)
+  new = start('sleep 4')  # the next run, launched meanwhile
+  assert old.wait(timeout=30) == 0
+  assert not (tmp_path / 'train.exit').exists() and check() == 'TRAIN_RUNNING'
+  assert new.wait(timeout=30) == 0
+  assert (tmp_path / 'train.exit').read_text().strip() == '0' and check() == 'TRAIN_STOPPED'

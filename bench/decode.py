@@ -20,6 +20,11 @@ run at the fixed length (CTranslate2: min = max decoding length = the workload's
 `intra_threads` = the cores, `inter_threads=1`), the engines alternating within each
 repeat: sentences/s per engine and method, and each engine's ratio to ours.
 
+With `--workdir=DIR` (a trained workdir), the user's case instead: real sentences that end,
+ours against CTranslate2 at several batch sizes each (bench/decode_real.py). The modes
+above are the kernel yardstick: fixed lengths, one batch size.
+
+  python bench/decode.py --workdir=DIR [--quantization=float32,int8] [--repeats=3]
   python bench/decode.py [--repeats=5] [--matmul_dtype=bfloat16] [--ensemble=2]
                          [--engines=ours,ctranslate2 --quantization=float32,int8]
                          [--record=FILE]
@@ -47,6 +52,7 @@ import sys  # noqa: E402
 sys.path.insert(0, str(ROOT))
 from train_step import WORKLOAD, matmul_peak_meter, timed, workload_config  # noqa: E402  (one workload)
 from pod_rehearsal import emit  # noqa: E402
+import decode_real  # noqa: E402  (the real-sentence mode)
 
 # bench/workloads/README.md: the Flax WMT example's decoder on the reference machine.
 REFERENCE = dict(matmul_peak_flop_per_s=187e9, sentences_per_s=24.7)
@@ -67,7 +73,10 @@ def main():
   parser.add_argument('--quantization', default='float32',
                       help="CTranslate2's weights: float32, int8 or both (comma list)")
   parser.add_argument('--record', default='', help='also write the JSON here')
+  decode_real.add_arguments(parser)
   args = parser.parse_args()
+  if args.workdir:
+    return emit(decode_real.compare(args), args.record)
   if args.engines:
     return emit(compare_engines(args), args.record)
   cli.use_compilation_cache(args.compilation_cache)

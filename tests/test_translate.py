@@ -27,7 +27,7 @@ def test_stdin_in_order_with_empty_lines(command, briefly_trained):
   reverse = command(translate, f'--workdir={briefly_trained}', '--decode=greedy',
                     stdin=lines_of(SENTENCES[::-1]))
   assert reverse.out.split('\n')[:3] == lines[:3][::-1]
-  assert 'translated 2/2 sentences' in result.err
+  assert 'translated' not in result.err  # no progress lines when stdout is the output
 
 
 def test_output_limit_flag_and_its_old_name(command, briefly_trained, tmp_path):
@@ -38,7 +38,7 @@ def test_output_limit_flag_and_its_old_name(command, briefly_trained, tmp_path):
   for flag in ('--max_extra_len=2', '--max_len=2', '--max_extra_len=9'):
     out = tmp_path / f'out{len(outputs)}.txt'
     result = command(translate, f'--workdir={briefly_trained}', f'--input={tmp_path / "in.txt"}',
-                     f'--output={out}', '--decode=sample', '--seed=1', flag)
+                     f'--output={out}', '--decode=sample', '--seed=3', flag)
     assert result.code == 0, result.err
     outputs.append(out.read_text().strip())
   assert outputs[0] == outputs[1] and len(outputs[2]) > len(outputs[0])

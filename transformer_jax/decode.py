@@ -11,6 +11,7 @@ probabilities, and each model keeps its own cache.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -175,114 +176,226 @@ def _allowed_logp(logp, t, limits, eos_id: int):
   return jnp.where(at_limit & (vocab != eos_id), NEG_INF, logp)
 
 
-@_jit_over_split('beam_size', 'max_len', 'eos_id', 'n_best')
-def beam_search(model: Transformer | Ensemble, source: jax.Array, *, beam_size: int = 4,
-                alpha: float = 0.6, max_len: int = 256, max_extra_len=50,
-                eos_id: int = EOS_ID, n_best: int = 0):
-  """Best hypothesis per sentence: (tokens [B, max_len] ending in EOS then PAD, score [B]).
-  With `n_best` = n > 0 (at most `beam_size`): the n best finished ones, best first,
-  (tokens [B, n, max_len], scores [B, n]); a slot no hypothesis filled scores NEG_INF.
+def _has_source(source: jax.Array) -> jax.Array:
+  """[B] whether each row holds a sentence (a row of padding decodes nothing)."""
+  return jnp.any(source != PAD_ID, axis=-1)
+
+
+def line_keys(seed: int, numbers) -> jax.Array:
+  """Sampling's key data [B, 2] per sentence: from the seed and the sentence's line
+  number only, so batches, windows, resumes and process counts do not change a line's
+  sample."""
+  base = jax.random.key(seed)
+  return jax.vmap(lambda n: jax.random.key_data(jax.random.fold_in(base, n)))(
+      jnp.asarray(numbers, jnp.uint32))
+
+
+@dataclasses.dataclass(frozen=True)
+class BeamSearch:
+  """Section 6.1: beam search with width `beam_size` and the GNMT length penalty.
 
   Each step extends every live hypothesis by every token and keeps the k best; those
   that end (EOS) move to the finished pool, so the beam narrows as hypotheses end. Scores
-  are log p(Y|X) / length_penalty(|Y|). A sentence is done when no live hypothesis is
-  left or none can still beat its worst finished one; the loop ends when all are done.
-  With k = 1 this is exactly greedy decoding. `eos_id=-1` never ends a hypothesis
-  (benchmarks that decode a fixed number of steps).
+  are log p(Y|X) / length_penalty(|Y|). A sentence is done (`active` false) when no live
+  hypothesis is left or none can still beat its worst finished one, so steps after that
+  cannot change its result: a sentence's translation does not depend on the others in
+  its batch. With k = 1 this is exactly greedy decoding. `eos_id=-1` never ends a
+  hypothesis (benchmarks that decode a fixed number of steps). `n_best` = n > 0: the n
+  best finished hypotheses per sentence instead of the best one.
   """
-  batch = source.shape[0]
-  cross_kv, source_segments, cache = _prepare_all(model, source, beam_size, max_len)
-  limits = output_limits(source, max_len, max_extra_len)
-  state = dict(
-      step=jnp.array(0),
-      tokens=jnp.full((batch * beam_size,), PAD_ID, jnp.int32),  # BOS = PAD
-      cache=cache,
-      live_seqs=jnp.full((batch, beam_size, max_len), PAD_ID, jnp.int32),
-      live_logp=jnp.tile(jnp.array([0.0] + [NEG_INF] * (beam_size - 1)), (batch, 1)),
-      done_seqs=jnp.full((batch, beam_size, max_len), PAD_ID, jnp.int32),
-      done_scores=jnp.full((batch, beam_size), NEG_INF),
-  )
+  beam_size: int = 4
+  alpha: float = 0.6
+  max_len: int = 256
+  max_extra_len: int = 50
+  eos_id: int = EOS_ID
+  n_best: int = 0
 
-  def cond(s):
-    alive = s['live_logp'][:, 0] > NEG_INF / 2
+  def start(self, model, source: jax.Array, keys=None) -> dict:
+    del keys  # deterministic
+    batch, k = source.shape[0], self.beam_size
+    cross_kv, source_segments, cache = _prepare_all(model, source, k, self.max_len)
+    first = jnp.array([0.0] + [NEG_INF] * (k - 1))
+    return dict(
+        step=jnp.array(0), cache=cache, cross_kv=cross_kv, source_segments=source_segments,
+        limits=output_limits(source, self.max_len, self.max_extra_len),
+        tokens=jnp.full((batch * k,), PAD_ID, jnp.int32),  # BOS = PAD
+        live_seqs=jnp.full((batch, k, self.max_len), PAD_ID, jnp.int32),
+        live_logp=jnp.where(_has_source(source)[:, None], first, NEG_INF),
+        done_seqs=jnp.full((batch, k, self.max_len), PAD_ID, jnp.int32),
+        done_scores=jnp.full((batch, k), NEG_INF))
+
+  def active(self, s: dict) -> jax.Array:
+    best = jnp.max(s['live_logp'], axis=1)
     # The best live hypothesis at its most favourable length vs the worst finished one.
-    best_live = s['live_logp'][:, 0] / length_penalty(limits.astype(jnp.float32), alpha)
-    can_improve = best_live > jnp.min(s['done_scores'], axis=1)
-    return jnp.any(alive & can_improve)
+    can_improve = (best / length_penalty(s['limits'].astype(jnp.float32), self.alpha)
+                   > jnp.min(s['done_scores'], axis=1))
+    return (best > NEG_INF / 2) & can_improve
 
-  def body(s):
-    t = s['step']
-    beam_limits = jnp.repeat(limits, beam_size)
-    logp, cache = _next_logp(model, s['tokens'], t, s['cache'], cross_kv, source_segments,
-                             beam_limits, eos_id)
+  def step(self, model, s: dict) -> dict:
+    t, k, eos_id = s['step'], self.beam_size, self.eos_id
+    batch = s['live_logp'].shape[0]
+    beam_limits = jnp.repeat(s['limits'], k)
+    logp, cache = _next_logp(model, s['tokens'], t, s['cache'], s['cross_kv'],
+                             s['source_segments'], beam_limits, eos_id)
     logp = _allowed_logp(logp, t, beam_limits, eos_id)
     vocab = logp.shape[-1]
-    candidates = s['live_logp'][:, :, None] + logp.reshape(batch, beam_size, vocab)
-    top_logp, top_ids = _top_k(candidates.reshape(batch, -1), beam_size)
+    candidates = s['live_logp'][:, :, None] + logp.reshape(batch, k, vocab)
+    top_logp, top_ids = _top_k(candidates.reshape(batch, -1), k)
     parent, token = top_ids // vocab, top_ids % vocab
     seqs = _gather_beams(s['live_seqs'], parent).at[:, :, t].set(token)
     ended = (token == eos_id) & (top_logp > NEG_INF / 2)
     # Finished: merge those that ended now with the earlier ones; keep the best k.
-    ended_scores = jnp.where(ended, top_logp / length_penalty(t + 1.0, alpha), NEG_INF)
+    ended_scores = jnp.where(ended, top_logp / length_penalty(t + 1.0, self.alpha), NEG_INF)
     done_scores, done_idx = jax.lax.top_k(
-        jnp.concatenate([s['done_scores'], ended_scores], axis=1), beam_size)
+        jnp.concatenate([s['done_scores'], ended_scores], axis=1), k)
     done_seqs = _gather_beams(jnp.concatenate([s['done_seqs'], seqs], axis=1), done_idx)
-    return dict(step=t + 1, tokens=token.reshape(-1),
+    return dict(s, step=t + 1, tokens=token.reshape(-1),
                 cache=_gather_cache(cache, parent, batch), live_seqs=seqs,
                 live_logp=jnp.where(ended, NEG_INF, top_logp),
                 done_seqs=done_seqs, done_scores=done_scores)
 
-  s = _decoding_loop(cond, body, state, max_len)
-  if n_best:
-    return s['done_seqs'][:, :n_best], s['done_scores'][:, :n_best]
-  # Without any finished hypothesis (only when EOS is never allowed): the best live one.
-  has_done = s['done_scores'][:, 0] > NEG_INF / 2
-  best_live = jnp.argmax(s['live_logp'], axis=1)
-  live_tokens = _gather_beams(s['live_seqs'], best_live[:, None])[:, 0]
-  live_scores = (jnp.max(s['live_logp'], axis=1)
-                 / length_penalty(s['step'].astype(jnp.float32), alpha))
-  tokens = jnp.where(has_done[:, None], s['done_seqs'][:, 0], live_tokens)
-  scores = jnp.where(has_done, s['done_scores'][:, 0], live_scores)
-  return tokens, scores
+  def result(self, s: dict):
+    """(tokens [B, max_len], scores [B]), or [B, n, max_len] and [B, n] for n-best."""
+    if self.n_best:
+      return s['done_seqs'][:, :self.n_best], s['done_scores'][:, :self.n_best]
+    # Without any finished hypothesis (only when EOS is never allowed): the best live one.
+    has_done = s['done_scores'][:, 0] > NEG_INF / 2
+    best_live = jnp.argmax(s['live_logp'], axis=1)
+    live_tokens = _gather_beams(s['live_seqs'], best_live[:, None])[:, 0]
+    live_scores = (jnp.max(s['live_logp'], axis=1)
+                   / length_penalty(s['step'].astype(jnp.float32), self.alpha))
+    tokens = jnp.where(has_done[:, None], s['done_seqs'][:, 0], live_tokens)
+    return tokens, jnp.where(has_done, s['done_scores'][:, 0], live_scores)
 
 
-@_jit_over_split('max_len', 'top_k', 'eos_id')
-def sample(model: Transformer | Ensemble, source: jax.Array, key: jax.Array | None = None, *,
-           max_len: int = 256, max_extra_len=50, temperature: float = 0.0,
-           top_k: int = 0, eos_id: int = EOS_ID):
-  """Greedy (temperature 0) or sampled decoding, optionally from the top k tokens.
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+  """Greedy (temperature 0) or sampled decoding, optionally from the top k tokens; each
+  sentence's randomness comes from its own key (`line_keys`). The result is (tokens
+  [B, max_len], log-probability [B] of the chosen tokens under the model)."""
+  temperature: float = 0.0
+  top_k: int = 0
+  max_len: int = 256
+  max_extra_len: int = 50
+  eos_id: int = EOS_ID
 
-  Returns (tokens [B, max_len], log-probability [B] of the chosen tokens under the model).
-  """
-  batch = source.shape[0]
-  cross_kv, source_segments, cache = _prepare_all(model, source, 1, max_len)
-  limits = output_limits(source, max_len, max_extra_len)
-  key = jax.random.key(0) if key is None else key
+  def start(self, model, source: jax.Array, keys=None) -> dict:
+    batch = source.shape[0]
+    cross_kv, source_segments, cache = _prepare_all(model, source, 1, self.max_len)
+    if keys is None:
+      keys = line_keys(0, jnp.arange(batch))
+    return dict(step=jnp.array(0), cache=cache, cross_kv=cross_kv,
+                source_segments=source_segments,
+                limits=output_limits(source, self.max_len, self.max_extra_len), keys=keys,
+                tokens=jnp.full((batch,), PAD_ID, jnp.int32),
+                seqs=jnp.full((batch, self.max_len), PAD_ID, jnp.int32),
+                logp=jnp.zeros((batch,)), finished=~_has_source(source))
 
-  def cond(s):
-    return ~jnp.all(s['finished'])
+  def active(self, s: dict) -> jax.Array:
+    return ~s['finished']
 
-  def body(s):
-    t = s['step']
-    logp, cache = _next_logp(model, s['tokens'], t, s['cache'], cross_kv, source_segments,
-                             limits, eos_id)
-    logp = _allowed_logp(logp, t, limits, eos_id)
-    if top_k:
-      kth = jax.lax.top_k(logp, top_k)[0][:, -1:]
+  def step(self, model, s: dict) -> dict:
+    t, eos_id = s['step'], self.eos_id
+    logp, cache = _next_logp(model, s['tokens'], t, s['cache'], s['cross_kv'],
+                             s['source_segments'], s['limits'], eos_id)
+    logp = _allowed_logp(logp, t, s['limits'], eos_id)
+    if self.top_k:
+      kth = jax.lax.top_k(logp, self.top_k)[0][:, -1:]
       logp = jnp.where(logp < kth, NEG_INF, logp)
-    greedy = jnp.argmax(logp, axis=-1)
-    sampled = jax.random.categorical(jax.random.fold_in(key, t),
-                                     logp / jnp.maximum(temperature, 1e-6))
-    token = jnp.where(temperature > 0, sampled, greedy).astype(jnp.int32)
-    token = jnp.where(s['finished'], PAD_ID, token)
+    if self.temperature > 0:
+      draw = lambda key, row: jax.random.categorical(
+          jax.random.fold_in(jax.random.wrap_key_data(key), t), row)
+      token = jax.vmap(draw)(s['keys'], logp / self.temperature)
+    else:
+      token = jnp.argmax(logp, axis=-1)
+    token = jnp.where(s['finished'], PAD_ID, token.astype(jnp.int32))
     chosen = jnp.take_along_axis(logp, token[:, None], axis=1)[:, 0]
-    return dict(step=t + 1, tokens=token, cache=cache,
-                seqs=s['seqs'].at[:, t].set(token),
+    return dict(s, step=t + 1, tokens=token, cache=cache, seqs=s['seqs'].at[:, t].set(token),
                 logp=s['logp'] + jnp.where(s['finished'], 0.0, chosen),
                 finished=s['finished'] | (token == eos_id))
 
-  state = dict(step=jnp.array(0), tokens=jnp.full((batch,), PAD_ID, jnp.int32), cache=cache,
-               seqs=jnp.full((batch, max_len), PAD_ID, jnp.int32), logp=jnp.zeros((batch,)),
-               finished=jnp.zeros((batch,), bool))
-  s = _decoding_loop(cond, body, state, max_len)
-  return s['seqs'], s['logp']
+  def result(self, s: dict):
+    return s['seqs'], s['logp']
+
+
+@_jit_over_split('search')
+def run(model, source: jax.Array, keys=None, *, search: BeamSearch | Sampling):
+  """`search` over a whole batch in one program, until every sentence is done."""
+  state = _decoding_loop(lambda s: jnp.any(search.active(s)),
+                         functools.partial(search.step, model), search.start(model, source, keys),
+                         search.max_len)
+  return search.result(state)
+
+
+def beam_search(model: Transformer | Ensemble, source: jax.Array, *, beam_size: int = 4,
+                alpha: float = 0.6, max_len: int = 256, max_extra_len: int = 50,
+                eos_id: int = EOS_ID, n_best: int = 0):
+  """`BeamSearch` over a whole batch: (tokens [B, max_len] ending in EOS then PAD, score
+  [B]); with `n_best` = n, (tokens [B, n, max_len], scores [B, n]), a slot no hypothesis
+  filled scoring NEG_INF."""
+  return run(model, source, search=BeamSearch(beam_size, alpha, max_len, max_extra_len,
+                                              eos_id, n_best))
+
+
+def sample(model: Transformer | Ensemble, source: jax.Array, key: jax.Array | None = None, *,
+           max_len: int = 256, max_extra_len: int = 50, temperature: float = 0.0,
+           top_k: int = 0, eos_id: int = EOS_ID):
+  """`Sampling` over a whole batch; row i's key is `key` folded with i."""
+  keys = None if key is None else jax.vmap(
+      lambda n: jax.random.key_data(jax.random.fold_in(key, n)))(jnp.arange(source.shape[0]))
+  return run(model, source, keys, search=Sampling(temperature, top_k, max_len,
+                                                  max_extra_len, eos_id))
+
+
+# ------------------------------------------------------------------ step by step, compacting
+# The pieces `inference.decode_batch` drives from the host: it runs a batch until three
+# quarters of its sentences are done, drops them (`take`), and goes on with a quarter of
+# the rows,
+# so finished sentences stop costing steps (as CTranslate2 drops finished batch entries).
+# Each takes the model as nnx.split's (graphdef, params), split once per call of the driver.
+
+
+@functools.partial(jax.jit, static_argnames=('graphdef', 'search'))
+def start(graphdef, params, source, keys, *, search):
+  return search.start(nnx.merge(graphdef, params), source, keys)
+
+
+@functools.partial(jax.jit, static_argnames=('graphdef', 'search'), donate_argnames='state')
+def advance(graphdef, params, state, until, min_active, *, search):
+  """Steps while step < `until` and more than `min_active` sentences are active:
+  (state, active [B])."""
+  model = nnx.merge(graphdef, params)
+
+  def cond(s):
+    active = search.active(s)
+    return (s['step'] < until) & (jnp.sum(active) > jnp.maximum(min_active, 0))
+
+  state = jax.lax.while_loop(cond, functools.partial(search.step, model), state)
+  return state, search.active(state)
+
+
+@functools.partial(jax.jit, static_argnames=('length',))
+def grow(state, *, length: int):
+  """The self-attention cache padded to `length` positions (the next segment)."""
+  return dict(state, cache=tuple(Transformer.grow_cache(c, length) for c in state['cache']))
+
+
+@functools.partial(jax.jit, static_argnames=('rows_sharding',))
+def take(state, rows, *, rows_sharding=None):
+  """The state of sentences `rows` (in that order): every leaf indexed by sentence, or by
+  hypothesis ([B * copies, ...]), keeps those rows; placed as `rows_sharding` says."""
+  batch = state['limits'].shape[0]
+
+  def pick(x):
+    if x.ndim == 0:
+      return x
+    y = x.reshape(batch, -1, *x.shape[1:])[rows]
+    y = y.reshape(-1, *x.shape[1:])
+    return y if rows_sharding is None else jax.lax.with_sharding_constraint(y, rows_sharding)
+
+  return jax.tree.map(pick, state)
+
+
+@functools.partial(jax.jit, static_argnames=('search',))
+def result(state, *, search):
+  return search.result(state)

@@ -236,8 +236,10 @@ def once(what: str, job: Callable[[bool], T], timeout_s: float) -> T:
 
 def gather(x: jax.Array) -> np.ndarray:
   """The whole of a (possibly multi-process) array, on every process."""
-  if jax.process_count() == 1:
+  if jax.process_count() == 1 or x.is_fully_addressable:  # e.g. on this process's own mesh
     return np.asarray(jax.device_get(x))
+  if x.is_fully_replicated:
+    return np.asarray(x.addressable_data(0))
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 

@@ -6,6 +6,7 @@ decode through `translate_ids`.
 from __future__ import annotations
 
 import base64
+import collections
 import dataclasses
 import math
 import os
@@ -128,6 +129,25 @@ def _checkpoint_vocabulary(workdir, meta, config) -> Tokenizer:
   return tokenizer
 
 
+def on_local_devices(restored: Restored) -> Restored:
+  """The model on this process's own devices, so that it decodes batches of its own
+  without the other processes (bulk translation on a pod). The parameters are whole on
+  every process (inference meshes shard only the batch)."""
+  if jax.process_count() == 1:
+    return restored
+  mesh = sharding.make_mesh(restored.config.mesh, jax.local_devices())
+  graphdef, params = nnx.split(restored.model)
+  everywhere = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+  def local(x):
+    if not x.is_fully_replicated:
+      raise ValueError('on_local_devices needs replicated parameters')
+    return jax.device_put(x.addressable_data(0), everywhere)
+
+  return dataclasses.replace(restored, model=nnx.merge(graphdef, jax.tree.map(local, params)),
+                             mesh=mesh)
+
+
 # ----------------------------------------------------------------------------- decode
 
 
@@ -137,7 +157,8 @@ class Settings:
   beam_size: int = 4
   alpha: float = 0.6
   max_extra_len: int = 50     # output length limit = source length + max_extra_len
-  batch_size: int = 32
+  batch_size: int = 256       # sentences per batch, at most
+  batch_tokens: int | None = None  # per batch (`plan_batches`); None: default_batch_tokens
   max_input_len: int = 256    # source tokens; longer lines are truncated with a warning
   method: str = 'beam'        # beam | greedy | sample
   temperature: float = 1.0
@@ -148,8 +169,8 @@ class Settings:
   def __post_init__(self):
     if self.method not in ('beam', 'greedy', 'sample'):
       raise UserError(f'--decode must be beam, greedy or sample, got {self.method!r}.')
-    for name in ('beam_size', 'batch_size', 'max_input_len'):
-      if getattr(self, name) < 1:
+    for name in ('beam_size', 'batch_size', 'max_input_len', 'batch_tokens'):
+      if getattr(self, name) is not None and getattr(self, name) < 1:
         raise UserError(f'--{name} must be at least 1, got {getattr(self, name)}.')
     if self.max_extra_len < 0:
       raise UserError(f'--max_extra_len must be at least 0, got {self.max_extra_len}.')
@@ -170,9 +191,46 @@ def encode_sources(tokenizer: Tokenizer, lines: list[str], max_input_len: int) -
   return sources
 
 
-def _bucket(length: int) -> int:
-  """Source lengths are padded to powers of two (at least 8): one compile per bucket."""
-  return max(8, 2 ** math.ceil(math.log2(max(length, 1))))
+def source_bucket(length: int) -> int:
+  """Sources are padded to 16, 24, 32, 48, 64, ... tokens (steps of 1.5x and 2x): few
+  shapes to compile, at most a third of padding in batches of length-sorted sentences."""
+  bucket = 16
+  while bucket < length:
+    bucket = bucket * 3 // 2 if bucket & (bucket - 1) == 0 else bucket * 4 // 3
+  return bucket
+
+
+def row_bucket(count: int, data_parallel: int) -> int:
+  """Rows of a batch of `count` sentences: a power of two, and a multiple of the mesh's
+  data-parallel size (every device gets whole rows)."""
+  rows = max(data_parallel, 2 ** math.ceil(math.log2(max(count, 1))))
+  return rows + (-rows) % data_parallel
+
+
+def default_batch_tokens(mesh) -> int:
+  """Tokens per batch (`Settings.batch_tokens`) for this machine's devices: measured
+  best on a CPU (docs/performance.md), and a budget that fills an accelerator's matrix
+  units, per device, elsewhere."""
+  devices = mesh.devices.size
+  return 8192 if mesh.devices.flat[0].platform == 'cpu' else 65536 * devices
+
+
+def plan_batches(lengths: list[int], s: Settings, data_parallel: int,
+                 batch_tokens: int) -> list[list[int]]:
+  """The non-empty sources (by index) in batches, as Marian's --mini-batch-words: sorted
+  by length, each batch as many as fit `batch_tokens` (its rows x (padded source +
+  expected target, taken as the source's length)) and at most `s.batch_size`."""
+  order = sorted((i for i, n in enumerate(lengths) if n), key=lambda i: lengths[i])
+  batches: list[list[int]] = []
+  for i in order:  # the longest so far is the one being added
+    n = lengths[i]
+    batch = batches[-1] if batches else None
+    if batch is None or len(batch) >= s.batch_size or row_bucket(
+        len(batch) + 1, data_parallel) * (source_bucket(n) + n) > batch_tokens:
+      batches.append([i])
+    else:
+      batch.append(i)
+  return batches
 
 
 def translate_ids(model, mesh, sources: list[list[int]], s: Settings,
@@ -183,62 +241,108 @@ def translate_ids(model, mesh, sources: list[list[int]], s: Settings,
 
 
 def translate_hypotheses(model, mesh, sources: list[list[int]], s: Settings,
-                         progress=None) -> list[list[tuple[list[int], float]]]:
+                         progress=None, numbers=None) -> list[list[tuple[list[int], float]]]:
   """Up to `s.nbest` (ids, score) per source, best first, in the input order; none for
-  an empty source.
+  an empty source. `numbers`: each source's line number (sampling's randomness), by
+  default 1, 2, ...
 
-  Sentences are sorted by length into fixed-size batches of power-of-two lengths, so
-  decoding compiles once per bucket; batches are sharded over the mesh's data axis. On
-  several processes each passes the same sentences, decodes its devices' rows, and
-  every process gets every translation."""
-  rows = batch_rows(mesh, s.batch_size)
-  order = sorted((i for i, src in enumerate(sources) if src), key=lambda i: len(sources[i]))
+  Batches come from `plan_batches` and decode with `decode_batch`, sharded over the
+  mesh's data axis. With a mesh over several processes' devices, each passes the same
+  sentences and every process gets every translation."""
+  numbers = list(range(1, len(sources) + 1)) if numbers is None else numbers
+  budget = s.batch_tokens or default_batch_tokens(mesh)
+  split = nnx.split(model)
   outputs: list[list[tuple[list[int], float]]] = [[] for _ in sources]
-  for start in range(0, len(order), rows):
-    chunk = order[start:start + rows]
-    for i, hyps in zip(chunk, decode_batch(model, mesh, [sources[i] for i in chunk], rows, s)):
+  done = 0
+  for chunk in plan_batches([len(x) for x in sources], s,
+                            sharding.data_parallel_size(mesh), budget):
+    hypotheses = decode_batch(split, mesh, [sources[i] for i in chunk], s,
+                              [numbers[i] for i in chunk])
+    for i, hyps in zip(chunk, hypotheses):
       outputs[i] = hyps
+    done += len(chunk)
     if progress:
-      progress(start + len(chunk), len(order))
+      progress(done, len(sources))
   return outputs
 
 
-def batch_rows(mesh, batch_size: int) -> int:
-  """`batch_size` rounded up to a multiple of the data-parallel size."""
-  return batch_size + (-batch_size) % sharding.data_parallel_size(mesh)
+# Decoding work done in this process, for benchmarks: `row_steps` (steps x rows computed,
+# padding and finished rows included) against `output_tokens` (tokens of the best
+# translations, EOS included): their ratio is the padding efficiency.
+WORK: collections.Counter = collections.Counter()
 
 
-def decode_batch(model, mesh, sources: list[list[int]], rows: int, s: Settings
+def _search(s: Settings, max_len: int):
+  if s.method == 'beam':
+    return decode.BeamSearch(s.beam_size, s.alpha, max_len, s.max_extra_len, EOS_ID,
+                             s.nbest if s.nbest > 1 else 0)
+  return decode.Sampling(0.0 if s.method == 'greedy' else s.temperature, s.top_k, max_len,
+                         s.max_extra_len, EOS_ID)
+
+
+def decode_batch(split, mesh, sources: list[list[int]], s: Settings, numbers: list[int]
                  ) -> list[list[tuple[list[int], float]]]:
-  """Decode up to `rows` non-empty sources as one batch of `rows` rows, padded to a
-  power-of-two length (so the shapes come from a fixed set): (ids, score) per source."""
-  length = _bucket(max(len(src) for src in sources))
+  """Decode non-empty sources as one batch: (ids, score) per source, best first.
+
+  The batch has `row_bucket` rows and a `source_bucket` length. It runs until at most a
+  quarter of its sentences are still going; those go on as a batch of a quarter of the
+  rows (`decode.take`) and the others are read out, so finished sentences stop costing
+  steps (as CTranslate2 drops finished entries). The rows of a batch are always R, R/4,
+  R/16, ..., so few shapes compile. Each sentence's result is what it would be alone."""
+  graphdef, params = split
+  data_parallel = sharding.data_parallel_size(mesh)
+  rows, length = row_bucket(len(sources), data_parallel), source_bucket(max(map(len, sources)))
   batch = np.full((rows, length), PAD_ID, np.int32)
   for row, src in enumerate(sources):
     batch[row, :len(src)] = src
-  tokens, scores = _decode(model, mesh, batch, length + s.max_extra_len, s)
-  tokens, scores = distributed.gather(tokens), distributed.gather(scores)
+  search = _search(s, length + s.max_extra_len)
+  keys = None
+  if isinstance(search, decode.Sampling):
+    keys = decode.line_keys(s.seed, np.pad(numbers, (0, rows - len(numbers))))
+  state = decode.start(graphdef, params,
+                       distributed.global_array(batch, sharding.batch_sharding(mesh)),
+                       keys, search=search)
+  owner = np.where(np.arange(rows) < len(sources), np.arange(rows), -1)
+  found: list = [None] * len(sources)
+  segments = decode.cache_lengths(search.max_len)
+  segment = step = 0
+  while True:
+    smaller = row_bucket(owner.size // 4, data_parallel)
+    state, active = decode.advance(graphdef, params, state, segments[segment],
+                                   smaller if smaller < owner.size else 0, search=search)
+    active, last = distributed.gather(active), step
+    step = int(distributed.gather(state['step']))
+    WORK['row_steps'] += owner.size * (step - last)
+    if not active.any() or step >= search.max_len:
+      _read_out(state, search, owner, owner >= 0, found)
+      return found
+    if step >= segments[segment]:
+      segment += 1
+      state = decode.grow(state, length=segments[segment])
+      continue
+    _read_out(state, search, owner, (owner >= 0) & ~active, found)
+    keep = np.flatnonzero(active)
+    index = np.full(smaller, np.flatnonzero(~active)[0])
+    index[:keep.size] = keep
+    state = decode.take(state, index, rows_sharding=sharding.rows_sharding(mesh))
+    owner = np.where(np.arange(index.size) < keep.size, owner[index], -1)
+
+
+def _read_out(state, search, owner, which, found) -> None:
+  """Store the results of the rows `which` under their sentence (`owner`) in `found`."""
+  tokens, scores = map(distributed.gather, decode.result(state, search=search))
   if tokens.ndim == 2:  # one hypothesis per row
     tokens, scores = tokens[:, None], scores[:, None]
-  return [[(_strip(ids.tolist()), float(score)) for ids, score in zip(tokens[row], scores[row])
-           if score > decode.NEG_INF / 2] for row in range(len(sources))]
+  for row in np.flatnonzero(which):
+    found[owner[row]] = [(_strip(ids.tolist()), float(score))
+                         for ids, score in zip(tokens[row], scores[row])
+                         if score > decode.NEG_INF / 2]
+    WORK['output_tokens'] += len(found[owner[row]][0][0]) + 1 if found[owner[row]] else 0
 
 
 def _strip(ids: list[int]) -> list[int]:
   """The ids before EOS (or all but the padding, for a hypothesis that never ended)."""
   return ids[:ids.index(EOS_ID)] if EOS_ID in ids else [t for t in ids if t != PAD_ID]
-
-
-def _decode(model, mesh, batch, max_len, s: Settings):
-  source = distributed.global_array(batch, sharding.batch_sharding(mesh))
-  if s.method == 'beam':
-    return decode.beam_search(model, source, beam_size=s.beam_size, alpha=s.alpha,
-                              max_len=max_len, max_extra_len=s.max_extra_len,
-                              n_best=s.nbest if s.nbest > 1 else 0)
-  temperature = 0.0 if s.method == 'greedy' else s.temperature
-  return decode.sample(model, source, jax.random.key(s.seed), max_len=max_len,
-                       max_extra_len=s.max_extra_len, temperature=temperature,
-                       top_k=s.top_k)
 
 
 def translate_texts(restored: Restored, lines: list[str], s: Settings,
@@ -249,20 +353,23 @@ def translate_texts(restored: Restored, lines: list[str], s: Settings,
 
 
 def translate_nbest(restored: Restored, lines: list[str], s: Settings,
-                    progress=None, sort: bool = True) -> list[list[tuple[str, float]]]:
-  """Up to `s.nbest` (translation, score) per line, best first, in the input order.
-  `sort=False`: the lines are one batch as given (the streaming path)."""
+                    progress=None, sort: bool = True, first: int = 1
+                    ) -> list[list[tuple[str, float]]]:
+  """Up to `s.nbest` (translation, score) per line, best first, in the input order;
+  `first` is the first line's number. `sort=False`: the lines are one batch as given
+  (the streaming path)."""
   sources = encode_sources(restored.tokenizer, lines, s.max_input_len)
+  numbers = list(range(first, first + len(lines)))
   if sort:
-    hypotheses = translate_hypotheses(restored.model, restored.mesh, sources, s, progress)
+    hypotheses = translate_hypotheses(restored.model, restored.mesh, sources, s, progress,
+                                      numbers)
   else:
     hypotheses = [[] for _ in sources]
     given = [i for i, src in enumerate(sources) if src]
     if given:
-      rows = min(batch_rows(restored.mesh, s.batch_size), batch_rows(
-          restored.mesh, 2 ** math.ceil(math.log2(len(given)))))  # a power of two
-      for i, hyps in zip(given, decode_batch(restored.model, restored.mesh,
-                                             [sources[i] for i in given], rows, s)):
+      found = decode_batch(nnx.split(restored.model), restored.mesh,
+                           [sources[i] for i in given], s, [numbers[i] for i in given])
+      for i, hyps in zip(given, found):
         hypotheses[i] = hyps
   return [[(restored.tokenizer.decode(ids), score) for ids, score in hyps]
           for hyps in hypotheses]

@@ -22,7 +22,10 @@ _ALPHA = flags.DEFINE_float('alpha', 0.6, 'Length penalty exponent (the paper: 0
 _MAX_EXTRA_LEN = flags.DEFINE_integer(
     'max_extra_len', 50, 'Output length limit: source length + this many tokens.')
 flags.DEFINE_alias('max_len', 'max_extra_len')  # its name before 2026-12
-_BATCH = flags.DEFINE_integer('batch_size', 32, 'Sentences per batch.')
+_BATCH = flags.DEFINE_integer('batch_size', 256, 'Sentences per batch, at most.')
+_BATCH_TOKENS = flags.DEFINE_integer(
+    'batch_tokens', None, 'Batches hold this many source + expected target tokens (as '
+    'Marian\'s --mini-batch-words; default: measured best for the device kind).')
 _MAX_INPUT_LEN = flags.DEFINE_integer('max_input_len', 256, 'Source tokens kept per line.')
 _METHOD = flags.DEFINE_string('decode', 'beam', 'beam, greedy or sample.')
 _TEMPERATURE = flags.DEFINE_float('temperature', 1.0, 'Sampling temperature (--decode=sample).')
@@ -44,5 +47,5 @@ def settings() -> inference.Settings:
   """The decoding settings the flags give (a bad value raises a UserError)."""
   return inference.Settings(
       beam_size=_BEAM.value, alpha=_ALPHA.value, max_extra_len=_MAX_EXTRA_LEN.value,
-      batch_size=_BATCH.value, max_input_len=_MAX_INPUT_LEN.value, method=_METHOD.value,
+      batch_size=_BATCH.value, batch_tokens=_BATCH_TOKENS.value, max_input_len=_MAX_INPUT_LEN.value, method=_METHOD.value,
       temperature=_TEMPERATURE.value, top_k=_TOP_K.value, seed=_SEED.value)

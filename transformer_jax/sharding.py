@@ -111,6 +111,11 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(BATCH_AXES, None))
 
 
+def rows_sharding(mesh: Mesh) -> NamedSharding:
+  """Arrays of any rank whose first axis is the batch's rows, split as batches are."""
+  return NamedSharding(mesh, P(BATCH_AXES))
+
+
 def data_parallel_size(mesh: Mesh) -> int:
   return math.prod(mesh.shape[a] for a in BATCH_AXES)
 

@@ -5,22 +5,25 @@ Restores the newest verified (or `--step`, or `--averaged`) checkpoint's paramet
 an `--ensemble` of models, on whatever devices this machine has, and decodes with beam
 search (or `--decode=greedy|sample`).
 
-- A file (or stdin redirected from one) is read whole and decoded in length-sorted
-  batches (`inference.translate_hypotheses`).
+- `--input=F --output=O`: bulk translation (`bulk.translate_file`): `--window` lines at a
+  time, each window's translations written to O.parts/ as it completes, O joined from
+  them at the end; rerunning the same command after a kill resumes; on several processes
+  each translates its own windows.
+- A file to stdout, or stdin redirected from a file: `--window` lines at a time, each
+  window written and flushed when done (`bulk.translate_stream`).
 - A pipe or terminal is served as it comes, as fairseq-interactive and Marian's server
   mode do: a batch closes when `--batch_size` lines have arrived or `--max_wait_ms` after
   its first line, and its translations are written and flushed at once, in input order.
-  Batch shapes come from a fixed set (power-of-two rows and lengths), so nothing
-  recompiles once each has been seen.
 - `--nbest=K` writes K lines per input line: `LINE<TAB>SCORE<TAB>TRANSLATION`, LINE
   counting from 1, best first, SCORE the beam score (log p / length penalty); an empty
   input line gives one line with score 0 and an empty translation.
 
-On several processes (a pod slice, the same command on every worker, each reading the
-same input) the input is read whole and process 0 writes the output.
+Batches are sized by `--batch_tokens` (at most `--batch_size` sentences) and their shapes
+come from a fixed set, so nothing recompiles once each has been seen.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import queue
@@ -32,7 +35,7 @@ import time
 import jax
 from absl import flags
 
-from transformer_jax import cli, distributed, inference, inference_flags
+from transformer_jax import bulk, cli, files, inference, inference_flags
 from transformer_jax.data import datasets
 from transformer_jax.errors import UserError
 
@@ -44,27 +47,53 @@ def main(argv):
   settings = dataclasses.replace(inference_flags.settings(), nbest=_NBEST.value)
   if _MAX_WAIT_MS.value < 0:
     raise UserError(f'--max_wait_ms must be at least 0, got {_MAX_WAIT_MS.value}.')
-  streaming = (_INPUT.value in (None, '-') and jax.process_count() == 1
-               and _stdin_is_a_stream())
-  lines = None if streaming else datasets.read_lines(_INPUT.value)
+  if _WINDOW.value < 1:
+    raise UserError(f'--window must be at least 1, got {_WINDOW.value}.')
+  source, output = _named(_INPUT.value), _named(inference_flags.OUTPUT.value)
+  if jax.process_count() > 1 and not (source and output):
+    raise UserError('On several processes, give --input and --output, on storage every '
+                    'process reaches (a gs:// bucket or a shared disk): each process '
+                    'translates its own windows of the file.')
+  if source is None and _stdin_is_a_stream():
+    return _serve_stdin(inference_flags.restore(), settings)
+  if source is not None:
+    bulk.check_readable(source)  # before the model loads
   restored = inference_flags.restore()
-  output = inference_flags.OUTPUT.value
-  out = sys.stdout if output in (None, '-') else open(output, 'w', encoding='utf-8')
-  try:
-    if streaming:
-      number = 0
-      for batch in _arriving_batches(settings.batch_size, _MAX_WAIT_MS.value / 1000):
-        hypotheses = inference.translate_nbest(restored, batch, settings, sort=False)
-        out.write(_format(hypotheses, number, settings.nbest))
-        out.flush()
-        number += len(batch)
-      return
-    hypotheses = inference.translate_nbest(restored, lines, settings, cli.stderr_progress())
-    if distributed.is_writer():  # on several processes, every one has every line
-      out.write(_format(hypotheses, 0, settings.nbest))
-  finally:
-    if out is not sys.stdout:
-      out.close()
+  if source and output:
+    return bulk.translate_file(restored, settings, source, output, _WINDOW.value,
+                               _model_identity(restored), _RESTART.value)
+  with contextlib.ExitStack() as stack:
+    stream = stack.enter_context(files.path(source).open('rb')) if source else sys.stdin.buffer
+    if output is None:
+      return bulk.translate_stream(restored, settings, stream, sys.stdout, _WINDOW.value)
+    target = files.path(output)
+    if target.exists() and not _RESTART.value:
+      raise UserError(f'{output} exists. Remove it, or add --restart to replace it.')
+    partial = target.parent / f'.{target.name}.partial'
+    with partial.open('w', encoding='utf-8') as out:
+      bulk.translate_stream(restored, settings, stream, out, _WINDOW.value)
+    partial.replace(target)
+
+
+def _named(path: str | None) -> str | None:
+  return None if path in (None, '-') else path
+
+
+def _model_identity(restored) -> dict:
+  """What a resumed job must decode with: the same checkpoints."""
+  return {'workdir': cli.WORKDIR.value, 'ensemble': inference_flags.ENSEMBLE.value,
+          'averaged': inference_flags.AVERAGED.value, 'step': restored.step,
+          'steps': list(restored.steps)}
+
+
+def _serve_stdin(restored, settings) -> None:
+  """A pipe or terminal: each batch's translations written and flushed as it closes."""
+  number = 1
+  for batch in _arriving_batches(settings.batch_size, _MAX_WAIT_MS.value / 1000):
+    hypotheses = inference.translate_nbest(restored, batch, settings, sort=False, first=number)
+    sys.stdout.write(bulk.format_hypotheses(hypotheses, number, settings.nbest))
+    sys.stdout.flush()
+    number += len(batch)
 
 
 def _stdin_is_a_stream() -> bool:
@@ -73,13 +102,6 @@ def _stdin_is_a_stream() -> bool:
     return not stat.S_ISREG(os.fstat(sys.stdin.fileno()).st_mode)
   except (AttributeError, OSError, ValueError):  # replaced by an in-memory stream
     return False
-
-
-def _format(hypotheses: list[list[tuple[str, float]]], first: int, nbest: int) -> str:
-  if nbest == 1:
-    return ''.join((hyps[0][0] if hyps else '') + '\n' for hyps in hypotheses)
-  return ''.join(f'{first + i}\t{score:.4f}\t{text}\n'
-                 for i, hyps in enumerate(hypotheses, 1) for text, score in hyps or [('', 0.0)])
 
 
 def _arriving_batches(rows: int, max_wait_s: float):
@@ -124,6 +146,12 @@ def _checked(item):
 _INPUT = flags.DEFINE_string('input', None, 'Text file to translate (default: stdin).')
 _NBEST = flags.DEFINE_integer('nbest', 1, 'Hypotheses per input line (beam search), written '
                               'as LINE<TAB>SCORE<TAB>TRANSLATION.')
+_WINDOW = flags.DEFINE_integer(
+    'window', 10_000, 'A file is translated this many lines at a time: memory is bounded '
+    'by a window, and each window\'s translations are written when it is done.')
+_RESTART = flags.DEFINE_bool(
+    'restart', False, 'Start over: discard an unfinished translation into --output (its '
+    'OUTPUT.parts) and replace an existing --output.')
 _MAX_WAIT_MS = flags.DEFINE_integer(
     'max_wait_ms', 100, 'Reading a pipe: the longest a line waits for its batch to fill.')
 

@@ -153,12 +153,13 @@ def read_lines(path: str | None) -> list[str]:
     raise UserError(f'Cannot read {path}: {e.strerror}.') from None
 
 
-def decode_lines(raw: bytes, name: str) -> list[str]:
-  """Text lines of `raw`, decoded strictly: bytes that are not UTF-8 name their line."""
+def decode_lines(raw: bytes, name: str, first: int = 1) -> list[str]:
+  """Text lines of `raw`, decoded strictly: bytes that are not UTF-8 name their line
+  (numbered from `first`)."""
   lines = raw.split(b'\n')
   if lines and lines[-1] == b'':
     lines.pop()  # the newline that ends the last line
-  return [decode_line(line, name, number) for number, line in enumerate(lines, 1)]
+  return [decode_line(line, name, number) for number, line in enumerate(lines, first)]
 
 
 def decode_line(line: bytes, name: str, number: int) -> str:

@@ -219,14 +219,16 @@ def plan_batches(lengths: list[int], s: Settings, data_parallel: int,
                  batch_tokens: int) -> list[list[int]]:
   """The non-empty sources (by index) in batches, as Marian's --mini-batch-words: sorted
   by length, each batch as many as fit `batch_tokens` (its rows x (padded source +
-  expected target, taken as the source's length)) and at most `s.batch_size`."""
+  expected target, taken as the source's length)) and at most `s.batch_size`. The
+  smallest batch has a row per data-parallel device, whatever the budget."""
   order = sorted((i for i, n in enumerate(lengths) if n), key=lambda i: lengths[i])
   batches: list[list[int]] = []
   for i in order:  # the longest so far is the one being added
     n = lengths[i]
     batch = batches[-1] if batches else None
-    if batch is None or len(batch) >= s.batch_size or row_bucket(
-        len(batch) + 1, data_parallel) * (source_bucket(n) + n) > batch_tokens:
+    rows = row_bucket(len(batch) + 1, data_parallel) if batch else 0
+    if batch is None or len(batch) >= s.batch_size or (
+        rows * (source_bucket(n) + n) > batch_tokens and rows > row_bucket(1, data_parallel)):
       batches.append([i])
     else:
       batch.append(i)

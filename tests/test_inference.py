@@ -157,15 +157,16 @@ def test_compacted_token_budget_batches_translate_as_one_whole_batch(briefly_tra
 def test_batches_fill_a_token_budget_in_length_order():
   rng = np.random.default_rng(0)
   lengths = [int(n) for n in rng.integers(0, 120, 500)]
-  s = inference.Settings(batch_size=64)
-  batches = inference.plan_batches(lengths, s, data_parallel=4, batch_tokens=2000)
+  s = inference.Settings(batch_size=48)
+  batches = inference.plan_batches(lengths, s, data_parallel=4, batch_tokens=4000)
   flat = [i for batch in batches for i in batch]
   assert sorted(flat) == [i for i, n in enumerate(lengths) if n]  # each once, no empty ones
   assert [lengths[i] for i in flat] == sorted(lengths[i] for i in flat)
   for batch in batches:
-    longest = max(lengths[i] for i in batch)
-    rows = inference.row_bucket(len(batch), 4)
-    assert len(batch) <= 64 and rows % 4 == 0
-    assert rows * (inference.source_bucket(longest) + longest) <= 2000 or rows == 4
+    padded = inference.source_bucket(max(lengths[i] for i in batch))
+    rows = inference.batch_rows(padded, s, 4, 4000)
+    assert len(batch) <= min(48, rows) and rows % 4 == 0 and rows & (rows - 1) == 0
+    assert rows * 2 * padded <= 4000 or rows == 4
+  assert inference.batch_rows(16, s, 4, 4000) == 64  # 48 sentences at most, in 64 rows
   # A budget smaller than one row per device still fills those rows.
   assert [len(b) for b in inference.plan_batches([100] * 8, s, 4, 10)] == [4, 4]

@@ -196,10 +196,10 @@ class BeamSearch:
 
   Each step extends every live hypothesis by every token and keeps the k best; those
   that end (EOS) move to the finished pool, so the beam narrows as hypotheses end. Scores
-  are log p(Y|X) / length_penalty(|Y|). A sentence is done (`active` false) when no live
-  hypothesis is left or none can still beat its worst finished one, so steps after that
-  cannot change its result: a sentence's translation does not depend on the others in
-  its batch. With k = 1 this is exactly greedy decoding. `eos_id=-1` never ends a
+  are log p(Y|X) / length_penalty(|Y|). A sentence is done (`active` false) when its
+  best candidate ends or none can still beat its worst finished one; from then on its
+  state is frozen, so a sentence's translation does not depend on the others in its
+  batch. With k = 1 this is exactly greedy decoding. `eos_id=-1` never ends a
   hypothesis (benchmarks that decode a fixed number of steps). `n_best` = n > 0: the n
   best finished hypotheses per sentence instead of the best one.
   """
@@ -225,8 +225,10 @@ class BeamSearch:
         done_scores=jnp.full((batch, k), NEG_INF))
 
   def active(self, s: dict) -> jax.Array:
-    best = jnp.max(s['live_logp'], axis=1)
-    # The best live hypothesis at its most favourable length vs the worst finished one.
+    """Whether each sentence still searches: its best candidate of the last step did not
+    end (CTranslate2's and fairseq's early exit), and its best live hypothesis, at its most
+    favourable length, could still beat its worst finished one."""
+    best = s['live_logp'][:, 0]  # NEG_INF where the best candidate ended (`step`)
     can_improve = (best / length_penalty(s['limits'].astype(jnp.float32), self.alpha)
                    > jnp.min(s['done_scores'], axis=1))
     return (best > NEG_INF / 2) & can_improve
@@ -249,10 +251,13 @@ class BeamSearch:
     done_scores, done_idx = jax.lax.top_k(
         jnp.concatenate([s['done_scores'], ended_scores], axis=1), k)
     done_seqs = _gather_beams(jnp.concatenate([s['done_seqs'], seqs], axis=1), done_idx)
+    # A sentence that is done stays as it is, however long its batch goes on.
+    active = self.active(s)
     return dict(s, step=t + 1, tokens=token.reshape(-1),
                 cache=_gather_cache(cache, parent, batch), live_seqs=seqs,
-                live_logp=jnp.where(ended, NEG_INF, top_logp),
-                done_seqs=done_seqs, done_scores=done_scores)
+                live_logp=jnp.where(active[:, None] & ~ended, top_logp, NEG_INF),
+                done_seqs=jnp.where(active[:, None, None], done_seqs, s['done_seqs']),
+                done_scores=jnp.where(active[:, None], done_scores, s['done_scores']))
 
   def result(self, s: dict):
     """(tokens [B, max_len], scores [B]), or [B, n, max_len] and [B, n] for n-best."""

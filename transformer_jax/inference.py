@@ -215,23 +215,29 @@ def default_batch_tokens(mesh) -> int:
   return 8192 if mesh.devices.flat[0].platform == 'cpu' else 65536 * devices
 
 
+def batch_rows(length: int, s: Settings, data_parallel: int, batch_tokens: int) -> int:
+  """Rows of every batch whose sources are padded to `length` (a `source_bucket`): as many
+  as `batch_tokens` holds at `length` source and as many expected target tokens each, at
+  most `s.batch_size`; a power of two, at least a row per data-parallel device. One row
+  count per length, however many sentences a batch has, so few shapes compile."""
+  fit = max(1, batch_tokens // (2 * length))
+  return row_bucket(min(s.batch_size, 2 ** int(math.log2(fit))), data_parallel)
+
+
 def plan_batches(lengths: list[int], s: Settings, data_parallel: int,
                  batch_tokens: int) -> list[list[int]]:
   """The non-empty sources (by index) in batches, as Marian's --mini-batch-words: sorted
-  by length, each batch as many as fit `batch_tokens` (its rows x (padded source +
-  expected target, taken as the source's length)) and at most `s.batch_size`. The
-  smallest batch has a row per data-parallel device, whatever the budget."""
+  by length, each batch as many as `batch_rows` gives its longest (and at most
+  `s.batch_size`)."""
   order = sorted((i for i, n in enumerate(lengths) if n), key=lambda i: lengths[i])
   batches: list[list[int]] = []
   for i in order:  # the longest so far is the one being added
-    n = lengths[i]
-    batch = batches[-1] if batches else None
-    rows = row_bucket(len(batch) + 1, data_parallel) if batch else 0
-    if batch is None or len(batch) >= s.batch_size or (
-        rows * (source_bucket(n) + n) > batch_tokens and rows > row_bucket(1, data_parallel)):
-      batches.append([i])
+    room = min(s.batch_size, batch_rows(source_bucket(lengths[i]), s, data_parallel,
+                                        batch_tokens))
+    if batches and len(batches[-1]) < room:
+      batches[-1].append(i)
     else:
-      batch.append(i)
+      batches.append([i])
   return batches
 
 
@@ -256,10 +262,11 @@ def translate_hypotheses(model, mesh, sources: list[list[int]], s: Settings,
   split = nnx.split(model)
   outputs: list[list[tuple[list[int], float]]] = [[] for _ in sources]
   done = 0
-  for chunk in plan_batches([len(x) for x in sources], s,
-                            sharding.data_parallel_size(mesh), budget):
+  data_parallel = sharding.data_parallel_size(mesh)
+  for chunk in plan_batches([len(x) for x in sources], s, data_parallel, budget):
+    rows = batch_rows(source_bucket(len(sources[chunk[-1]])), s, data_parallel, budget)
     hypotheses = decode_batch(split, mesh, [sources[i] for i in chunk], s,
-                              [numbers[i] for i in chunk])
+                              [numbers[i] for i in chunk], rows)
     for i, hyps in zip(chunk, hypotheses):
       outputs[i] = hyps
     done += len(chunk)
@@ -282,18 +289,20 @@ def _search(s: Settings, max_len: int):
                          s.max_extra_len, EOS_ID)
 
 
-def decode_batch(split, mesh, sources: list[list[int]], s: Settings, numbers: list[int]
-                 ) -> list[list[tuple[list[int], float]]]:
+def decode_batch(split, mesh, sources: list[list[int]], s: Settings, numbers: list[int],
+                 rows: int | None = None) -> list[list[tuple[list[int], float]]]:
   """Decode non-empty sources as one batch: (ids, score) per source, best first.
 
-  The batch has `row_bucket` rows and a `source_bucket` length. It runs until at most a
+  The batch has `rows` rows (default: `row_bucket`; unused rows cost only the encoder,
+  being done from the start) and a `source_bucket` length. It runs until at most a
   quarter of its sentences are still going; those go on as a batch of a quarter of the
   rows (`decode.take`) and the others are read out, so finished sentences stop costing
   steps (as CTranslate2 drops finished entries). The rows of a batch are always R, R/4,
   R/16, ..., so few shapes compile. Each sentence's result is what it would be alone."""
   graphdef, params = split
   data_parallel = sharding.data_parallel_size(mesh)
-  rows, length = row_bucket(len(sources), data_parallel), source_bucket(max(map(len, sources)))
+  rows = rows or row_bucket(len(sources), data_parallel)
+  length = source_bucket(max(map(len, sources)))
   batch = np.full((rows, length), PAD_ID, np.int32)
   for row, src in enumerate(sources):
     batch[row, :len(src)] = src

@@ -4,8 +4,8 @@ several batch sizes, beam 4 and greedy.
 
 Every round translates `--sentences` distinct lines never used before (the synthetic
 corpus's test distribution drawn from a fresh seed, or the next lines of `--lines`), all
-engines and batch sizes alternating within the round; the first round is a warm-up
-(compiles ours, loads theirs) and is not counted. Each figure is the median over rounds
+engines and batch sizes alternating within the round; the first `--warmup` rounds
+(compiling ours for the shapes of each batch size, loading theirs) are not counted. Each figure is the median over rounds
 of sentences/s, tokenization included for both engines. Both engines run in this
 process, so on the same cores; CTranslate2 with `intra_threads` = the cores.
 
@@ -99,13 +99,13 @@ def compare(args) -> dict:
   sets = sentence_sets(args)
   times = {key: [] for key in runs}
   work = {key: [] for key in runs if key[0] == 'ours'}
-  for round_ in range(args.repeats + 1):
+  for round_ in range(args.warmup + args.repeats):
     lines = next(sets)
     for key, run in runs.items():
       before = dict(inference.WORK)
       start = time.perf_counter()
       run(lines)
-      if round_:  # the first round warms up
+      if round_ >= args.warmup:
         times[key].append(time.perf_counter() - start)
         if key in work:
           work[key].append({k: inference.WORK[k] - before.get(k, 0) for k in inference.WORK})
@@ -126,7 +126,7 @@ def compare(args) -> dict:
       ratios[f'ours_best_vs_{engine}_best'] = {
           method: round(best['ours'][method][0] / best[engine][method][0], 2)
           for method in best['ours'] if method in best[engine]}
-  return {'benchmark': 'decode_real_sentences', 'workdir': args.workdir,
+  return {'benchmark': 'decode_real_sentences', 'workdir': args.workdir, 'warmup': args.warmup,
           'lines': args.lines or 'synthetic test distribution (fresh seeds)',
           'sentences': args.sentences, 'rounds': args.repeats, 'threads': cores,
           'sentences_per_s': engines,
@@ -140,6 +140,7 @@ def add_arguments(parser) -> None:
   parser.add_argument('--lines', default='', help='real-sentence mode: lines to translate '
                       '(default: the synthetic corpus)')
   parser.add_argument('--sentences', type=int, default=1000)
+  parser.add_argument('--warmup', type=int, default=2, help='rounds not counted (compiles)')
   parser.add_argument('--methods', default='beam,greedy')
   parser.add_argument('--batch_tokens', default='4096,8192,16384')
   parser.add_argument('--rows', default='64,256')

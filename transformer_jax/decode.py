@@ -368,7 +368,7 @@ def start(graphdef, params, source, keys, *, search):
 @functools.partial(jax.jit, static_argnames=('graphdef', 'search'), donate_argnames='state')
 def advance(graphdef, params, state, until, min_active, *, search):
   """Steps while step < `until` and more than `min_active` sentences are active:
-  (state, active [B])."""
+  (state, active [B], the search's result so far: one program, not two, to compile)."""
   model = nnx.merge(graphdef, params)
 
   def cond(s):
@@ -376,7 +376,7 @@ def advance(graphdef, params, state, until, min_active, *, search):
     return (s['step'] < until) & (jnp.sum(active) > jnp.maximum(min_active, 0))
 
   state = jax.lax.while_loop(cond, functools.partial(search.step, model), state)
-  return state, search.active(state)
+  return state, search.active(state), search.result(state)
 
 
 @functools.partial(jax.jit, static_argnames=('length',))
@@ -399,8 +399,3 @@ def take(state, rows, *, rows_sharding=None):
     return y if rows_sharding is None else jax.lax.with_sharding_constraint(y, rows_sharding)
 
   return jax.tree.map(pick, state)
-
-
-@functools.partial(jax.jit, static_argnames=('search',))
-def result(state, *, search):
-  return search.result(state)

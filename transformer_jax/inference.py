@@ -275,6 +275,8 @@ def translate_hypotheses(model, mesh, sources: list[list[int]], s: Settings,
   return outputs
 
 
+_FEWEST_ROWS = 16  # compaction stops here (below, a step's cost hardly falls)
+
 # Decoding work done in this process, for benchmarks: `row_steps` (steps x rows computed,
 # padding and finished rows included) against `output_tokens` (tokens of the best
 # translations, EOS included): their ratio is the padding efficiency.
@@ -298,7 +300,8 @@ def decode_batch(split, mesh, sources: list[list[int]], s: Settings, numbers: li
   quarter of its sentences are still going; those go on as a batch of a quarter of the
   rows (`decode.take`) and the others are read out, so finished sentences stop costing
   steps (as CTranslate2 drops finished entries). The rows of a batch are always R, R/4,
-  R/16, ..., so few shapes compile. Each sentence's result is what it would be alone."""
+  R/16, ... (not below 16: a step of fewer rows costs about as much), so few shapes
+  compile. Each sentence's result is what it would be alone."""
   graphdef, params = split
   data_parallel = sharding.data_parallel_size(mesh)
   rows = rows or row_bucket(len(sources), data_parallel)
@@ -318,20 +321,22 @@ def decode_batch(split, mesh, sources: list[list[int]], s: Settings, numbers: li
   segments = decode.cache_lengths(search.max_len)
   segment = step = 0
   while True:
-    smaller = row_bucket(owner.size // 4, data_parallel)
-    state, active = decode.advance(graphdef, params, state, segments[segment],
-                                   smaller if smaller < owner.size else 0, search=search)
+    smaller = max(row_bucket(owner.size // 4, data_parallel),
+                  row_bucket(min(owner.size, _FEWEST_ROWS), data_parallel))
+    state, active, found_so_far = decode.advance(
+        graphdef, params, state, segments[segment], smaller if smaller < owner.size else 0,
+        search=search)
     active, last = distributed.gather(active), step
     step = int(distributed.gather(state['step']))
     WORK['row_steps'] += owner.size * (step - last)
     if not active.any() or step >= search.max_len:
-      _read_out(state, search, owner, owner >= 0, found)
+      _read_out(found_so_far, owner, owner >= 0, found)
       return found
     if step >= segments[segment]:
       segment += 1
       state = decode.grow(state, length=segments[segment])
       continue
-    _read_out(state, search, owner, (owner >= 0) & ~active, found)
+    _read_out(found_so_far, owner, (owner >= 0) & ~active, found)
     keep = np.flatnonzero(active)
     index = np.full(smaller, np.flatnonzero(~active)[0])
     index[:keep.size] = keep
@@ -339,9 +344,9 @@ def decode_batch(split, mesh, sources: list[list[int]], s: Settings, numbers: li
     owner = np.where(np.arange(index.size) < keep.size, owner[index], -1)
 
 
-def _read_out(state, search, owner, which, found) -> None:
-  """Store the results of the rows `which` under their sentence (`owner`) in `found`."""
-  tokens, scores = map(distributed.gather, decode.result(state, search=search))
+def _read_out(results, owner, which, found) -> None:
+  """Store the `results` of the rows `which` under their sentence (`owner`) in `found`."""
+  tokens, scores = map(distributed.gather, results)
   if tokens.ndim == 2:  # one hypothesis per row
     tokens, scores = tokens[:, None], scores[:, None]
   for row in np.flatnonzero(which):

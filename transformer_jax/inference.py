@@ -295,8 +295,9 @@ def decode_batch(split, mesh, sources: list[list[int]], s: Settings, numbers: li
                  rows: int | None = None) -> list[list[tuple[list[int], float]]]:
   """Decode non-empty sources as one batch: (ids, score) per source, best first.
 
-  The batch has `rows` rows (default: `row_bucket`; unused rows cost only the encoder,
-  being done from the start) and a `source_bucket` length. It runs until at most a
+  The batch has `rows` rows (default: `row_bucket`; fewer sentences start on a lower
+  rung of the ladder below, and unused rows are done from the start) and a
+  `source_bucket` length. It runs until at most a
   quarter of its sentences are still going; those go on as a batch of a quarter of the
   rows (`decode.take`) and the others are read out, so finished sentences stop costing
   steps (as CTranslate2 drops finished entries). The rows of a batch are always R, R/4,
@@ -305,6 +306,8 @@ def decode_batch(split, mesh, sources: list[list[int]], s: Settings, numbers: li
   graphdef, params = split
   data_parallel = sharding.data_parallel_size(mesh)
   rows = rows or row_bucket(len(sources), data_parallel)
+  while len(sources) <= _smaller(rows, data_parallel) < rows:  # a few sentences: start
+    rows = _smaller(rows, data_parallel)  # lower on the same ladder (shapes compiled once)
   length = source_bucket(max(map(len, sources)))
   batch = np.full((rows, length), PAD_ID, np.int32)
   for row, src in enumerate(sources):
@@ -321,8 +324,7 @@ def decode_batch(split, mesh, sources: list[list[int]], s: Settings, numbers: li
   segments = decode.cache_lengths(search.max_len)
   segment = step = 0
   while True:
-    smaller = max(row_bucket(owner.size // 4, data_parallel),
-                  row_bucket(min(owner.size, _FEWEST_ROWS), data_parallel))
+    smaller = _smaller(owner.size, data_parallel)
     state, active, found_so_far = decode.advance(
         graphdef, params, state, segments[segment], smaller if smaller < owner.size else 0,
         search=search)
@@ -342,6 +344,12 @@ def decode_batch(split, mesh, sources: list[list[int]], s: Settings, numbers: li
     index[:keep.size] = keep
     state = decode.take(state, index, rows_sharding=sharding.rows_sharding(mesh))
     owner = np.where(np.arange(index.size) < keep.size, owner[index], -1)
+
+
+def _smaller(rows: int, data_parallel: int) -> int:
+  """The next rung of a batch's ladder of rows: a quarter, not below 16 (or `rows`)."""
+  return max(row_bucket(rows // 4, data_parallel),
+             row_bucket(min(rows, _FEWEST_ROWS), data_parallel))
 
 
 def _read_out(results, owner, which, found) -> None:

@@ -120,3 +120,29 @@ def test_a_damaged_checkpoint_in_a_bucket_is_moved_aside(gcs_env, repo, monkeypa
   assert not (epath.Path(run) / 'checkpoints' / '20').exists()
   moved = [p.name for p in (epath.Path(run) / 'quarantine').iterdir()]
   assert len(moved) == 1 and moved[0].startswith('checkpoints-20-')
+
+
+def test_a_file_in_a_bucket_is_translated_in_windows_into_the_bucket(
+    gcs_env, repo, briefly_trained, monkeypatch):
+  """Bulk translation with --input and --output in a bucket (no append, no rename):
+  windows found by reading the object, parts written as objects, joined at the end."""
+  env, _ = gcs_env
+  for key in ('STORAGE_EMULATOR_HOST', 'GOOGLE_CLOUD_PROJECT'):
+    monkeypatch.setenv(key, env[key])
+  source, output = f'gs://{BUCKET}/bulk/in.txt', f'gs://{BUCKET}/bulk/out.txt'
+  lines = ['The dog sees the cat.', '', 'A cat.', 'Two big dogs sleep.', 'The man reads.']
+  epath.Path(source).write_text(''.join(line + '\n' for line in lines))
+  decoding = [f'--workdir={briefly_trained}', '--decode=sample', '--seed=3',
+              '--max_extra_len=6']
+
+  def translate(*flags, stdin=None):
+    result = subprocess.run([sys.executable, '-m', 'transformer_jax.translate', *decoding,
+                             *flags], cwd=repo, env=env, input=stdin, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+  translate(f'--input={source}', f'--output={output}', '--window=2')
+  streamed = translate(stdin=''.join(line + '\n' for line in lines))
+  assert epath.Path(output).read_text() == streamed.stdout
+  assert not epath.Path(output + '.parts').exists()

@@ -36,8 +36,16 @@ def test_scan_finds_every_window_and_reading_them_gives_the_lines(tmp_path, text
   lines = lines[:-1] if text.endswith(b'\n') or not text else lines
   assert plan.lines == len(lines) and plan.offsets[0] == 0 and plan.offsets[-1] == len(text)
   assert plan.windows == -(-len(lines) // window)
-  read = [line for k in range(plan.windows) for line in bulk.read_window(str(path), plan, k, window)]
+  read = [line for k in range(plan.windows) for line in bulk.read_window(str(path), plan, k)]
   assert read == lines
+
+
+def test_the_first_window_is_short_and_the_others_full(tmp_path, monkeypatch):
+  monkeypatch.setattr(bulk, 'FIRST_WINDOW', 3)
+  path = corpus(tmp_path / 'in.txt', 12)
+  plan = bulk.scan(path, 5)
+  assert plan.starts == (0, 3, 8, 12)
+  assert bulk.read_window(path, plan, 1) == open(path).read().split('\n')[3:8]
 
 
 def test_a_small_read_size_finds_the_same_windows(tmp_path, monkeypatch):
@@ -52,7 +60,7 @@ def test_a_bad_byte_names_its_line_in_the_whole_file(tmp_path):
   path.write_bytes(b'ok\n' * 5 + b'bad \xff\n')
   plan = bulk.scan(str(path), 4)
   with pytest.raises(Exception, match=r'line 6: bytes that are not UTF-8'):
-    bulk.read_window(str(path), plan, 1, 4)
+    bulk.read_window(str(path), plan, 1)
 
 
 def test_a_file_in_windows_equals_the_stream_and_leaves_no_parts(command, briefly_trained,

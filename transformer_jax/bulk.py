@@ -37,11 +37,16 @@ _FINISH_TIMEOUT_S = 24 * 3600  # waiting for the others' last windows; a dead on
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-  """Where each window of a file starts: `offsets[k]` is window k's first byte, and the
-  last entry the file's size; `lines` in all; the file's SHA-256 (a changed input)."""
+  """Where each window of a file starts: `offsets[k]` is window k's first byte and
+  `starts[k]` its first line (0-based), the last entries the file's size and line
+  count; the file's SHA-256 (a changed input)."""
   offsets: tuple[int, ...]
-  lines: int
+  starts: tuple[int, ...]
   sha256: str
+
+  @property
+  def lines(self) -> int:
+    return self.starts[-1]
 
   @property
   def windows(self) -> int:
@@ -56,9 +61,16 @@ def check_readable(path: str) -> None:
     raise UserError(f'Cannot read {path}: {e.strerror or e}.') from None
 
 
+# The first window is this short (lines), so that the first translations reach disk
+# within the first minute: compiling the decoder's shapes takes most of it.
+FIRST_WINDOW = 1000
+
+
 def scan(path: str, window: int) -> Plan:
-  """One pass over `path`, in large reads: window starts, line count and checksum."""
-  offsets, lines, size, digest = [0], 0, 0, hashlib.sha256()
+  """One pass over `path`, in large reads: window starts, line count and checksum.
+  Windows hold `window` lines, the first at most `FIRST_WINDOW`."""
+  offsets, starts, lines, size, digest = [0], [0], 0, 0, hashlib.sha256()
+  end = min(window, FIRST_WINDOW)  # the current window's end (a line count)
   ends_line = True
   try:
     with files.path(path).open('rb') as f:
@@ -66,7 +78,7 @@ def scan(path: str, window: int) -> Plan:
         digest.update(chunk)
         start = 0
         while True:  # the newlines that end a window's last line
-          need = window - lines % window
+          need = end - lines
           count = chunk.count(b'\n', start)
           if count < need:
             lines += count
@@ -75,6 +87,8 @@ def scan(path: str, window: int) -> Plan:
             start = chunk.index(b'\n', start) + 1
           lines += need
           offsets.append(size + start)
+          starts.append(lines)
+          end += window
         size += len(chunk)
         ends_line = chunk.endswith(b'\n')
   except (FileNotFoundError, OSError) as e:
@@ -83,15 +97,16 @@ def scan(path: str, window: int) -> Plan:
     lines += 1
   if offsets[-1] != size:
     offsets.append(size)
-  return Plan(tuple(offsets), lines, digest.hexdigest())
+    starts.append(lines)
+  return Plan(tuple(offsets), tuple(starts), digest.hexdigest())
 
 
-def read_window(path: str, plan: Plan, k: int, window: int) -> list[str]:
+def read_window(path: str, plan: Plan, k: int) -> list[str]:
   """The lines of window k, decoded strictly (a bad byte names its line)."""
   with files.path(path).open('rb') as f:
     f.seek(plan.offsets[k])
     raw = f.read(plan.offsets[k + 1] - plan.offsets[k])
-  return datasets.decode_lines(raw, path, first=k * window + 1)
+  return datasets.decode_lines(raw, path, first=plan.starts[k] + 1)
 
 
 def format_hypotheses(hypotheses: list[list[tuple[str, float]]], first: int,
@@ -106,10 +121,12 @@ def format_hypotheses(hypotheses: list[list[tuple[str, float]]], first: int,
 
 def translate_stream(restored, settings, stream, out, window: int) -> None:
   """Lines of a binary `stream`, `window` at a time, to the text stream `out`: each
-  window's translations are written (and flushed) as soon as it is decoded."""
+  window's translations are written (and flushed) as soon as it is decoded; the first
+  window holds at most `FIRST_WINDOW` lines."""
   first = 1
   while True:
-    raw = [line for _, line in zip(range(window), stream)]
+    size = window if first > 1 else min(window, FIRST_WINDOW)
+    raw = [line for _, line in zip(range(size), stream)]
     if not raw:
       return
     lines = datasets.decode_lines(b''.join(raw), getattr(stream, 'name', 'stdin'), first)
@@ -135,16 +152,17 @@ def translate_file(restored, settings, source: str, output: str, window: int,
   distributed.barrier('list the windows already translated', 600)
   todo = [k for k in range(plan.windows) if k not in written]
   if written and todo:
-    distributed.say(f'resuming at line {todo[0] * window + 1} ({len(written)} of '
+    distributed.say(f'resuming at line {plan.starts[todo[0]] + 1} ({len(written)} of '
                     f'{plan.windows} windows already translated)')
   mine = todo[jax.process_index()::jax.process_count()]
   local = inference.on_local_devices(restored)
-  progress = _Progress(plan, window, mine)
+  progress = _Progress(plan, mine)
   for k in mine:
-    lines = read_window(source, plan, k, window)
-    hypotheses = inference.translate_nbest(local, lines, settings, first=k * window + 1)
+    lines = read_window(source, plan, k)
+    first = plan.starts[k] + 1
+    hypotheses = inference.translate_nbest(local, lines, settings, first=first)
     files.write_atomically(parts / f'window-{k:08d}.txt', format_hypotheses(
-        hypotheses, k * window + 1, settings.nbest).encode('utf-8'))
+        hypotheses, first, settings.nbest).encode('utf-8'))
     progress.window_done(k, len(lines))
   progress.finish()
   distributed.barrier('finish their windows', _FINISH_TIMEOUT_S)
@@ -194,8 +212,8 @@ def _join(parts, windows: int, output) -> None:
 class _Progress:
   """stderr lines on process 0: lines done of its share, lines/s and the time left."""
 
-  def __init__(self, plan: Plan, window: int, mine: list[int]):
-    self.total = sum(min(window, plan.lines - k * window) for k in mine)
+  def __init__(self, plan: Plan, mine: list[int]):
+    self.total = sum(plan.starts[k + 1] - plan.starts[k] for k in mine)
     self.done, self.start, self.last = 0, time.perf_counter(), 0.0
     self.share = '' if jax.process_count() == 1 else ' (process 0\'s share)'
 

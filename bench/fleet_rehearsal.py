@@ -1,4 +1,4 @@
-"""The Cloud TPU launcher driven end to end on the emulated fleet (launch/emulator), with
+"""The Cloud TPU launcher driven end to end on the emulated fleet (tests/emulated_tpu), with
 faults: the run must survive them and finish bit for bit as an uninterrupted one.
 
 A spot slice of W workers x D devices (v5litepod-16 for the default 4 x 2), a gs:// workdir on
@@ -34,7 +34,7 @@ import threading
 import time
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / 'bench'), str(REPO / 'launch' / 'emulator'),
+sys.path[:0] = [str(REPO), str(REPO / 'bench'), str(REPO / 'tests' / 'emulated_tpu'),
                 str(REPO / 'tests')]
 import fleet  # noqa: E402
 from pod_rehearsal import emit, run_phase  # noqa: E402
@@ -53,7 +53,7 @@ class Rehearsal:
     self.a, self.root, self.env = a, root, env
     self.phases: dict[str, dict] = {}
     self.common = ['--name=' + NAME, '--zone=emulated-a', f'--type={accelerator(a.workers)}',
-                   '--spot', '--config=configs/tiny.py']
+                   '--spot', '--config=configs/tiny.py', '--ship_dirty']
     self.flags = ['--config.data.name=synthetic', f'--config.train.num_steps={a.steps}',
                   '--config.train.log_every=1', '--config.train.eval_every=1000',
                   f'--config.train.checkpoint_every={a.every}',
@@ -76,7 +76,8 @@ class Rehearsal:
 
   def setup(self):
     codes = [self.launch(action, *args).returncode for action, *args in
-             (('create',), ('install',), ('prepare', f'gs://{BUCKET}/faulted'),
+             (('create',), ('install', f'gs://{BUCKET}/faulted'),
+              ('prepare', f'gs://{BUCKET}/faulted'),
               ('prepare', f'gs://{BUCKET}/reference'))]
     return not any(codes), {'exit_codes': codes}
 

@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import pathlib
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -100,27 +102,58 @@ def ssh_output(a, command: str) -> str | None:
   return result.stdout if result.returncode == 0 else None
 
 
-def needs_tensorflow(config_path: str) -> bool:
-  """Whether the config's dataset is a TFDS catalog one (WMT), built with TensorFlow."""
+def local_config(config_path: str):
+  """The config file as this checkout reads it."""
   sys.path.insert(0, str(REPO))
   from transformer_jax import config as config_lib  # noqa: PLC0415 (only these actions)
-  return config_lib.load(str(REPO / config_path)).data.name not in OUR_DATASETS
+  return config_lib.load(str(REPO / config_path))
+
+
+def needs_tensorflow(config_path: str) -> bool:
+  """Whether the config's dataset is a TFDS catalog one (WMT), built with TensorFlow."""
+  return local_config(config_path).data.name not in OUR_DATASETS
+
+
+def code_archive(a) -> str:
+  """The run's code, WORKDIR/code.tar.gz: a `git archive` of this checkout made by the
+  run's first install and reused by every later one, so a relaunch days later runs the
+  code the run started with, whatever is checked out by then. Uncommitted changes to
+  tracked files are refused unless --ship_dirty ships them (`git stash create`;
+  untracked files never ship)."""
+  remote = f'{a.workdir}/code.tar.gz'
+  if not a.dry_run and gcloud(['storage', 'ls', remote], False, check=False).returncode == 0:
+    print(f"the run's code: {remote} (made by its first install)", flush=True)
+    return remote
+  git = ['git', '-C', str(REPO)]
+  dirty = subprocess.run([*git, 'status', '--porcelain', '--untracked-files=no'],
+                         capture_output=True, text=True, check=True).stdout.strip()
+  if dirty and not a.ship_dirty:
+    sys.exit(f'error: {REPO} has uncommitted changes (git status): commit them, or pass '
+             "--ship_dirty to ship them; the run's code is made once, from this checkout.")
+  tree = 'HEAD'
+  if dirty:
+    tree = subprocess.run([*git, 'stash', 'create'], capture_output=True, text=True,
+                          check=True).stdout.strip()
+  with tempfile.TemporaryDirectory() as directory:
+    archive = os.path.join(directory, 'code.tar.gz')
+    local = [*git, 'archive', '--format=tar.gz', f'--output={archive}', tree]
+    print(shlex.join(local), flush=True)
+    if not a.dry_run:
+      subprocess.run(local, check=True)
+    gcloud(['storage', 'cp', archive, remote], a.dry_run)
+  return remote
 
 
 def install(a) -> None:
-  """Copy this checkout (git archive of HEAD) to every worker and pip-install it."""
-  archive = '/tmp/transformer_jax.tar.gz'
-  local = ['git', '-C', str(REPO), 'archive', '--format=tar.gz', f'--output={archive}', 'HEAD']
-  print(shlex.join(local), flush=True)
-  if not a.dry_run:
-    subprocess.run(local, check=True)
-  gcloud(tpu_vm('scp', archive, f'{a.name}:{archive}', f'--zone={a.zone}', '--worker=all'),
-         a.dry_run)
+  """The run's code (`code_archive`) onto every worker, pip-installed."""
+  check_workdir(a)
+  archive = '$HOME/transformer_jax.tar.gz'
+  fetch = (f'gcloud storage cp {shlex.quote(code_archive(a))} {archive} && '
+           f'rm -rf {REMOTE_DIR} && mkdir -p {REMOTE_DIR} && tar -xzf {archive} -C {REMOTE_DIR}')
   # The TPU runtimes are Ubuntu 22.04, whose Python 3.10 is older than JAX supports
   # (3.11+): uv brings its own Python into the venv. A machine image with the environment
   # already made names it in TRANSFORMER_JAX_PREPARED_VENV (the emulated fleet does).
-  ssh(a, f'mkdir -p {REMOTE_DIR} && tar -xzf {archive} -C {REMOTE_DIR} && '
-         f'if [ -n "${{TRANSFORMER_JAX_PREPARED_VENV:-}}" ]; then '
+  ssh(a, f'{fetch} && if [ -n "${{TRANSFORMER_JAX_PREPARED_VENV:-}}" ]; then '
          f'ln -sfn "$TRANSFORMER_JAX_PREPARED_VENV" {VENV}; else '
          f'(test -x {UV} || curl -LsSf https://astral.sh/uv/install.sh | sh) && '
          f'{UV} venv -q --allow-existing --python {PYTHON} {VENV} && '
@@ -137,8 +170,15 @@ def check_workdir(a) -> None:
 
 
 def command_flags(a) -> str:
-  return (f'--config="{a.config}" --workdir="{a.workdir}" '
+  """The flags of a remote `transformer_jax` command, each quoted for the worker's shell
+  (a workdir with `$(...)`, spaces or quotes reaches Python as written)."""
+  return (f'{shlex.quote("--config=" + a.config)} {shlex.quote("--workdir=" + a.workdir)} '
           f'--config.data.tfds_dir="{LOCAL_TFDS}" ' + ' '.join(shlex.quote(f) for f in a.extra))
+
+
+def in_workdir(a, path: str) -> str:
+  """WORKDIR/path, quoted for the worker's shell."""
+  return shlex.quote(f'{a.workdir}/{path}')
 
 
 def prepare(a) -> None:
@@ -148,14 +188,14 @@ def prepare(a) -> None:
   # JAX_PLATFORMS=cpu: worker 0 alone, not joined to the slice's other workers.
   ssh(a, f'cd {REMOTE_DIR} && JAX_PLATFORMS=cpu {VENV}/bin/python -m transformer_jax.prepare '
          f'{command_flags(a)} --nostore && '
-         f'gcloud storage rsync -r {LOCAL_TFDS} "{a.workdir}/tfds"', worker='0')
+         f'gcloud storage rsync -r {LOCAL_TFDS} {in_workdir(a, "tfds")}', worker='0')
   ssh(a, f'{fetch_dataset(a)} && cd {REMOTE_DIR} && '
          f'{VENV}/bin/python -m transformer_jax.prepare {command_flags(a)}')
 
 
 def fetch_dataset(a) -> str:
   """Shell: the prepared dataset from the bucket onto this worker's disk, if it is there."""
-  prepared = f'"{a.workdir}/tfds"'
+  prepared = in_workdir(a, 'tfds')
   return (f'mkdir -p {LOCAL_TFDS} && if gcloud storage ls {prepared} > /dev/null 2>&1; '
           f'then gcloud storage rsync -r {prepared} {LOCAL_TFDS}; fi')
 
@@ -167,7 +207,7 @@ def train(a) -> None:
   $HOME/train.pid and, when training ends, its exit status in $HOME/train.exit: what
   `running` reads (a process name would match the shells that carry it)."""
   check_workdir(a)
-  log = f'"{a.workdir}/logs/$(hostname).log"'
+  log = in_workdir(a, 'logs/') + '"$(hostname).log"'
   ship = f'gcloud storage cp -q {TRAIN_LOG} {log} > /dev/null 2>&1'
   script = (f'{fetch_dataset(a)} && cd {REMOTE_DIR} && '
             f'{VENV}/bin/python -m transformer_jax.train {command_flags(a)}')
@@ -187,21 +227,44 @@ def wrapper(script: str, ship: str) -> str:
           f'kill $shipper; {ship}')
 
 
-# A worker's answer to `running`: its wrapper is alive and has not written an exit.
+# A worker's answer to `running`, one line: TRAIN_RUNNING while its wrapper is alive and
+# has not written an exit; else TRAIN_STOPPED, the exit status (or `none`) and the last
+# `error:` line of its log.
 RUNNING_CHECK = (f'if test ! -e {TRAIN_EXIT} && kill -0 "$(cat {TRAIN_PID} 2> /dev/null)" '
-                 '2> /dev/null; then echo TRAIN_RUNNING; else echo TRAIN_STOPPED; fi')
+                 '2> /dev/null; then echo TRAIN_RUNNING; else echo "TRAIN_STOPPED '
+                 f'$(cat {TRAIN_EXIT} 2> /dev/null || echo none) '
+                 f'$(grep "^error: " {TRAIN_LOG} 2> /dev/null | tail -n 1)"; fi')
+# `transformer_jax` commands exit 2 on an error the user must fix (a bad flag or config,
+# a missing dataset, a checkpoint that cannot restore, a non-finite loss): relaunching
+# would fail the same way. Other ends (75: a worker lost; a kill; a crash) are relaunched.
+USER_ERROR_EXIT = '2'
+
+
+@dataclasses.dataclass
+class Look:
+  """The workers' answers: whether training runs on every one (None: cannot be told now,
+  e.g. ssh failed), and the error line of one that stopped on a user error."""
+  running: bool | None
+  user_error: str | None = None
+
+
+def look(a) -> Look:
+  result = ssh_output(a, RUNNING_CHECK)
+  if result is None or a.dry_run:
+    return Look(None if result is None else True)
+  lines = [line.split(' ', 2) for line in result.splitlines() if line.startswith('TRAIN_')]
+  for words in lines:
+    if words[0] == 'TRAIN_STOPPED' and words[1:2] == [USER_ERROR_EXIT]:
+      return Look(False, words[2] if len(words) > 2 and words[2] else 'exit 2, no error line')
+  if any(words[0] == 'TRAIN_STOPPED' for words in lines):
+    return Look(False)
+  return Look(True if lines else None)
 
 
 def running(a) -> bool | None:
   """Whether training runs on every worker; None if that cannot be told now (ssh failed).
   Each worker answers for itself: its wrapper is alive and has not written an exit."""
-  result = ssh_output(a, RUNNING_CHECK)
-  if result is None or a.dry_run:
-    return None if result is None else True
-  answers = result.split()
-  if 'TRAIN_STOPPED' in answers:
-    return False
-  return True if 'TRAIN_RUNNING' in answers else None
+  return look(a).running
 
 
 def stop(a) -> None:
@@ -215,7 +278,8 @@ def stop(a) -> None:
 
 
 def state(a) -> str:
-  """READY / ACTIVE, CREATING / PROVISIONING / ..., PREEMPTED, ..., or NOT_FOUND."""
+  """READY / ACTIVE, CREATING / PROVISIONING / ..., PREEMPTED, ..., or NOT_FOUND; a failed
+  call that is not the API's NOT_FOUND raises CalledProcessError."""
   if a.queued:
     args = ['compute', 'tpus', 'queued-resources', 'describe', a.name, f'--zone={a.zone}',
             '--format=value(state.state)']
@@ -224,13 +288,47 @@ def state(a) -> str:
   result = gcloud(args, a.dry_run, check=False)
   if a.dry_run:
     return 'READY'
-  return result.stdout.strip() if result.returncode == 0 else 'NOT_FOUND'
+  if result.returncode == 0:
+    return result.stdout.strip()
+  if 'NOT_FOUND' in result.stderr:  # the API's 404 ("ERROR: (gcloud...) NOT_FOUND: ...")
+    return 'NOT_FOUND'
+  # Anything else (network, auth, quota, HTTP 429/503) says nothing about the slice: a
+  # failed call, which supervise retries with backoff, never a reason to recreate it.
+  print(result.stderr.strip()[-2000:], file=sys.stderr, flush=True)
+  raise subprocess.CalledProcessError(result.returncode, result.args)
 
 
 def finished(a) -> bool:
-  """Whether the run wrote WORKDIR/done.json (train does on reaching num_steps)."""
-  result = gcloud(['storage', 'ls', f'{a.workdir}/done.json'], a.dry_run, check=False)
-  return not a.dry_run and result.returncode == 0
+  """Whether the run wrote WORKDIR/done.json (train does on reaching its last step) at or
+  past the step these flags end at: `-- --config.train.num_steps=MORE` on a finished run
+  extends it (train removes done.json as it trains past it)."""
+  result = gcloud(['storage', 'cat', f'{a.workdir}/done.json'], a.dry_run, check=False)
+  if a.dry_run or result.returncode != 0:
+    return False
+  try:
+    step = int(json.loads(result.stdout)['step'])
+  except (ValueError, KeyError, TypeError):  # half-written: not done, train rewrites it
+    return False
+  return step >= last_step(a)
+
+
+def last_step(a) -> int:
+  """The step a run of --config and the `-- --config.KEY=VALUE` flags ends at, as train
+  computes it (`costs.last_step`)."""
+  config = local_config(a.config)
+  for flag in a.extra:
+    key, _, value = flag.removeprefix('--config.').partition('=')
+    if flag.startswith('--config.') and value:
+      section, _, name = key.rpartition('.')
+      parent = config
+      for part in filter(None, section.split('.')):
+        parent = parent[part]
+      default = parent[name]
+      parent[name] = (value.lower() in ('true', '1') if isinstance(default, bool)
+                      else type(default)(value) if isinstance(default, (int, float))
+                      else value)
+  from transformer_jax import costs  # noqa: PLC0415 (only supervise needs it)
+  return costs.last_step(config)
 
 
 @dataclasses.dataclass
@@ -244,8 +342,9 @@ class Watch:
 def supervise(a) -> None:
   """Keep the run going until it is done: recreate a lost slice (waiting for capacity),
   reinstall, relaunch `train` (which resumes); relaunch it too if it stopped on a slice
-  that is still up (e.g. a worker died), after ending what is left of it. A run already
-  training (e.g. started by `train`) is adopted, not launched twice. A failed gcloud or
+  that is still up (e.g. a worker died), after ending what is left of it; stop, naming
+  the error, when it ended on a user error (exit 2), which a relaunch would repeat. A run
+  already training (e.g. started by `train`) is adopted, not launched twice. A failed gcloud or
   ssh call (a VM not reachable yet, one preempted meanwhile) is retried with backoff."""
   check_workdir(a)
   watch, failures = Watch(), 0
@@ -276,11 +375,16 @@ def step(a, watch: Watch) -> None:
       delete(a)
     create(a, check=False)  # no capacity now: try again at the next poll
   elif now in READY:  # else CREATING, PROVISIONING, ...: wait
-    live = running(a)
+    seen = look(a)
+    if seen.user_error:
+      sys.exit(f'error: training stopped on an error that a relaunch would repeat; fix it '
+               f'and run supervise again. A worker\'s log says: {seen.user_error}')
+    live = seen.running
+    if live is None:  # ssh to a worker failed: a failed call, counted and retried
+      raise subprocess.CalledProcessError(255, ['ssh', '--worker=all', 'RUNNING_CHECK'])
     if live:
       watch.launched = True  # ours, or one `train` started
-    elif live is False and not finished(a):  # (None: ssh not answering yet; finished:
-      # the run ended between the two looks)
+    elif not finished(a):  # (finished: the run ended between the two looks)
       restart(a, watch, 'train is not running on every worker')
       stop(a)
       install(a)
@@ -332,6 +436,8 @@ def main(argv=None) -> None:
                       help='supervise: gcloud calls failing in a row, then give up')
   parser.add_argument('--grace_s', type=float, default=30,
                       help='supervise: seconds between SIGTERM and SIGKILL of leftovers')
+  parser.add_argument('--ship_dirty', action='store_true',
+                      help="install: ship this checkout's uncommitted changes as the run's code")
   parser.add_argument('--dry_run', action='store_true', help='print the commands only')
   argv = sys.argv[1:] if argv is None else argv
   split = argv.index('--') if '--' in argv else len(argv)

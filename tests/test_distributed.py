@@ -73,7 +73,7 @@ def start(tmp_path, name, waiter, timeout, asleep):
 def test_a_barrier_times_out_naming_what_it_waited_for(tmp_path):
   pod = start(tmp_path, 'barrier_timeout', waiter=1, timeout=3, asleep=8)
   _, process_1 = pod.wait(timeout=300)
-  assert process_1.code == 2
+  assert process_1.code == 75  # PeersLost: a relaunch may succeed
   lines = process_1.err.strip().splitlines()
   assert 'waited 3 s for the other processes to finish the slow job' in lines[-1]
 
@@ -126,7 +126,7 @@ def test_a_process_that_never_starts_is_named_by_the_others():
   with a C++ stack trace. Both end after the 5 s timeout instead, naming process 2."""
   results, seconds = join([0, 1], count=3)
   for i, (code, _, err) in enumerate(results):
-    assert code == 2, err
+    assert code == 75, err
     assert err.strip().splitlines()[-1].startswith(
         f'error: Process {i} waited 5 s (--initialization_timeout_s) for process 2 to join')
     assert 'Check failure' not in err
@@ -137,7 +137,7 @@ def test_a_process_that_never_starts_is_named_by_the_others():
 def test_a_process_that_cannot_reach_process_0_names_it():
   results, seconds = join([1], count=2)
   code, _, err = results[0]
-  assert code == 2, err
+  assert code == 75, err
   assert err.strip().splitlines()[-1].startswith(
       'error: Process 1 could not reach process 0 at 127.0.0.1:')
   assert seconds < 60

@@ -1,7 +1,7 @@
-"""The Cloud TPU launcher on the emulated fleet (launch/emulator): workers are namespaced
+"""The Cloud TPU launcher on the emulated fleet (tests/emulated_tpu): workers are namespaced
 sandboxes that run the launcher's real shell commands, join as one JAX run through the
-metadata server as on a TPU VM, and fail as VMs do. `install` ships the repository's
-committed HEAD (git archive), as it would to a real VM."""
+metadata server as on a TPU VM, and fail as VMs do. `install` ships the run's code
+archive (this checkout, with --ship_dirty its uncommitted changes), as to a real VM."""
 import argparse
 import json
 import pathlib
@@ -13,7 +13,7 @@ import time
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / 'launch'), str(REPO / 'launch' / 'emulator')]
+sys.path[:0] = [str(REPO / 'launch'), str(REPO / 'tests' / 'emulated_tpu')]
 import fleet  # noqa: E402
 import gcs_emulator  # noqa: E402
 import tpu  # noqa: E402 (launch/tpu.py)
@@ -44,8 +44,8 @@ def launcher(action, *args, timeout=900):
   """`launch/tpu.py ACTION` on a 2-worker slice (v4-16); returns its exit code and output."""
   result = subprocess.run(
       [sys.executable, 'launch/tpu.py', action, '--name=mt', '--zone=emulated-a',
-       '--type=v4-16', '--config=configs/tiny.py', *args], cwd=REPO, capture_output=True,
-      text=True, timeout=timeout)
+       '--type=v4-16', '--config=configs/tiny.py', '--ship_dirty', *args], cwd=REPO,
+      capture_output=True, text=True, timeout=timeout)
   return result.returncode, result.stdout + result.stderr
 
 
@@ -100,7 +100,7 @@ def test_supervise_sees_training_die_and_the_log_shipper_stops_with_it(emulated,
   training's name matched the log shipper's own shell, so a dead run looked alive."""
   assert fleet.create('mt', 'v4-16') == ''
   workdir = f'gs://{BUCKET}/run'
-  assert launcher('install')[0] == 0
+  assert launcher('install', f'--workdir={workdir}')[0] == 0
   code, out = launcher('train', f'--workdir={workdir}', '--', '--config.train.no_such_key=1')
   assert code == 0, out
   a = options(workdir=workdir)
@@ -162,13 +162,43 @@ def test_supervise_retries_unreachable_vms_and_adopts_a_live_run(emulated):
   assert steps.split() == ['2']
 
 
-def test_supervise_gives_up_after_max_restarts(emulated):
-  """Training that fails at every launch (a bad flag) is relaunched, then given up."""
+def test_supervise_stops_on_a_user_error_after_one_launch(emulated):
+  """Training that fails as any launch would (a bad flag: exit 2) is launched once, and
+  supervise stops non-zero with the worker's error line; before, it reinstalled and
+  relaunched up to --max_restarts times on a billed slice."""
   code, out = launcher('supervise', f'--workdir=gs://{BUCKET}/bad', '--poll_s=1',
-                       '--max_restarts=1', '--', '--config.train.no_such_key=1')
-  assert code != 0 and out.strip().splitlines()[-1] == (
-      'error: gave up after 1 restarts (--max_restarts).')
-  assert 'restart 1: train is not running on every worker' in out
+                       '--max_restarts=3', '--', '--config.train.no_such_key=1')
+  last = out.strip().splitlines()[-1]
+  assert code != 0 and last.startswith('error: training stopped on an error that a relaunch')
+  assert 'no_such_key' in last and 'restart 1:' not in out
+  code, launches = on_workers('grep -c "no_such_key" $HOME/train.log')
+  assert code == 0 and launches.split() == ['1', '1']
+
+
+def test_a_failing_describe_is_retried_and_never_taken_for_a_lost_slice(emulated):
+  """`describe` answering 503 is a failed call, retried with backoff: before, it read as
+  NOT_FOUND, counted a restart and created a slice that existed. Past --max_failures in a
+  row, supervise gives up naming the call, having created nothing."""
+  assert fleet.create('mt', 'v4-16') == ''
+  fleet.set_faults(describe_failures=3)
+  code, out = launcher('supervise', f'--workdir=gs://{BUCKET}/flaky', '--poll_s=0.2',
+                       '--max_failures=2', '--', *TRAIN)
+  assert code != 0 and 'UNAVAILABLE' in out and 'tpu-vm create' not in out
+  assert out.strip().splitlines()[-1].startswith('error: 3 gcloud calls failed in a row')
+  assert out.count('retrying (') == 2 and 'restart 1:' not in out
+  fleet.set_faults(describe_failures=2)
+  code, out = launcher('supervise', f'--workdir=gs://{BUCKET}/flaky', '--poll_s=0.2', '--',
+                       *TRAIN)
+  assert code == 0 and 'training finished' in out, out
+  assert 'tpu-vm create' not in out and 'restart 1:' not in out
+  # A finished run, asked for more steps, is extended (before: "training finished").
+  code, out = launcher('supervise', f'--workdir=gs://{BUCKET}/flaky', '--poll_s=0.2', '--',
+                       *TRAIN, '--config.train.num_steps=8')
+  assert code == 0 and 'training finished' in out, out
+  done = subprocess.run([*tpu.gcloud_binary(), 'storage', 'cat',
+                         f'gs://{BUCKET}/flaky/done.json'], capture_output=True, text=True,
+                        check=True, timeout=60)
+  assert json.loads(done.stdout)['step'] == 8
 
 
 def test_a_faulted_run_on_the_emulated_fleet_finishes_bit_for_bit(repo):

@@ -73,9 +73,9 @@ def use_compilation_cache(directory: str) -> None:
       jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.2)
 
 
-def _fail(message: str):
+def _fail(message: str, code: int = UserError.exit_code):
   print(f'error: {message}', file=sys.stderr)
-  sys.exit(2)
+  sys.exit(code)
 
 
 def _parse_flags(argv):
@@ -115,7 +115,8 @@ def _quiet_platforms() -> None:
 
 
 def run(main):
-  """absl's app.run, but a UserError prints one line (no traceback) and exits 2.
+  """absl's app.run, but a UserError prints one line (no traceback) and exits with its
+  `exit_code` (2; 75 when other processes of the run were lost).
 
   Every command joins a multi-process run first (`distributed.initialize`): on a pod
   slice, the same command runs on every worker."""
@@ -131,7 +132,7 @@ def run(main):
       distributed.initialize()
       return main(argv)
     except UserError as e:
-      _fail(str(e))
+      _fail(str(e), e.exit_code)
   app.run(guarded, flags_parser=_parse_flags)
 
 

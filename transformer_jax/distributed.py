@@ -16,7 +16,7 @@ import numpy as np
 from absl import flags
 from jax.experimental import multihost_utils
 
-from transformer_jax.errors import UserError
+from transformer_jax.errors import PeersLost, UserError
 
 T = TypeVar('T')
 _barriers = [0]  # each barrier needs an id of its own; all processes count alike
@@ -60,7 +60,7 @@ def initialize() -> None:
 def roll_call(coordinator: str | None, count: int | None, me: int | None,
               timeout_s: float) -> None:
   """Return once all `count` processes have started; else, after `timeout_s`, one
-  UserError naming the processes that never came (or, where process 0 itself cannot
+  PeersLost naming the processes that never came (or, where process 0 itself cannot
   be reached, naming it and its address).
 
   JAX's own join (the coordination service's RegisterTask) cannot do this: a missing
@@ -80,7 +80,7 @@ def roll_call(coordinator: str | None, count: int | None, me: int | None,
     missing = _answer_roll(address, me, timeout_s)
   if missing:
     who = 'process' + ('es' if len(missing) > 1 else '') + ' ' + ', '.join(missing)
-    raise UserError(f'Process {me} waited {timeout_s:g} s (--initialization_timeout_s) '
+    raise PeersLost(f'Process {me} waited {timeout_s:g} s (--initialization_timeout_s) '
                     f'for {who} to join the run (coordinator {coordinator}), in vain: start '
                     f'{who} with the same --num_processes and coordinator, or read its log '
                     'for why it stopped.')
@@ -129,7 +129,7 @@ def _answer_roll(address: tuple[str, int], me: int, timeout_s: float) -> list[st
       break
     except OSError:  # not listening yet, or the host not up yet
       if time.monotonic() > deadline:
-        raise UserError(f'Process {me} could not reach {where} within {timeout_s:g} s '
+        raise PeersLost(f'Process {me} could not reach {where} within {timeout_s:g} s '
                         '(--initialization_timeout_s): start process 0, or check that '
                         'address and its log.') from None
       time.sleep(0.5)
@@ -142,7 +142,7 @@ def _answer_roll(address: tuple[str, int], me: int, timeout_s: float) -> list[st
     except OSError:
       answer = []
   if not answer:
-    raise UserError(f'Process {me} reached {where}, but it did not answer whether all '
+    raise PeersLost(f'Process {me} reached {where}, but it did not answer whether all '
                     'processes came: read its log.')
   return [] if answer == ['go'] else answer
 
@@ -216,7 +216,7 @@ def barrier(what: str, timeout_s: float) -> None:
   try:
     client.wait_at_barrier(f'transformer_jax {_barriers[0]}: {what}', int(timeout_s * 1000))
   except Exception as e:  # noqa: BLE001 (jaxlib raises XlaRuntimeError, untyped)
-    raise UserError(f'Process {jax.process_index()} waited {timeout_s:.0f} s for the other '
+    raise PeersLost(f'Process {jax.process_index()} waited {timeout_s:.0f} s for the other '
                     f'processes to {what}, in vain ({str(e).splitlines()[0][:200]}). '
                     'Check the other processes\' logs.') from None
 

@@ -65,7 +65,7 @@ def setup(directory: str | os.PathLike, env: dict, devices_per_worker: int = 2,
   libtpu = [str(path) for path in site]
   settings = {'python': sys.executable, 'devices_per_worker': devices_per_worker,
               'env': dict(env), 'venv': venv, 'libtpu': libtpu, 'create_failures': 0,
-              'ssh_failures_after_ready': 0, 'generation': 0}
+              'ssh_failures_after_ready': 0, 'describe_failures': 0, 'generation': 0}
   (top / 'fleet.json').write_text(json.dumps(settings, indent=1))
   shim = top / 'bin' / 'gcloud'
   shim.write_text(f'#!/bin/sh\nTPU_EMULATOR_DIR={shlex.quote(str(top))} exec '
@@ -89,11 +89,23 @@ def settings() -> dict:
 def set_faults(**faults: int) -> None:
   """create_failures=K: the next K creates fail for lack of capacity;
   ssh_failures_after_ready=K: on each slice created from now on, its first K ssh or
-  scp calls fail, as while a new VM's ssh keys propagate."""
+  scp calls fail, as while a new VM's ssh keys propagate; describe_failures=K: the next K
+  describes fail as the API's HTTP 503 does (after gcloud's own retries)."""
   with locked():
     s = settings()
     s.update(faults)
     (root() / 'fleet.json').write_text(json.dumps(s, indent=1))
+
+
+def take_fault(name: str) -> bool:
+  """Whether to deliver one of the pending faults `name` (and count it off)."""
+  with locked():
+    s = settings()
+    if s.get(name, 0) <= 0:
+      return False
+    s[name] -= 1
+    (root() / 'fleet.json').write_text(json.dumps(s, indent=1))
+    return True
 
 
 def node(name: str) -> dict | None:

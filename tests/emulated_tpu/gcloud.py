@@ -3,7 +3,7 @@
 
   compute tpus tpu-vm create|describe|delete|ssh|scp
   compute tpus queued-resources create|describe|delete
-  storage ls|cp|rsync
+  storage ls|cat|cp|rsync
 
 Commands run on workers for real (fleet.enter); outputs and exit codes are gcloud's in
 shape (an `ERROR: (gcloud...)` line and exit 1; ssh failures exit 255). Anything else
@@ -41,6 +41,8 @@ def tpu_vm(verb: str, args: list[str], o: dict) -> int:
     error = fleet.create(args[0], o['accelerator-type'])
     return fail(group, error) if error else 0
   if verb == 'describe':
+    if fleet.take_fault('describe_failures'):
+      return fail(group, 'UNAVAILABLE: The service is currently unavailable (HTTP 503).')
     n = fleet.node(args[0])
     if n is None:
       return fail(group, f'NOT_FOUND: node {args[0]} not found')
@@ -92,6 +94,8 @@ def queued(verb: str, args: list[str], o: dict) -> int:
     error = fleet.create(o.get('node-id', args[0]), o['accelerator-type'], queued=True)
     return fail(group, error) if error else 0
   if verb == 'describe':
+    if fleet.take_fault('describe_failures'):
+      return fail(group, 'UNAVAILABLE: The service is currently unavailable (HTTP 503).')
     n = fleet.node(args[0])
     if n is None:
       return fail(group, f'NOT_FOUND: queued resource {args[0]} not found')
@@ -116,6 +120,11 @@ def storage(verb: str, args: list[str], o: dict) -> int:
       return fail(group, 'One or more URLs matched no objects.')
     for entry in fs.ls(url):
       print(f'gs://{entry}')
+    return 0
+  if verb == 'cat':
+    if not fs.exists(args[0]):
+      return fail(group, 'One or more URLs matched no objects.')
+    sys.stdout.write(fs.cat(args[0]).decode())
     return 0
   if verb == 'cp':
     source, target = args

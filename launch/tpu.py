@@ -318,8 +318,10 @@ def last_step(a) -> int:
   config = local_config(a.config)
   for flag in a.extra:
     key, _, value = flag.removeprefix('--config.').partition('=')
-    if flag.startswith('--config.') and value:
-      section, _, name = key.rpartition('.')
+    if not (flag.startswith('--config.') and value):
+      continue
+    section, _, name = key.rpartition('.')
+    try:
       parent = config
       for part in filter(None, section.split('.')):
         parent = parent[part]
@@ -327,6 +329,8 @@ def last_step(a) -> int:
       parent[name] = (value.lower() in ('true', '1') if isinstance(default, bool)
                       else type(default)(value) if isinstance(default, (int, float))
                       else value)
+    except (KeyError, AttributeError, TypeError, ValueError):
+      continue  # a bad flag: train names it (a user error, which supervise reports)
   from transformer_jax import costs  # noqa: PLC0415 (only supervise needs it)
   return costs.last_step(config)
 

@@ -42,6 +42,7 @@ UV = '$HOME/.local/bin/uv'
 PYTHON = '3.11'
 LOCAL_TFDS = '$HOME/tensorflow_datasets'
 TRAIN_LOG, TRAIN_PID, TRAIN_EXIT = '$HOME/train.log', '$HOME/train.pid', '$HOME/train.exit'
+TRAIN_LOCK = '$HOME/train.lock'
 RUNTIME = {'v5litepod': 'v2-alpha-tpuv5-lite', 'v5p': 'v2-alpha-tpuv5',
            'v6e': 'v2-alpha-tpuv6e', 'v4': 'tpu-ubuntu2204-base'}
 OUR_DATASETS = ('synthetic', 'multi30k', 'parallel_text')  # built without TensorFlow
@@ -211,8 +212,20 @@ def train(a) -> None:
   ship = f'gcloud storage cp -q {TRAIN_LOG} {log} > /dev/null 2>&1'
   script = (f'{fetch_dataset(a)} && cd {REMOTE_DIR} && '
             f'{VENV}/bin/python -m transformer_jax.train {command_flags(a)}')
-  ssh(a, f'rm -f {TRAIN_EXIT}; setsid nohup bash -c {shlex.quote(wrapper(script, ship))} '
-         '> /dev/null 2>&1 < /dev/null &')
+  ssh(a, launch(wrapper(script, ship)))
+
+
+def launch(wrapped: str) -> str:
+  """The shell that starts `wrapped` in the background on a worker, unless a run it
+  started is alive there, which it adopts: `gcloud ... ssh` runs a command again when its
+  connection drops, and a second start would train twice on the worker. The check and
+  the start hold $HOME/train.lock, and the new run's pid is written before it is
+  released, so two launches at once start one run."""
+  return (f'exec 8>> {TRAIN_LOCK}; flock 8; '
+          f'if test ! -e {TRAIN_EXIT} && kill -0 "$(cat {TRAIN_PID} 2> /dev/null)" 2> /dev/null; '
+          'then echo "training already runs on $(hostname): adopted"; '
+          f'else rm -f {TRAIN_EXIT}; setsid nohup bash -c {shlex.quote(wrapped)} 8>&- '
+          f'> /dev/null 2>&1 < /dev/null & echo $! > {TRAIN_PID}; fi')
 
 
 def wrapper(script: str, ship: str) -> str:

@@ -125,9 +125,10 @@ def shells(init: int) -> list[int]:
 
 def test_supervise_retries_unreachable_vms_and_adopts_a_live_run(emulated):
   """A new VM refuses ssh for a while and the zone has no capacity at first: supervise
-  retries (before, the first failed ssh of `install` ended it). Then, on a slice where
-  `train` already runs, supervise adopts that run: one training process per worker
-  throughout (before, it launched a second one, which truncated the first's log)."""
+  retries (before, the first failed ssh of `install` ended it). Then `train`, its ssh
+  command run twice (a dropped connection, retried), and supervise on a slice where
+  `train` already runs, each adopt that run: one training process per worker throughout
+  (before, a second launch started a second one, which truncated the first's log)."""
   fleet.set_faults(create_failures=1, ssh_failures_after_ready=3)
   first = f'gs://{BUCKET}/first'
   code, out = launcher('supervise', f'--workdir={first}', '--poll_s=1', '--', *TRAIN)
@@ -139,7 +140,9 @@ def test_supervise_retries_unreachable_vms_and_adopts_a_live_run(emulated):
   # The first run's processes may outlive its done.json by a moment (closing down):
   # counted beside the second run's, they would look like a second launch.
   until(lambda: not any(fleet.training(w['init']) for w in n['workers']), 'first run gone')
-  assert launcher('train', f'--workdir={second}', '--', *TRAIN)[0] == 0
+  fleet.set_faults(ssh_drops_after_start=1)  # gcloud runs the launch again
+  code, out = launcher('train', f'--workdir={second}', '--', *TRAIN)
+  assert code == 0 and out.count(': adopted') == 2, out  # each worker's second launch
   until(lambda: all(fleet.training(w['init']) for w in n['workers']), 'train started')
   most, done = [0], threading.Event()
 

@@ -103,6 +103,31 @@ def test_only_the_current_runs_wrapper_reports_an_exit(tmp_path):
   assert check() == 'TRAIN_STOPPED 2 error: Unknown config key train.no_such_key'
 
 
+def test_a_second_launch_adopts_the_live_run(tmp_path):
+  """gcloud's ssh runs a command again when the connection drops: the launch, run twice
+  at once and once more, starts one run (one pid, one set of lines in the log), and the
+  others say they adopted it. A launch after the run ended starts a new one."""
+  env = {'HOME': str(tmp_path), 'PATH': '/usr/bin:/bin'}
+  command = tpu.launch(tpu.wrapper('echo started; sleep 3', ship='true'))
+  launches = [subprocess.Popen(['bash', '-c', command], env=env, stdout=subprocess.PIPE,
+                               text=True) for _ in range(2)]
+  outs = [p.communicate(timeout=30)[0] for p in launches]
+  time.sleep(0.5)
+  again = subprocess.run(['bash', '-c', command], env=env, capture_output=True, text=True,
+                         timeout=30).stdout
+  assert sorted(outs + [again]).count('') == 1 and again.endswith('adopted\n')
+  pid = (tmp_path / 'train.pid').read_text().strip()
+  until_exit = time.monotonic() + 30
+  while not (tmp_path / 'train.exit').exists():
+    assert time.monotonic() < until_exit
+    time.sleep(0.2)
+  assert (tmp_path / 'train.log').read_text() == 'started\n'
+  subprocess.run(['bash', '-c', command], env=env, check=True, timeout=30)
+  time.sleep(0.5)
+  assert (tmp_path / 'train.pid').read_text().strip() != pid
+  assert (tmp_path / 'train.log').read_text() == 'started\nstarted\n'
+
+
 def test_remote_arguments_reach_the_worker_literally(tmp_path):
   """What the worker's shell makes of the flags: a workdir with `$(...)`, spaces and
   quotes arrives as written (before, `$(echo X)` ran on the worker)."""

@@ -90,7 +90,9 @@ def set_faults(**faults: int) -> None:
   """create_failures=K: the next K creates fail for lack of capacity;
   ssh_failures_after_ready=K: on each slice created from now on, its first K ssh or
   scp calls fail, as while a new VM's ssh keys propagate; describe_failures=K: the next K
-  describes fail as the API's HTTP 503 does (after gcloud's own retries)."""
+  describes fail as the API's HTTP 503 does (after gcloud's own retries);
+  ssh_drops_after_start=K: the next K ssh commands run, then run again, as gcloud's own
+  retry does when the connection drops after the command started."""
   with locked():
     s = settings()
     s.update(faults)

@@ -1,12 +1,16 @@
-"""gcp-storage-emulator (a GCS server in Python, for tests and bench/pod_rehearsal.py)
-with the one response header it leaves out and tensorstore, Orbax's GCS client, needs:
-an object's generation on download.
+"""gcp-storage-emulator (a GCS server in Python, for tests and the rehearsal benches),
+with what it lacks for the clients that use it here:
+  - tensorstore (Orbax's GCS client) needs an object's generation on download;
+  - the real `gcloud storage` quotes its multipart boundary in single quotes
+    (`boundary='===...=='`), which the emulator's parser does not take, and sends
+    uploads of 8 MiB and more to `/resumable/upload/storage/v1/...`, which it lacks.
 
 `start(bucket)` runs it in a new process on a free port and returns the process and the
 variables that point gcsfs, tensorstore and google-cloud-storage at it. As a script:
 `python tests/gcs_emulator.py start --port N --in-memory ...`.
 """
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -35,9 +39,25 @@ def start(bucket: str) -> tuple[subprocess.Popen, dict]:
 
 
 def _serve() -> int:
+  from gcp_storage_emulator import server
   from gcp_storage_emulator.__main__ import main
   from gcp_storage_emulator.exceptions import NotFound
   from gcp_storage_emulator.handlers import objects
+
+  read_data = server._read_data
+
+  def read_data_with_any_boundary_quotes(request_handler, query):
+    kind = request_handler.headers.get('Content-Type') or ''
+    unquoted = re.sub(r"boundary='([^']*)'", r'boundary="\1"', kind)
+    if unquoted != kind:
+      del request_handler.headers['Content-Type']
+      request_handler.headers['Content-Type'] = unquoted
+    return read_data(request_handler, query)
+
+  server._read_data = read_data_with_any_boundary_quotes
+  resumable = (r'^/resumable/upload/storage/v1/b/(?P<bucket_name>[-.\w]+)/o$',
+               {'POST': objects.insert, 'PUT': objects.upload_partial})
+  server.HANDLERS = (resumable, *server.HANDLERS)
 
   download = objects.download
 

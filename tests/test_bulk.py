@@ -179,6 +179,14 @@ def test_sigkills_then_reruns_give_the_bytes_of_an_uninterrupted_run(trained, tm
   assert out.read_bytes() == reference.read_bytes() and not parts.exists()
 
 
+def failure(err: str) -> str:
+  """What a failed process said: its error lines first (a fatal error's thread dump
+  would push them out of a plain tail), then its last lines."""
+  lines = err.splitlines()
+  said = [line for line in lines if 'rror' in line or 'Fatal' in line or 'abort' in line]
+  return '\n'.join([*said[:20], '...', *lines[-15:]])
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize('processes', [2, 4])
 def test_processes_decode_their_own_windows_and_write_what_one_process_does(
@@ -192,11 +200,13 @@ def test_processes_decode_their_own_windows_and_write_what_one_process_does(
                            processes=1, devices=2, log_dir=str(tmp_path / 'one'), cwd=REPO)
   assert single.code == 0, single.err
   many = tmp_path / 'many.txt'
+  # Heartbeat 60 s: 4 processes compiling at once on a 2-core machine can be silent
+  # for 10 s (local_pod's default), and JAX then aborts them all (a CI failure once).
   results = local_pod.run(['transformer_jax.translate', f'--workdir={workdir}',
                            f'--input={source}', f'--output={many}', *flags],
                           processes=processes, devices=2, log_dir=str(tmp_path / 'many'),
-                          cwd=REPO)
-  assert all(r.code == 0 for r in results), [r.err[-2000:] for r in results]
+                          cwd=REPO, heartbeat_s=60)
+  assert all(r.code == 0 for r in results), [failure(r.err) for r in results]
   assert many.read_bytes() == one.read_bytes()
   windows = [min(20, 130 - k * 20) for k in range(7)]  # 7 windows dealt out in turn
   for p, result in enumerate(results):

@@ -2,16 +2,18 @@
 faults: the run must survive them and finish bit for bit as an uninterrupted one.
 
 A spot slice of W workers x D devices (v5litepod-16 for the default 4 x 2), a gs:// workdir on
-the GCS emulator, the synthetic corpus. Phases, each through `launch/tpu.py` with
-GCLOUD pointing at the emulator's gcloud:
+the GCS emulator, the synthetic corpus. Phases, each through `launch/tpu.py` running the
+real gcloud CLI, pointed only by CLOUDSDK_* variables at the emulated Cloud TPU API and
+the GCS emulator, and reaching the workers through their own sshd:
 
   create, install, prepare   as a user starts (prepare: dataset, vocabulary, token store)
   faulted                    `supervise` (it launches `train`); meanwhile, at seeded
                              random steps, K kills of one worker's training and P
                              preemptions of the whole slice (SIGTERM, SIGKILL after a
-                             grace period, PREEMPTED), every new slice refusing ssh for
-                             its first calls; supervise recreates, reinstalls, relaunches
-                             until done.json, then exits
+                             grace period, PREEMPTED), the new slice's ssh keys
+                             propagating late, and once the API answering `describe`
+                             with HTTP 503 past gcloud's own retries; supervise
+                             recreates, reinstalls, relaunches until done.json, then exits
   reference                  the same config in a new workdir, uninterrupted
   compare                    per-step losses and the final step's parameter checksums
 
@@ -27,6 +29,7 @@ import json
 import os
 import pathlib
 import random
+import re
 import subprocess
 import sys
 import tempfile
@@ -41,6 +44,8 @@ from pod_rehearsal import emit, run_phase  # noqa: E402
 
 BUCKET = 'fleet-rehearsal'
 NAME = 'mt'
+API_FAILURES = 6  # HTTP 503s in a row: gcloud tries 5 times, so one call fails
+KEY_DELAY_S = 8  # a new slice's ssh key reaches its workers this late (gcloud retries)
 
 
 def accelerator(workers: int) -> str:
@@ -59,7 +64,7 @@ class Rehearsal:
                   f'--config.train.checkpoint_every={a.every}',
                   '--config.train.keep_checkpoints=3', '--heartbeat_timeout_s=10',
                   '--initialization_timeout_s=60']
-    self.faults: dict[str, list] = {'kills': [], 'preemptions': []}
+    self.faults: dict[str, list] = {'kills': [], 'preemptions': [], 'api': []}
 
   def launch(self, action: str, workdir: str = '', *extra: str, **kwargs):
     command = [sys.executable, 'launch/tpu.py', action, *self.common, *extra]
@@ -125,8 +130,11 @@ class Rehearsal:
         worker = rng.randrange(self.a.workers)
         if fleet.kill_training(NAME, worker):
           self.faults['kills'].append({'step': step, 'worker': worker})
+        if not self.faults['api']:  # one describe fails, past gcloud's 5 tries
+          fleet.set_faults(describe_failures=API_FAILURES)
+          self.faults['api'].append({'step': step, 'describe_http_503': API_FAILURES})
       else:
-        fleet.set_faults(ssh_failures_after_ready=2)  # the next slice refuses ssh at first
+        fleet.set_faults(ssh_key_delay_s=KEY_DELAY_S)  # the next slice's keys come late
         if fleet.preempt(NAME, grace_s=3):
           self.faults['preemptions'].append({'step': step, 'worker': 'all'})
       # Wait until the run has resumed and trained past this fault before the next.
@@ -171,6 +179,16 @@ class Rehearsal:
       return 0
 
 
+def api_log(requests: list[dict]) -> dict:
+  """The emulated API's request log, each request as [method, path, k]: k indexes the
+  distinct User-Agent strings (each names the gcloud version and command; the
+  invocation id, unique to each call, left out)."""
+  agent = [re.sub(r' invocation-id/\S+', '', r['user_agent']) for r in requests]
+  agents = sorted(set(agent))
+  return {'api_requests': [[r['method'], r['path'], agents.index(a)]
+                           for r, a in zip(requests, agent)], 'api_user_agents': agents}
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--workers', type=int, default=4)
@@ -198,8 +216,11 @@ def main() -> None:
       if not rehearsal.phase(name, getattr(rehearsal, name)):
         break
   finally:
+    requests, sessions = fleet.api_requests(), fleet.ssh_sessions()
     fleet.teardown()
     server.terminate()
+  gcloud_version = subprocess.run(['gcloud', '--version'], capture_output=True, text=True,
+                                  env=env).stdout.splitlines()[0]
   phases = rehearsal.phases
   record = {
       'ok': all(p['ok'] for p in phases.values()) and len(phases) == 4,
@@ -214,6 +235,9 @@ def main() -> None:
       'total_seconds': round(time.perf_counter() - started, 1),
       'phases': {name: {k: v for k, v in p.items() if not k.startswith(('losses', 'check'))}
                  for name, p in phases.items()},
+      'api_faults': phases.get('faulted', {}).get('api', []),
+      'ssh_key_delay_s_after_preemption': KEY_DELAY_S,
+      'gcloud_version': gcloud_version, **api_log(requests), 'ssh_sessions': sessions,
       'workers': a.workers, 'devices_per_worker': a.devices, 'steps': a.steps,
       'cores': os.cpu_count(),
   }

@@ -52,17 +52,12 @@ LOST = {'PREEMPTED', 'TERMINATED', 'SUSPENDED', 'FAILED', 'NOT_FOUND'}
 
 
 def gcloud(args: list[str], dry_run: bool, check: bool = True) -> subprocess.CompletedProcess:
-  """The one place a gcloud command is run (or, with --dry_run, printed). $GCLOUD
-  replaces the binary (the tests run a scripted stand-in)."""
-  command = [*gcloud_binary(), *args]
-  print(shlex.join(['gcloud', *args]), flush=True)  # exactly what runs
+  """The one place a gcloud command is run (or, with --dry_run, printed)."""
+  command = ['gcloud', *args]
+  print(shlex.join(command), flush=True)  # exactly what runs
   if dry_run:
     return subprocess.CompletedProcess(command, 0, '', '')
   return subprocess.run(command, check=check, capture_output=not check, text=True)
-
-
-def gcloud_binary() -> list[str]:
-  return shlex.split(os.environ.get('GCLOUD', 'gcloud'))
 
 
 def tpu_vm(*args: str) -> list[str]:

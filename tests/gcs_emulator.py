@@ -6,7 +6,8 @@ with what it lacks for the clients that use it here:
     uploads of 8 MiB and more to `/resumable/upload/storage/v1/...`, which it lacks.
 
 `start(bucket)` runs it in a new process on a free port and returns the process and the
-variables that point gcsfs, tensorstore and google-cloud-storage at it. As a script:
+variables that point gcsfs, tensorstore and google-cloud-storage at it; `gcloud_env`
+adds those that point the real gcloud CLI's storage commands at it. As a script:
 `python tests/gcs_emulator.py start --port N --in-memory ...`.
 """
 import os
@@ -36,6 +37,18 @@ def start(bucket: str) -> tuple[subprocess.Popen, dict]:
   # which the emulator does not serve (a warning per call, or a minute's wait).
   return server, dict(STORAGE_EMULATOR_HOST=url, TENSORSTORE_GCS_HTTP_URL=url,
                       GOOGLE_CLOUD_PROJECT='test', GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT='false')
+
+
+def gcloud_env(gcs: dict, directory: str | os.PathLike) -> dict:
+  """The variables that point the real `gcloud storage` at the emulator `gcs` (start's
+  variables): its endpoint, an access-token file and a project (written under
+  `directory`), no metadata-server probe, no prompts."""
+  token = os.path.join(directory, 'gcloud-token')
+  with open(token, 'w') as f:
+    f.write('emulated-access-token\n')
+  return {'CLOUDSDK_API_ENDPOINT_OVERRIDES_STORAGE': gcs['STORAGE_EMULATOR_HOST'] + '/',
+          'CLOUDSDK_AUTH_ACCESS_TOKEN_FILE': token, 'CLOUDSDK_CORE_PROJECT': 'emulated-project',
+          'CLOUDSDK_CORE_CHECK_GCE_METADATA': 'false', 'CLOUDSDK_CORE_DISABLE_PROMPTS': '1'}
 
 
 def _serve() -> int:

@@ -1,7 +1,9 @@
-"""The Cloud TPU launcher on the emulated fleet (tests/emulated_tpu): workers are namespaced
-sandboxes that run the launcher's real shell commands, join as one JAX run through the
-metadata server as on a TPU VM, and fail as VMs do. `install` ships the run's code
-archive (this checkout, with --ship_dirty its uncommitted changes), as to a real VM."""
+"""The Cloud TPU launcher on the emulated fleet (tests/emulated_tpu), through the real
+gcloud CLI: it talks to an emulated Cloud TPU API and reaches the workers with ssh, each
+worker's own OpenSSH server. Workers are namespaced sandboxes that run the launcher's
+real shell commands, join as one JAX run through the metadata server as on a TPU VM,
+and fail as VMs do. `install` ships the run's code archive (this checkout, with
+--ship_dirty its uncommitted changes), as to a real VM."""
 import argparse
 import json
 import pathlib
@@ -40,6 +42,13 @@ def emulated(tmp_path, monkeypatch):
   server.terminate()
 
 
+def create_slice(name='mt'):
+  """A 2-worker slice (v4-16), created as a user would: `gcloud ... tpu-vm create`."""
+  subprocess.run(['gcloud', 'compute', 'tpus', 'tpu-vm', 'create', name, '--zone=emulated-a',
+                  '--accelerator-type=v4-16', '--version=tpu-ubuntu2204-base'], check=True,
+                 capture_output=True, timeout=300)
+
+
 def launcher(action, *args, timeout=900):
   """`launch/tpu.py ACTION` on a 2-worker slice (v4-16); returns its exit code and output."""
   result = subprocess.run(
@@ -50,12 +59,12 @@ def launcher(action, *args, timeout=900):
 
 
 def options(**kwargs):
-  return argparse.Namespace(name='mt', zone='emulated-a', dry_run=False, queued=False,
-                            **kwargs)
+  return argparse.Namespace(**{'name': 'mt', 'zone': 'emulated-a', 'dry_run': False,
+                               'queued': False, **kwargs})
 
 
 def on_workers(command, worker='all'):
-  result = subprocess.run([*tpu.gcloud_binary(), 'compute', 'tpus', 'tpu-vm', 'ssh', 'mt',
+  result = subprocess.run(['gcloud', 'compute', 'tpus', 'tpu-vm', 'ssh', 'mt',
                            '--zone=emulated-a', f'--worker={worker}', f'--command={command}'],
                           capture_output=True, text=True, timeout=300)
   return result.returncode, result.stdout
@@ -73,10 +82,11 @@ def test_the_workers_of_a_slice_join_as_one_run_as_on_a_tpu_vm(emulated):
   """No variable names the workers of a `tpu-vm create` slice: each process must call
   jax.distributed.initialize() and JAX asks the VM's metadata server. Before, only GKE's
   TPU_WORKER_HOSTNAMES made a process join, so here each ran alone ("joined 0 of 1")."""
-  assert fleet.create('mt', 'v4-16') == ''
+  create_slice()
   join = f'cd {REPO} && %s {sys.executable} tests/join_once.py 2>> $HOME/join.log'
   code, out = on_workers(join % '')
-  assert code == 0 and sorted(out.split('\n')[:2]) == ['joined 0 of 2', 'joined 1 of 2'], out
+  joined = sorted(line for line in out.splitlines() if line.startswith('joined'))
+  assert code == 0 and joined == ['joined 0 of 2', 'joined 1 of 2'], out
   # `prepare` on worker 0 alone, as the launcher runs it: told to use the CPU only, it
   # stays out of the slice instead of waiting for the others.
   code, out = on_workers(join % 'JAX_PLATFORMS=cpu', worker='0')
@@ -87,7 +97,7 @@ def test_a_worker_that_never_starts_is_named_within_the_timeout(emulated):
   """Worker 1 of the slice never runs the command (say it was preempted while starting):
   worker 0 exits within --initialization_timeout_s with one line naming it. Before, it
   waited JAX's 300 s in the join and then aborted with a C++ `Check failure` trace."""
-  assert fleet.create('mt', 'v4-16') == ''
+  create_slice()
   code, out = on_workers(f'cd {REPO} && {sys.executable} tests/join_once.py '
                          '--initialization_timeout_s=5 2>&1', worker='0')
   last = out.strip().splitlines()[-1]
@@ -98,7 +108,7 @@ def test_a_worker_that_never_starts_is_named_within_the_timeout(emulated):
 def test_supervise_sees_training_die_and_the_log_shipper_stops_with_it(emulated, tmp_path):
   """Liveness from each worker's own pid and exit files. Before, `pgrep -f` of the
   training's name matched the log shipper's own shell, so a dead run looked alive."""
-  assert fleet.create('mt', 'v4-16') == ''
+  create_slice()
   workdir = f'gs://{BUCKET}/run'
   assert launcher('install', f'--workdir={workdir}')[0] == 0
   code, out = launcher('train', f'--workdir={workdir}', '--', '--config.train.no_such_key=1')
@@ -111,25 +121,25 @@ def test_supervise_sees_training_die_and_the_log_shipper_stops_with_it(emulated,
   code, exits = on_workers('cat $HOME/train.exit')
   assert code == 0 and exits.split() == ['2', '2']
   shipped = tmp_path / 'shipped.log'
-  subprocess.run([*tpu.gcloud_binary(), 'storage', 'cp',
+  subprocess.run(['gcloud', 'storage', 'cp',
                   f'{workdir}/logs/{n["workers"][1]["hostname"]}.log', str(shipped)],
                  check=True, timeout=60)
   assert 'no_such_key' in shipped.read_text()  # the log shipped when training ended
 
 
 def shells(init: int) -> list[int]:
-  """The worker's processes other than `sleep`."""
+  """The worker's processes other than `sleep` and its sshd."""
   return [pid for pid in fleet.processes(init)
-          if pathlib.Path(f'/proc/{pid}/comm').read_text().strip() != 'sleep']
+          if pathlib.Path(f'/proc/{pid}/comm').read_text().strip() not in ('sleep', 'sshd')]
 
 
 def test_supervise_retries_unreachable_vms_and_adopts_a_live_run(emulated):
-  """A new VM refuses ssh for a while and the zone has no capacity at first: supervise
-  retries (before, the first failed ssh of `install` ended it). Then `train`, its ssh
+  """A new VM refuses ssh for a while (its key propagates) and the zone has no capacity
+  at first: supervise retries (before, the first failed ssh of `install` ended it). Then `train`, its ssh
   command run twice (a dropped connection, retried), and supervise on a slice where
   `train` already runs, each adopt that run: one training process per worker throughout
   (before, a second launch started a second one, which truncated the first's log)."""
-  fleet.set_faults(create_failures=1, ssh_failures_after_ready=3)
+  fleet.set_faults(create_failures=1, ssh_key_delay_s=8)
   first = f'gs://{BUCKET}/first'
   code, out = launcher('supervise', f'--workdir={first}', '--poll_s=1', '--', *TRAIN)
   assert code == 0 and 'training finished' in out, out
@@ -140,10 +150,12 @@ def test_supervise_retries_unreachable_vms_and_adopts_a_live_run(emulated):
   # The first run's processes may outlive its done.json by a moment (closing down):
   # counted beside the second run's, they would look like a second launch.
   until(lambda: not any(fleet.training(w['init']) for w in n['workers']), 'first run gone')
-  fleet.set_faults(ssh_drops_after_start=1)  # gcloud runs the launch again
+  # Both workers' sshd drop the launch's session after it ran: gcloud runs it again.
+  fleet.set_faults(ssh_key_delay_s=0, ssh_drops_after_start=2)
   code, out = launcher('train', f'--workdir={second}', '--', *TRAIN)
   adopted = [line for line in out.splitlines() if line.startswith('training already runs on')]
-  assert code == 0 and len(adopted) == 2, out  # each worker's second launch
+  assert code == 0 and out.count('closed by remote host') == 2, out
+  assert len(adopted) == 2, out  # each worker's second launch
   until(lambda: all(fleet.training(w['init']) for w in n['workers']), 'train started')
   most, done = [0], threading.Event()
 
@@ -179,30 +191,66 @@ def test_supervise_stops_on_a_user_error_after_one_launch(emulated):
   assert code == 0 and launches.split() == ['1', '1']
 
 
-def test_a_failing_describe_is_retried_and_never_taken_for_a_lost_slice(emulated):
-  """`describe` answering 503 is a failed call, retried with backoff: before, it read as
-  NOT_FOUND, counted a restart and created a slice that existed. Past --max_failures in a
-  row, supervise gives up naming the call, having created nothing."""
-  assert fleet.create('mt', 'v4-16') == ''
-  fleet.set_faults(describe_failures=3)
-  code, out = launcher('supervise', f'--workdir=gs://{BUCKET}/flaky', '--poll_s=0.2',
-                       '--max_failures=2', '--', *TRAIN)
-  assert code != 0 and 'UNAVAILABLE' in out and 'tpu-vm create' not in out
-  assert out.strip().splitlines()[-1].startswith('error: 3 gcloud calls failed in a row')
-  assert out.count('retrying (') == 2 and 'restart 1:' not in out
-  fleet.set_faults(describe_failures=2)
-  code, out = launcher('supervise', f'--workdir=gs://{BUCKET}/flaky', '--poll_s=0.2', '--',
-                       *TRAIN)
+def test_a_failing_api_is_retried_and_never_taken_for_a_lost_slice(emulated):
+  """`describe` answering HTTP 503 eight times in a row (past gcloud's own five tries), or
+  refusing connections, is a failed call, retried with backoff: before, it read as
+  NOT_FOUND, counted a restart and created a slice that existed. Past --max_failures in
+  a row, supervise gives up naming the call, having created nothing."""
+  create_slice()
+  workdir = f'gs://{BUCKET}/flaky'
+  fleet.set_faults(describe_failures=8)
+  code, out = launcher('supervise', f'--workdir={workdir}', '--poll_s=0.2',
+                       '--max_failures=0', '--', *TRAIN)
+  assert code != 0 and 'status\': 503' in out and 'tpu-vm create' not in out, out
+  assert out.strip().splitlines()[-1].startswith('error: 1 gcloud calls failed in a row')
+  assert fleet.settings()['describe_failures'] == 3  # the CLI tried 5 times
+  fleet.stop_api()  # refused connections, then the API back, still 3 failures to come
+  threading.Timer(40, fleet.start_api).start()
+  code, out = launcher('supervise', f'--workdir={workdir}', '--poll_s=0.2', '--', *TRAIN)
   assert code == 0 and 'training finished' in out, out
-  assert 'tpu-vm create' not in out and 'restart 1:' not in out
+  assert 'retrying (1 in a row)' in out and 'restart 1:' not in out
+  assert 'tpu-vm create' not in out and fleet.settings()['describe_failures'] == 0
+  creates = [r for r in fleet.api_requests() if r['method'] == 'POST' and
+             r['path'].endswith('/nodes')]
+  assert len(creates) == 1  # create_slice's
   # A finished run, asked for more steps, is extended (before: "training finished").
-  code, out = launcher('supervise', f'--workdir=gs://{BUCKET}/flaky', '--poll_s=0.2', '--',
-                       *TRAIN, '--config.train.num_steps=8')
+  code, out = launcher('supervise', f'--workdir={workdir}', '--poll_s=0.2', '--', *TRAIN,
+                       '--config.train.num_steps=8')
   assert code == 0 and 'training finished' in out, out
-  done = subprocess.run([*tpu.gcloud_binary(), 'storage', 'cat',
-                         f'gs://{BUCKET}/flaky/done.json'], capture_output=True, text=True,
-                        check=True, timeout=60)
+  done = subprocess.run(['gcloud', 'storage', 'cat', f'{workdir}/done.json'],
+                        capture_output=True, text=True, check=True, timeout=60)
   assert json.loads(done.stdout)['step'] == 8
+
+
+def test_a_queued_resource_is_created_read_and_deleted_through_the_cli(emulated):
+  """The queued-resource path supervise takes with --queued: ACTIVE once its node is
+  up, a quota error (HTTP 429) a failed call, SUSPENDED once the node is preempted (a
+  lost slice), NOT_FOUND once deleted."""
+  a = options(queued=True)
+  code, out = launcher('create', '--queued')
+  assert code == 0 and 'Created queued_resource [mt]' in out, out
+  assert tpu.state(a) == 'ACTIVE'
+  fleet.set_faults(quota_failures=1)  # HTTP 429, which gcloud does not retry: a failed
+  with pytest.raises(subprocess.CalledProcessError):  # call, never a lost slice
+    tpu.state(a)
+  assert fleet.preempt('mt', grace_s=1)
+  assert tpu.state(a) == 'SUSPENDED' and 'SUSPENDED' in tpu.LOST
+  assert launcher('delete', '--queued')[0] == 0
+  assert tpu.state(a) == 'NOT_FOUND'
+
+
+def test_a_workdir_with_shell_characters_reaches_training_as_written(emulated):
+  """The workdir, with `$(...)`, spaces and quotes, reaches the workers' Python as
+  written, through gcloud, ssh and the workers' shells (before, `$(...)` ran there)."""
+  create_slice()
+  workdir = f"""gs://{BUCKET}/run $(touch /tmp/ran) "q" 'a'"""
+  code, out = launcher('supervise', f'--workdir={workdir}', '--poll_s=1', '--', *TRAIN)
+  assert code == 0 and 'training finished' in out, out
+  listed = subprocess.run(['gcloud', 'storage', 'ls', f'{workdir}/'], capture_output=True,
+                          text=True, check=True, timeout=60).stdout
+  assert f'{workdir}/done.json' in listed.splitlines()
+  code, ran = on_workers('ls /tmp/ran 2> /dev/null | wc -l')
+  assert code == 0 and ran.split() == ['0', '0']
 
 
 def test_a_faulted_run_on_the_emulated_fleet_finishes_bit_for_bit(repo):

@@ -145,16 +145,15 @@ def test_remote_arguments_reach_the_worker_literally(tmp_path):
 def test_a_run_keeps_the_code_it_started_with(tmp_path, monkeypatch):
   """`install` makes the run's code archive once, in the workdir, and every later install
   (a relaunch) reuses it, whatever the checkout holds by then; uncommitted changes are
-  refused unless --ship_dirty ships them. Against the GCS emulator, through the fleet's
-  gcloud (its storage commands only: no workers, no root)."""
+  refused unless --ship_dirty ships them. Against the GCS emulator, through the real
+  gcloud CLI's storage commands (no workers, no root)."""
   import tarfile
 
-  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent / 'emulated_tpu'))
-  import fleet
   import gcs_emulator
   server, gcs = gcs_emulator.start('code-test')
   try:
-    for key, value in {**gcs, **fleet.setup(tmp_path / 'fleet', gcs)}.items():
+    for key, value in {**gcs, **gcs_emulator.gcloud_env(gcs, tmp_path),
+                       'CLOUDSDK_CONFIG': str(tmp_path / 'gcloud')}.items():
       monkeypatch.setenv(key, value)
     clone = tmp_path / 'clone'
     git = lambda *args: subprocess.run(['git', '-C', str(clone), *args], check=True,  # noqa: E731
@@ -166,7 +165,7 @@ def test_a_run_keeps_the_code_it_started_with(tmp_path, monkeypatch):
       a = argparse.Namespace(workdir=workdir, dry_run=False, ship_dirty=ship_dirty)
       remote = tpu.code_archive(a)
       local = tmp_path / f'code-{len(list(tmp_path.glob("code-*")))}.tar.gz'
-      subprocess.run([*tpu.gcloud_binary(), 'storage', 'cp', remote, str(local)], check=True)
+      subprocess.run(['gcloud', 'storage', 'cp', remote, str(local)], check=True)
       with tarfile.open(local) as archive:
         return archive.extractfile('README.md').read().decode()
 

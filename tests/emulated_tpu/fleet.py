@@ -1,5 +1,6 @@
-"""An emulated Cloud TPU fleet on one Linux machine (as root): the TPU VMs `gcloud.py`
-answers for, and the faults a bench or test delivers to them.
+"""An emulated Cloud TPU fleet on one Linux machine (as root): the TPU VMs behind the
+emulated Cloud TPU API (api.py), which the real `gcloud` CLI talks to, and the faults a
+bench or test delivers to them.
 
 Each worker of a slice is a sandbox that behaves as a VM to the commands run on it:
   - its own PID namespace (`pgrep` sees the worker's processes only, and `vm.py` is
@@ -9,21 +10,27 @@ Each worker of a slice is a sandbox that behaves as a VM to the commands run on 
   - its own mount namespace: its own /tmp, and TPU chips on its PCI bus (fake vendor
     0x1ae0 / v5e device entries beside the real devices in /sys/bus/pci/devices),
     which is how JAX recognises a Cloud TPU VM;
-  - its own HOME (a fresh directory per VM: a recreated slice starts with empty disks);
+  - its own HOME, root's home in its own /etc/passwd (a fresh directory per VM: a
+    recreated slice starts with empty disks);
+  - its own OpenSSH server (Debian's sshd) on its own loopback address 127.77.G.W+1,
+    port 22, with a fresh host key per VM, public-key login only, the keys `gcloud`
+    pushes as node metadata (installed by api.py as a guest agent does), and the
+    worker's environment (sshd's SetEnv);
   - a metadata server (`vm.py`, GCE_METADATA_IP) naming the worker's number and the
     slice's workers, which JAX's TPU cluster detection reads to join the slice.
 What differs from a real VM: the workers share the machine's files outside their HOME
 and /tmp (the repository, the prepared venv, the fleet's directory) and its loopback
-network (so the
-workers' endpoints are 127.0.0.1 and each slice gets its own JAX_COORDINATOR_PORT, a
-variable JAX documents); the TPU chips are CPU devices: libtpu is hidden on the workers
-(it would probe the real metadata address, 169.254.169.254) and JAX_FORCE_TPU_INIT
-stands in for it, so JAX still takes the VM for a Cloud TPU VM and falls back to its CPU
-backend; ssh is `nsenter` into the worker; the GCS bucket is a local emulator.
+network (JAX's worker endpoints are 127.0.0.1, and each slice gets its own
+JAX_COORDINATOR_PORT, a variable JAX documents); the TPU chips are CPU devices: libtpu
+is hidden on the workers (it would probe the real metadata address, 169.254.169.254)
+and JAX_FORCE_TPU_INIT stands in for it, so JAX still takes the VM for a Cloud TPU VM
+and falls back to its CPU backend; the bucket is a local GCS emulator, and gcloud's
+credentials an access-token file.
 
 State lives under $TPU_EMULATOR_DIR: fleet.json (settings and pending faults),
 nodes/NAME.json (one per TPU VM or queued resource), vms/NAME-GEN/w<i>/ (each
-worker's disk), bin/gcloud (the stand-in, first on the workers' PATH).
+worker's disk, sshd log), api_requests.jsonl, gcloud/ (the launcher's gcloud config)
+and home/ (the launcher's HOME: gcloud's ssh key and known hosts).
 """
 from __future__ import annotations
 
@@ -31,6 +38,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import pathlib
 import shlex
 import shutil
@@ -40,12 +48,14 @@ import subprocess
 import sys
 import time
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
+sys.path[:0] = [str(pathlib.Path(__file__).resolve().parents[d]) for d in (1, 2)]
+import gcs_emulator  # noqa: E402 (tests/: the bucket's gcloud variables)
 from transformer_jax import local_pod  # noqa: E402 (the coordinator's port, as tests pick it)
 
 HERE = pathlib.Path(__file__).resolve().parent
 CHIP = {'vendor': '0x1ae0', 'device': '0x0063', 'class': '0x120000'}  # a TPU v5e chip
 TRAIN_ARGV = ['-m', 'transformer_jax.train']
+SSHD = '/usr/sbin/sshd'
 
 
 def root() -> pathlib.Path:
@@ -54,24 +64,79 @@ def root() -> pathlib.Path:
 
 def setup(directory: str | os.PathLike, env: dict, devices_per_worker: int = 2,
           venv: str = '') -> dict:
-  """A new fleet under `directory`; returns the variables that point `launch/tpu.py`
-  ($GCLOUD) and this module at it. `env` is given to every worker (e.g. the GCS
-  emulator's variables); `venv`, if given, is the prepared virtual environment
-  `install` links instead of downloading one (workers have no network)."""
+  """A new fleet under `directory`, its Cloud TPU API served (api.py); returns the
+  variables that point the real gcloud CLI (and this module) at them. `env` is given to
+  every worker (e.g. the GCS emulator's variables); `venv`, if given, is the prepared
+  virtual environment `install` links instead of downloading one (no network)."""
+  missing = [tool for tool in ('gcloud', 'ssh', 'ssh-keygen', SSHD, 'unshare')
+             if not shutil.which(tool)]
+  if missing or os.geteuid() != 0:
+    raise RuntimeError(
+        f'the emulated TPU fleet needs root and {", ".join(missing) or "its tools"}: run as '
+        'root with google-cloud-cli and openssh-server installed (.ci/run installs them)')
   top = pathlib.Path(directory).resolve()
-  for sub in ('nodes', 'vms', 'bin'):
+  for sub in ('nodes', 'vms', 'gcloud', 'home'):
     (top / sub).mkdir(parents=True, exist_ok=True)
   site = pathlib.Path(venv or sys.prefix).glob('lib/python*/site-packages/libtpu')
-  libtpu = [str(path) for path in site]
+  cloudsdk = gcs_emulator.gcloud_env(env, top)
   settings = {'python': sys.executable, 'devices_per_worker': devices_per_worker,
-              'env': dict(env), 'venv': venv, 'libtpu': libtpu, 'create_failures': 0,
-              'ssh_failures_after_ready': 0, 'describe_failures': 0, 'generation': 0}
+              'env': {**env, **cloudsdk}, 'venv': venv,
+              'libtpu': [str(path) for path in site], 'create_failures': 0,
+              'ssh_key_delay_s': 0, 'describe_failures': 0, 'quota_failures': 0,
+              'ssh_drops_after_start': 0,
+              'generation': 0, 'api_port': free_port()}
   (top / 'fleet.json').write_text(json.dumps(settings, indent=1))
-  shim = top / 'bin' / 'gcloud'
-  shim.write_text(f'#!/bin/sh\nTPU_EMULATOR_DIR={shlex.quote(str(top))} exec '
-                  f'{shlex.quote(sys.executable)} {shlex.quote(str(HERE / "gcloud.py"))} "$@"\n')
-  shim.chmod(0o755)
-  return {'TPU_EMULATOR_DIR': str(top), 'GCLOUD': str(shim)}
+  start_api(top)
+  api = f'http://127.0.0.1:{settings["api_port"]}/'
+  return {**cloudsdk, 'TPU_EMULATOR_DIR': str(top), 'CLOUDSDK_CONFIG': str(top / 'gcloud'),
+          'CLOUDSDK_API_ENDPOINT_OVERRIDES_TPU': api,
+          'CLOUDSDK_API_ENDPOINT_OVERRIDES_COMPUTE': api,
+          'HOME': str(top / 'home'),  # gcloud's ssh key: ~/.ssh/google_compute_engine
+          'SSH_AUTH_SOCK': ''}
+
+
+def start_api(top: pathlib.Path | None = None) -> None:
+  """The emulated Cloud TPU API (api.py) on the fleet's port, once it accepts calls."""
+  top = top or root()
+  port = json.loads((top / 'fleet.json').read_text())['api_port']
+  with open(top / 'api.log', 'ab') as log:
+    server = subprocess.Popen([sys.executable, str(HERE / 'api.py'), str(port)],
+                              env={**os.environ, 'TPU_EMULATOR_DIR': str(top)},
+                              stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                              start_new_session=True)
+  (top / 'api.pid').write_text(str(server.pid))
+  for _ in range(300):
+    with contextlib.suppress(OSError):
+      socket.create_connection(('127.0.0.1', port), timeout=1).close()
+      return
+    time.sleep(0.05)
+  raise RuntimeError(f'the emulated TPU API did not start: see {top / "api.log"}')
+
+
+def stop_api() -> None:
+  """The API gone: gcloud's calls are refused until start_api()."""
+  with contextlib.suppress(OSError, ValueError):
+    pid = int((root() / 'api.pid').read_text())
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+
+
+def log_request(entry: dict) -> None:
+  with open(root() / 'api_requests.jsonl', 'a') as f:
+    f.write(json.dumps(entry) + '\n')
+
+
+def api_requests() -> list[dict]:
+  path = root() / 'api_requests.jsonl'
+  return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def ssh_sessions(vm: str = '*') -> int:
+  """Sessions the workers' sshd accepted (their logs), over the VMs of the fleet (those
+  deleted counted as they went)."""
+  gone = settings().get('ssh_sessions_of_deleted_vms', 0) if vm == '*' else 0
+  return gone + sum(log.read_text(errors='replace').count('Accepted publickey')
+                    for log in (root() / 'vms').glob(f'{vm}/w*/sshd.log'))
 
 
 @contextlib.contextmanager
@@ -86,13 +151,13 @@ def settings() -> dict:
   return json.loads((root() / 'fleet.json').read_text())
 
 
-def set_faults(**faults: int) -> None:
+def set_faults(**faults: float) -> None:
   """create_failures=K: the next K creates fail for lack of capacity;
-  ssh_failures_after_ready=K: on each slice created from now on, its first K ssh or
-  scp calls fail, as while a new VM's ssh keys propagate; describe_failures=K: the next K
-  describes fail as the API's HTTP 503 does (after gcloud's own retries);
-  ssh_drops_after_start=K: the next K ssh commands run, then run again, as gcloud's own
-  retry does when the connection drops after the command started."""
+  describe_failures=K: the next K node or queued-resource gets answer HTTP 503;
+  quota_failures=K: the next K of them answer HTTP 429 (a quota);
+  ssh_key_delay_s=S: an ssh key gcloud pushes reaches the workers S seconds later (its
+  ssh is refused meanwhile, as while a new VM's keys propagate);
+  ssh_drops_after_start=K: the next K ssh sessions drop after their command ran."""
   with locked():
     s = settings()
     s.update(faults)
@@ -113,6 +178,15 @@ def take_fault(name: str) -> bool:
 def node(name: str) -> dict | None:
   path = root() / 'nodes' / f'{name}.json'
   return json.loads(path.read_text()) if path.exists() else None
+
+
+def node_of_queued(queued: str) -> dict | None:
+  """The node queued resource `queued` holds (None if there is none)."""
+  for path in (root() / 'nodes').glob('*.json'):
+    n = json.loads(path.read_text())
+    if n.get('queued') == queued:
+      return n
+  return None
 
 
 def save(n: dict) -> None:
@@ -137,28 +211,27 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def create(name: str, accelerator: str, queued: bool = False) -> str:
-  """A READY slice (or an ACTIVE queued resource with its node), or an error line."""
+def create(name: str, accelerator: str, runtime: str = '', spot: bool = False,
+           queued: str = '') -> str:
+  """A READY slice (held by queued resource `queued`, if named), or an error line."""
   with locked():
     s = settings()
-    if s['create_failures'] > 0:
-      s['create_failures'] -= 1
-      (root() / 'fleet.json').write_text(json.dumps(s, indent=1))
-      return (f'There is no more capacity in the zone; you can try in another zone where '
-              f'Cloud TPU Nodes are offered (emulated: {s["create_failures"]} more).')
     if node(name):
       return f'ALREADY_EXISTS: node {name} already exists'
     s['generation'] += 1
     (root() / 'fleet.json').write_text(json.dumps(s, indent=1))
-    n = {'name': name, 'type': accelerator, 'queued': queued, 'state': 'CREATING',
-         'vm': f'{name}-g{s["generation"]}', 'coordinator_port': local_pod.free_port(),
-         'ssh_failures_left': s['ssh_failures_after_ready'], 'workers': []}
+    g = s['generation']
+    n = {'name': name, 'type': accelerator, 'runtime': runtime, 'spot': spot,
+         'queued': queued, 'state': 'CREATING', 'vm': f'{name}-g{g}',
+         'id': 6_000_000_000_000_000_000 + g,  # a recreated node has a new id, as on GCP
+         'coordinator_port': local_pod.free_port(), 'metadata': {}, 'workers': []}
     save(n)
   count = hosts_of(accelerator)
   hostnames = [f't1v-n-{n["vm"]}-w-{i}' for i in range(count)]
   endpoints = ','.join(f'{h}:{i}:127.0.0.1' for i, h in enumerate(hostnames))
   for i, hostname in enumerate(hostnames):
-    n['workers'].append(_boot(n, i, hostname, endpoints, s))
+    address = f'127.77.{g % 250 + 1}.{i + 1}'
+    n['workers'].append(_boot(n, i, hostname, endpoints, address, s))
   with locked():
     if node(name) is not None:  # not deleted meanwhile
       n['state'] = 'READY'
@@ -166,8 +239,8 @@ def create(name: str, accelerator: str, queued: bool = False) -> str:
   return ''
 
 
-def _boot(n: dict, i: int, hostname: str, endpoints: str, s: dict) -> dict:
-  """Start worker i: its namespaces, disk, chips and metadata server."""
+def _boot(n: dict, i: int, hostname: str, endpoints: str, address: str, s: dict) -> dict:
+  """Start worker i: its namespaces, disk, chips, sshd and metadata server."""
   disk = root() / 'vms' / n['vm'] / f'w{i}'
   (disk / 'home').mkdir(parents=True)
   pci = disk / 'pci'
@@ -188,17 +261,73 @@ def _boot(n: dict, i: int, hostname: str, endpoints: str, s: dict) -> dict:
                 'tpu-env': f"ACCELERATOR_TYPE: '{n['type']}'\nWORKER_ID: '{i}'\n"}
   (disk / 'metadata.json').write_text(json.dumps(attributes))
   port = free_port()
+  w = {'hostname': hostname, 'address': address, 'metadata_port': port,
+       'home': str(disk / 'home')}
+  w['host_key'] = _sshd_files(n, w, disk, s)
+  pathlib.Path('/run/sshd').mkdir(exist_ok=True)  # sshd's privilege separation directory
   # /tmp first: a plain bind of a directory from the machine's /tmp (the venv, in CI)
   # would not carry mounts made inside it before, such as the one hiding libtpu.
   boot = (f'{_private_tmp(disk, s)} && mount --bind {pci} /sys/bus/pci/devices && '
-          f'mount --bind {disk}/hosts /etc/hosts{hide} && hostname {hostname} && exec '
-          f'{shlex.quote(s["python"])} {HERE / "vm.py"} {port} {disk}/metadata.json')
+          f'mount --bind {disk}/hosts /etc/hosts && mount --bind {disk}/passwd /etc/passwd'
+          f'{hide} && hostname {hostname} && {SSHD} -f {disk}/sshd_config -E {disk}/sshd.log'
+          f' && exec {shlex.quote(s["python"])} {HERE / "vm.py"} {port} {disk}/metadata.json')
   with open(disk / 'console.log', 'wb') as console:
     launcher = subprocess.Popen(
         ['unshare', '--pid', '--uts', '--mount', '--fork', '--mount-proc', 'sh', '-c', boot],
         stdin=subprocess.DEVNULL, stdout=console, stderr=console, start_new_session=True)
-  init = _wait_for_init(launcher, port)
-  return {'hostname': hostname, 'init': init, 'metadata_port': port, 'home': str(disk / 'home')}
+  w['init'] = _wait_for_init(launcher, port)
+  return w
+
+
+def _sshd_files(n: dict, w: dict, disk: pathlib.Path, s: dict) -> str:
+  """The worker's sshd: a fresh host key, root's HOME in its own passwd, a config
+  (public keys only, the worker's environment, the `ssh_drops_after_start` fault);
+  returns the host's public key."""
+  key = disk / 'ssh_host_ed25519_key'
+  subprocess.run(['ssh-keygen', '-q', '-t', 'ed25519', '-N', '', '-C', w['hostname'],
+                  '-f', str(key)], check=True)
+  passwd = pathlib.Path('/etc/passwd').read_text().splitlines()
+  (disk / 'passwd').write_text(''.join(
+      (re.sub(r'^(root:[^:]*:0:0:[^:]*:)[^:]*:', rf'\g<1>{w["home"]}:', line) + '\n')
+      for line in passwd))
+  env = ' '.join(f'"{k}={v}"' for k, v in worker_env(n, w).items())
+  # The session runs the command as sshd would (bash -c); with the fault pending, its
+  # sshd process is then killed before it sends the exit status: the client sees the
+  # connection drop after the command ran, and gcloud runs it again.
+  drop = (f'TPU_EMULATOR_DIR={shlex.quote(str(root()))} {shlex.quote(s["python"])} '
+          f'{HERE / "fleet.py"} take ssh_drops_after_start')
+  (disk / 'sshd_config').write_text(
+      f'ListenAddress {w["address"]}:22\nHostKey {key}\nPidFile {disk}/sshd.pid\n'
+      'PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n'
+      'PermitRootLogin prohibit-password\nAuthorizedKeysFile .ssh/authorized_keys\n'
+      f'SetEnv {env}\n'
+      f'ForceCommand bash -c "$SSH_ORIGINAL_COMMAND"; code=$?; if {drop}; then '
+      'kill -KILL $PPID; fi; exit $code\n')
+  kind, public, _ = key.with_suffix('.pub').read_text().split(' ', 2)
+  return f'{kind} {public}'  # as the guest attribute holds it, without the comment
+
+
+def set_metadata(name: str, metadata: dict) -> None:
+  with locked():
+    n = node(name)
+    if n is not None:
+      n['metadata'] = dict(metadata)
+      save(n)
+
+
+def install_keys(name: str) -> None:
+  """The node's `ssh-keys` metadata ("USER:KEY" lines) as each worker's
+  ~/.ssh/authorized_keys for root, as a TPU VM's guest agent installs them."""
+  n = node(name)
+  if n is None:
+    return
+  keys = [line.split(':', 1)[1] for line in n['metadata'].get('ssh-keys', '').splitlines()
+          if line.startswith('root:')]
+  for w in n['workers']:
+    ssh = pathlib.Path(w['home'], '.ssh')
+    with contextlib.suppress(OSError):  # a VM deleted meanwhile
+      ssh.mkdir(mode=0o700, exist_ok=True)
+      (ssh / 'authorized_keys').write_text(''.join(k + '\n' for k in keys))
 
 
 def _private_tmp(disk: pathlib.Path, s: dict) -> str:
@@ -233,45 +362,17 @@ def _wait_for_init(launcher: subprocess.Popen, port: int) -> int:
   raise RuntimeError('emulated VM did not boot in 30 s')
 
 
-def worker_env(n: dict, i: int) -> dict:
-  """The environment a command run over ssh sees on worker i."""
+def worker_env(n: dict, w: dict) -> dict:
+  """The environment a command run over ssh sees on worker `w` (sshd sets HOME)."""
   s = settings()
-  w = n['workers'][i]
-  return {**s['env'], 'HOME': w['home'], 'USER': 'root', 'LANG': 'C.UTF-8',
-          'PATH': f'{root() / "bin"}:/usr/local/bin:/usr/bin:/bin',
+  return {**s['env'], 'USER': 'root', 'LANG': 'C.UTF-8',
+          'PATH': '/usr/local/bin:/usr/bin:/bin',
           'GCE_METADATA_IP': f'127.0.0.1:{w["metadata_port"]}',  # as JAX reads it
           'JAX_COORDINATOR_PORT': str(n['coordinator_port']),
           'JAX_FORCE_TPU_INIT': '1',  # a Cloud TPU VM to JAX, though libtpu is hidden
           'JAX_PLATFORMS': '',  # JAX's own choice: with no TPU backend, the CPU
           'XLA_FLAGS': f'--xla_force_host_platform_device_count={s["devices_per_worker"]}',
           'TRANSFORMER_JAX_PREPARED_VENV': s['venv']}
-
-
-def enter(n: dict, i: int, command: list[str], **popen) -> subprocess.Popen:
-  """`command` run inside worker i (its namespaces, HOME and environment)."""
-  w = n['workers'][i]
-  return subprocess.Popen(['nsenter', '-t', str(w['init']), '-p', '-u', '-m', '--',
-                           'env', '-i', *(f'{k}={v}' for k, v in worker_env(n, i).items()),
-                           *command], cwd=w['home'], **popen)
-
-
-def workers(n: dict, spec: str) -> list[int]:
-  return list(range(len(n['workers']))) if spec == 'all' else [int(spec)]
-
-
-def reachable(name: str) -> str:
-  """'' if ssh to the slice would connect now, else the error (counting a fault)."""
-  with locked():
-    n = node(name)
-    if n is None:
-      return f'NOT_FOUND: node {name} not found'
-    if n['state'] != 'READY':
-      return f'ssh: connect to host {name}: the node is {n["state"]}'
-    if n['ssh_failures_left'] > 0:
-      n['ssh_failures_left'] -= 1
-      save(n)
-      return 'ssh: connect to host port 22: Connection refused (emulated: a new VM)'
-  return ''
 
 
 def processes(init: int) -> list[int]:
@@ -349,11 +450,21 @@ def delete(name: str) -> str:
       return f'NOT_FOUND: node {name} not found'
     (root() / 'nodes' / f'{name}.json').unlink()
   _power_off(n)
+  sessions = ssh_sessions(n['vm'])
+  with locked():
+    s = settings()
+    s['ssh_sessions_of_deleted_vms'] = s.get('ssh_sessions_of_deleted_vms', 0) + sessions
+    (root() / 'fleet.json').write_text(json.dumps(s, indent=1))
   shutil.rmtree(root() / 'vms' / n['vm'], ignore_errors=True)
   return ''
 
 
 def teardown() -> None:
-  """Every VM of the fleet off (the end of a test or bench)."""
+  """Every VM of the fleet off and its API gone (the end of a test or bench)."""
+  stop_api()
   for path in (root() / 'nodes').glob('*.json'):
     delete(path.stem)
+
+
+if __name__ == '__main__':  # `fleet.py take FAULT`: exit 0 if one was pending (sshd's)
+  sys.exit(0 if sys.argv[1:2] == ['take'] and take_fault(sys.argv[2]) else 1)

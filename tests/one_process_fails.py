@@ -24,7 +24,7 @@ def main(argv):
                                        'allocate 1.50GiB.')
     jax.make_array_from_single_device_arrays = out_of_memory
   checkpoints = checkpoint_lib.Checkpoints(workdir, config, async_save=False)
-  print('newest verified:', checkpoints.newest_verified(setup.abstract_state))
+  print('newest verified:', checkpoints.newest_verified(setup.abstract_state.params))
 
 
 if __name__ == '__main__':

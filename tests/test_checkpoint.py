@@ -194,3 +194,31 @@ def test_checkpoints_without_checksums_load_with_one_notice(briefly_trained, tin
   checkpoints.close()
   err = capsys.readouterr().err
   assert err.count('written before checkpoints carried checksums') == 1
+
+
+def test_a_failed_average_leaves_the_earlier_one_as_it_was(briefly_trained, tmp_path,
+                                                           monkeypatch):
+  """A new average of the same step is written beside the earlier one; when the write
+  fails (here the storage is full), the earlier one is back, byte for byte. Before, it
+  was deleted first."""
+  import hashlib
+
+  import orbax.checkpoint as ocp
+  workdir = tmp_path / 'work'
+  shutil.copytree(briefly_trained, workdir)
+  checkpoint_lib.average(str(workdir), last=2)
+  step = workdir / checkpoint_lib.AVERAGED_DIR / 'checkpoints' / '6'
+  files = lambda: {p.relative_to(step): hashlib.sha256(p.read_bytes()).hexdigest()  # noqa: E731
+                   for p in sorted(step.rglob('*')) if p.is_file()}
+  before = files()
+
+  def full(*args, **kwargs):
+    raise OSError(28, 'No space left on device')
+  monkeypatch.setattr(ocp.CheckpointManager, 'save', full)
+  with pytest.raises(OSError, match='No space left'):
+    checkpoint_lib.average(str(workdir), last=3)
+  assert files() == before
+  monkeypatch.undo()
+  assert checkpoint_lib.average(str(workdir), last=3) == (6, [2, 4, 6])
+  assert files() != before  # the new average replaced it
+  assert not (workdir / checkpoint_lib.AVERAGED_DIR / 'previous-6').exists()

@@ -172,6 +172,8 @@ def test_a_run_resumed_at_its_last_step_writes_done(briefly_trained, tiny_config
 
 _SKIP_DAMAGED = """
 import gc, sys
+from absl import logging
+logging.set_verbosity(logging.ERROR)  # as every command sets it (cli.py)
 from transformer_jax import checkpoint, config as config_lib, sharding
 from transformer_jax.steps import build
 config = config_lib.load(sys.argv[1])
@@ -179,7 +181,7 @@ config.data.vocab_path = sys.argv[2]
 setup = build(config, sharding.make_mesh(config.mesh))
 for workdir in sys.argv[3:]:
   checkpoints = checkpoint.Checkpoints(workdir, config, async_save=False)
-  print(checkpoints.newest_verified(setup.abstract_state), flush=True)
+  print(checkpoints.newest_verified(setup.abstract_state.params), flush=True)
   checkpoints.close()
   gc.collect()  # what abandoned reads left behind is finalized now, under our eyes
 """
@@ -294,3 +296,69 @@ def test_a_step_deleted_while_it_is_read_stops_and_moves_nothing(briefly_trained
                                [2, 4, 6])
   checkpoints.close()
   assert not (workdir / 'quarantine').exists()
+
+
+def test_training_on_an_average_says_it_holds_no_data_position(briefly_trained, tiny_config,
+                                                              tmp_path):
+  """`average`'s checkpoint (as `best/`'s) is saved without a data position, and its own
+  record says so: training on it stops in one line. Before, the missing `data` item read
+  as damage, and the good average was quarantined."""
+  workdir = _copy(briefly_trained, tmp_path)
+  checkpoint_lib.average(str(workdir), last=2)
+  averaged = workdir / checkpoint_lib.AVERAGED_DIR
+  before = _snapshot(averaged / 'checkpoints')
+  with pytest.raises(UserError, match=r'step 6 in .* holds no data position .*Nothing was '
+                                      r'moved\.$'):
+    loop.train(tiny_config(num_steps=8), str(averaged))
+  assert _snapshot(averaged / 'checkpoints') == before
+  assert not (averaged / 'quarantine').exists()
+
+
+# Every word the verdict's patterns look for, as a workdir's name may hold them.
+EVERY_WORD = ('DATA_LOSS OUT_OF_RANGE decompress Zstd JSONDecodeError UnicodeDecodeError '
+              'NOT_FOUND FileNotFoundError')
+
+
+def _raised(*messages):
+  """The exception a restore raises: the last message's error, raised from the ones
+  before it (the innermost first)."""
+  error = None
+  for message in messages:
+    try:
+      raise RuntimeError(message) from error
+    except RuntimeError as e:
+      error = e
+  return error
+
+
+def test_the_verdict_reads_the_storage_status_never_a_path(tmp_path):
+  """Before, the words anywhere in the error chain decided: a workdir named after an
+  ablation of decompression made any error damage, and a DATA_LOSS whose chain also
+  mentioned memory or the network was never damage."""
+  from etils import epath
+  directory = epath.Path(tmp_path / f'runs/{EVERY_WORD}/checkpoints')
+  (directory / '6').mkdir(parents=True)
+  verdict = integrity.classify(6, directory, _raised(f'Could not restore {directory}/6: why'))
+  assert isinstance(verdict, checkpoint_lib.RestoreFailed), verdict
+  assert 'proves no damage' in str(verdict)
+  damaged = _raised('DATA_LOSS: Error reading "state/d/1": checksum mismatch',
+                    'Failed to restore (Out of memory? UNAVAILABLE?)')
+  assert isinstance(integrity.classify(6, directory, damaged), checkpoint_lib.CorruptCheckpoint)
+  memory = _raised('RESOURCE_EXHAUSTED: Out of memory while decompressing a Zstd chunk')
+  verdict = integrity.classify(6, directory, memory)
+  assert isinstance(verdict, checkpoint_lib.RestoreFailed) and 'out of memory' in str(verdict)
+
+
+def test_a_workdir_named_with_every_damage_word_loses_nothing(briefly_trained, tiny_config,
+                                                             tmp_path, monkeypatch):
+  """A failure that proves nothing, in a workdir whose path holds every word the verdict
+  looks for: the command stops and not a file changes."""
+  workdir = tmp_path / EVERY_WORD / 'work'
+  shutil.copytree(briefly_trained, workdir)
+  before = _snapshot(workdir)
+  _fail_placing_arrays(monkeypatch, ValueError(f'could not place an array read from '
+                                               f'{workdir}/checkpoints/6/state'))
+  with pytest.raises(checkpoint_lib.RestoreFailed, match='proves no damage'):
+    inference.restore(str(workdir))
+  assert _snapshot(workdir) == before
+

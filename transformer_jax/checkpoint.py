@@ -209,6 +209,14 @@ class Checkpoints:
     `data_iterator`, if given, is moved to where it was when the checkpoint was saved."""
     meta = self.meta(step)
     target, carry = self._layout(step, meta, abstract_state)
+    if data_iterator is not None and integrity.verifiable(meta) and 'data_sha256' not in meta:
+      # The step's own record says it was saved without a data position (`average`'s,
+      # the best checkpoints'): a step of another kind, not one missing a part.
+      raise UserError(
+          f'The checkpoint at step {step} in {self.directory} holds no data position (an '
+          'average or a best checkpoint): training cannot resume from it. Resume the run '
+          'it came from (its workdir), or train in a new --workdir; translate, evaluate '
+          'and average read it as it is. Nothing was moved.')
     items = {'state': ocp.args.StandardRestore(target)}
     if data_iterator is not None:
       items['data'] = ocp.args.JsonRestore()
@@ -294,10 +302,11 @@ class Checkpoints:
                          'trying the one before.')
     return None, None
 
-  def newest_verified(self, abstract_state) -> int | None:
-    """The newest step whose every array verifies (restored in full to check)."""
+  def newest_verified(self, abstract_params) -> int | None:
+    """The newest step whose parameters verify (only they are read: this is asked while
+    a training state fills the devices' memory)."""
     self.wait()
-    return self.restore_newest(lambda step: self.restore(step, abstract_state))[0]
+    return self.restore_newest(lambda step: self.restore_params(step, abstract_params))[0]
 
   def check_compatible(self, step: int, vocab_path: str) -> None:
     """Refuse a checkpoint from another model shape, vocabulary or training data, naming
@@ -394,13 +403,46 @@ def average(workdir: str, last: int, until_step: int | None = None) -> tuple[int
   source.close()
   total = state.params if total is None else jax.tree.map(jnp.add, total, state.params)
   averaged = state.replace(params=jax.tree.map(lambda x: (x / last).astype(x.dtype), total))
-  target = Checkpoints(os.path.join(workdir, AVERAGED_DIR), config, max_to_keep=1,
-                       async_save=False)
-  for step in target.steps():  # one average at a time: a new one replaces the old
-    target.delete(step)
-  target.save(steps[-1], averaged, None, _vocab_file(workdir, meta), force=True)
-  target.close()
+  _replace_average(os.path.join(workdir, AVERAGED_DIR), config, steps[-1], averaged,
+                   _vocab_file(workdir, meta))
   return steps[-1], steps
+
+
+def _replace_average(root: str, config, step: int, averaged, vocab_path: str) -> None:
+  """The average as WORKDIR/averaged's one checkpoint: written beside the earlier one,
+  which goes only once the new one is complete (an earlier one of the same step waits
+  in averaged/previous-STEP meanwhile, and comes back if the write fails)."""
+  target = Checkpoints(root, config, max_to_keep=None, async_save=False)
+  earlier = target.steps()
+  aside = target.directory.parent / f'previous-{step}'
+
+  def set_aside(first: bool) -> None:
+    if first:  # process 0; the directory is shared
+      files.move_tree(target.directory / str(step), aside)
+
+  def put_back(first: bool) -> None:
+    if first:  # Orbax commits by a rename: a failed save left no step directory
+      files.move_tree(aside, target.directory / str(step))
+
+  def remove_aside(first: bool) -> None:
+    if first:
+      aside.rmtree()
+  if step in earlier:
+    distributed.once('set the earlier average aside', set_aside, timeout_s=600)
+    target._manager.reload()  # noqa: SLF001 (our manager, after a move it did not make)
+  try:
+    target.save(step, averaged, None, vocab_path, force=True)
+    target.wait()
+  except BaseException:
+    if step in earlier:
+      distributed.once('put the earlier average back', put_back, timeout_s=600)
+    raise
+  for old in target.steps():
+    if old != step:
+      target.delete(old)
+  target.close()
+  if step in earlier:
+    distributed.once('remove the earlier average', remove_aside, timeout_s=600)
 
 
 def _vocab_file(workdir: str, meta: dict) -> str:

@@ -11,6 +11,10 @@ back to the one before):
 - a file missing from a step whose directory is still there (NOT_FOUND), and Orbax's
   on-disk tree disagreeing with the structure the verified `meta` records.
 
+What decides: the status the storage layer names first in the error chain (TensorStore's
+`DATA_LOSS: ...`) where it is one this docstring names, else the exception types and messages
+with the paths taken out (a workdir's name proves nothing).
+
 **Everything else** (`RestoreFailed`: one line naming the step, the cause and the fix;
 nothing is moved): a state of another structure, out of memory, permission denied, a
 bucket that does not answer after TensorStore's retries, a step deleted while it was
@@ -23,14 +27,15 @@ step) and every process falls back together.
 from __future__ import annotations
 
 import ast
-import asyncio
 import hashlib
 import json
 import re
-import threading
 
-from transformer_jax import checksum, distributed
+from transformer_jax import checksum, distributed, orbax_shims
 from transformer_jax.errors import UserError
+
+
+_AGREE_S = 600  # how long processes wait for each other's verdict on a read
 
 
 class CorruptCheckpoint(UserError):
@@ -75,8 +80,14 @@ def classify(step: int, directory, error: Exception, recorded: set[str] | None =
   `recorded`: the paths of the saved arrays, as the step's verified meta lists them (the
   tree being read into has them all)."""
   chain = _chain(error)
-  text = ' '.join(f'{type(e).__name__}: {e}' for e in chain)
   line = _telling_line(chain)
+  # The storage layer's own status, where one is named, decides alone (a DATA_LOSS whose
+  # message mentions memory is damage; running out of memory while decompressing is
+  # not); else the exception types and messages, without their paths (a workdir named
+  # `decompress_ablation` proves nothing).
+  status = _status(line)
+  text = status if status in _STATUSES else ' '.join(
+      f'{type(e).__name__}: {_without_paths(str(e), directory)}' for e in chain)
   for pattern, cause, fix in _NOT_DAMAGE:
     if re.search(pattern, text):
       return RestoreFailed(step, directory, f'{cause} ({line})', fix)
@@ -101,13 +112,15 @@ def read(step: int, directory, read_fn, recorded: set[str] | None = None):
   `recorded`: as for `classify`."""
   result, failure = None, None
   try:
-    with _orbax_reads():
+    with orbax_shims.restoring():
       result = read_fn()
   except (CorruptCheckpoint, RestoreFailed) as e:
     failure = e
   except Exception as e:  # noqa: BLE001 (TensorStore and Orbax raise many types)
     failure = classify(step, directory, e, recorded)
   ours = 0 if failure is None else 1 if isinstance(failure, CorruptCheckpoint) else 2
+  # Timed, as Orbax's own barrier after a restore (which `restoring` leaves to this) is.
+  distributed.barrier(f'agree on what reading checkpoint step {step} proved', _AGREE_S)
   codes = distributed.each(ours)
   verdict = max(codes)
   if verdict == 0:
@@ -176,6 +189,25 @@ def _orbax_tree_differs(step_dir, recorded: set[str]) -> bool:
     return True
 
 
+# The status codes the patterns above decide on (TensorStore's and gRPC's names).
+_STATUSES = {'DATA_LOSS', 'OUT_OF_RANGE', 'NOT_FOUND', 'RESOURCE_EXHAUSTED', 'PERMISSION_DENIED',
+             'UNAUTHENTICATED', 'UNAVAILABLE', 'DEADLINE_EXCEEDED'}
+
+
+def _status(line: str) -> str:
+  """The status code a line starts with ('DATA_LOSS: ...'), or ''."""
+  match = re.match(r'([A-Z_]{5,}): ', line)
+  return match[1] if match else ''
+
+
+def _without_paths(message: str, directory) -> str:
+  """`message` without the workdir's name (which may hold spaces) and the words that
+  hold a slash (paths, URLs, specs naming them)."""
+  for name in {str(directory.parent), str(directory)}:
+    message = message.replace(name, '<path>')
+  return re.sub(r'\S*/\S*', '<path>', message)
+
+
 def _chain(error: BaseException) -> list[BaseException]:
   """`error` and the exceptions it was raised from, outermost first."""
   chain = [error]
@@ -194,55 +226,3 @@ def _telling_line(chain) -> str:
   outermost; Orbax wraps TensorStore's errors in a dump of the whole spec."""
   lines = [first_line(e) for e in chain]
   return next((x for x in lines if re.match(r'[A-Z_]{5,}: ', x)), lines[0])
-
-
-class _orbax_reads:
-  """Two changes to how Orbax runs the reads inside this block; both replace private
-  functions of the pinned orbax-checkpoint (with another Orbax that lacks one, that change
-  is skipped):
-  - Orbax runs a restore's reads with asyncio.gather in an event loop it closes as soon as
-    one read fails; the other reads then finish in TensorStore's threads against the
-    closed loop and print tracebacks at random later moments ("Event loop is closed",
-    "Task exception was never retrieved"). Here the loop runs until every read has
-    ended, so a skipped step leaves only our warning.
-  - After a restore Orbax waits for every process in a collective barrier, which a
-    process whose read raised never reaches: on a pod, the others would wait there while
-    it waits in `read`'s agreement. Here that barrier is left to the agreement, which
-    every process reaches whether its read failed or not (this thread's restores only)."""
-
-  def __enter__(self):
-    from orbax.checkpoint._src import asyncio_utils
-    from orbax.checkpoint._src.multihost import multihost
-    barrier = getattr(multihost, 'sync_global_processes', None)
-    thread = threading.current_thread()
-
-    def sync_unless_restored_here(name, **kwargs):
-      if not (threading.current_thread() is thread and name.endswith('Checkpointer:restore')):
-        barrier(name, **kwargs)
-    self._saved = []
-    for module, name, replacement in (
-        (asyncio_utils, '_run_sync_via_new_loop', _run_until_all_finished),
-        (multihost, 'sync_global_processes', sync_unless_restored_here)):
-      original = getattr(module, name, None)
-      if original is not None:
-        self._saved.append((module, name, original))
-        setattr(module, name, replacement)
-
-  def __exit__(self, *exc):
-    for module, name, original in self._saved:
-      setattr(module, name, original)
-
-
-def _run_until_all_finished(coro):
-  loop = asyncio.new_event_loop()
-  try:
-    asyncio.set_event_loop(loop)
-    return loop.run_until_complete(coro)
-  finally:
-    try:
-      pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
-      if pending:  # the reads gather() abandoned: let them end, their errors retrieved
-        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-    finally:
-      asyncio.set_event_loop(None)
-      loop.close()

@@ -229,7 +229,7 @@ def train(config: ConfigDict, workdir: str) -> dict:
 def _newest_verified(checkpoints, setup) -> str:
   """'step N' (a rerun resumes there), 'none', or why it could not be told."""
   try:
-    step = checkpoints.newest_verified(setup.abstract_state)
+    step = checkpoints.newest_verified(setup.abstract_state.params)
   except checkpoint_lib.RestoreFailed as e:
     return f'unknown ({e.cause})'
   return 'none' if step is None else f'step {step}'

@@ -4,6 +4,7 @@ gcsfs, Orbax's tensorstore and tensorboardX's google-cloud-storage client all re
 through their documented endpoint variables."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -11,6 +12,7 @@ import pytest
 from etils import epath
 
 import gcs_emulator
+from transformer_jax import manifest
 
 BUCKET = 'transformer-jax-test'
 
@@ -110,6 +112,16 @@ def test_a_damaged_checkpoint_in_a_bucket_is_moved_aside(gcs_env, repo, monkeypa
         data.write_bytes(bytes(raw))
         damaged += 1
   assert damaged
+  # The manifest carries the bucket's own crc32c of each object; `verify` compares them.
+  recorded = manifest.read(epath.Path(run) / 'checkpoints', 20)
+  assert recorded and all(entry['crc32c'] for entry in recorded.values())
+  checked = subprocess.run([sys.executable, '-m', 'transformer_jax.verify',
+                            f'--workdir={run}'], cwd=repo, env=env, capture_output=True,
+                           text=True, timeout=600)
+  assert checked.returncode == 2, checked.stderr[-3000:]
+  assert re.search(r'checkpoints/10: ok \(\d+ files\)', checked.stdout), checked.stdout
+  assert re.search(rf'checkpoints/20: damaged: {damaged} of its files differ from its '
+                   r'manifest \(state/\S+: another checksum than recorded', checked.stdout)
   result = subprocess.run(
       [sys.executable, '-m', 'transformer_jax.translate', f'--workdir={run}'],
       cwd=repo, env=env, input='The dog sees the cat.\n', capture_output=True, text=True,

@@ -213,8 +213,9 @@ def test_a_skipped_step_leaves_one_warning_and_no_traceback(briefly_trained, tin
   assert len(lines) == len(workdirs), result.stderr[-3000:]
   for line in lines:
     assert re.match(r'warning: The checkpoint at step 6 in \S+ failed verification: it could '
-                    r'not be read \(OUT_OF_RANGE: .*\)\. Moved it to \S+; trying the one '
-                    r'before\.$', line), line
+                    r'not be read \(OUT_OF_RANGE: .*\), and \d+ of its files differ from its '
+                    r'manifest \(state/\S+: \d+ bytes, recorded \d+, \.\.\.\)\. Moved it to '
+                    r'\S+; trying the one before\.$', line), line
 
 
 @pytest.mark.parametrize('missing', ['state/_METADATA', 'state/manifest.ocdbt', 'state/d',

@@ -11,14 +11,17 @@ Nothing is loaded unverified: `meta` carries a checksum of every array's values,
 in memory before the save (`checksum.py`), of the data position, and of itself. After a
 restore the values are checksummed again. What a failure proves, and so whether a step
 is moved aside to DIR/quarantine or the command stops with every file in place, is
-decided in `integrity.py`. Restoring takes the target shardings, so a checkpoint
-restores onto any mesh; a state saved with another optimizer structure (clipping turned
+decided in `integrity.py`, against each committed step's manifest (`manifest.py`), which
+the run that saved the step writes beside it. A run that saves holds the directory's
+lease (`lease.py`): readers beside it never move its steps. Restoring takes the target
+shardings, so a checkpoint restores onto any mesh; a state saved with another optimizer structure (clipping turned
 on or off) resumes with its parameters and Adam moments. `average` writes the mean of
 the last N checkpoints' parameters as a checkpoint of its own, under WORKDIR/averaged.
 """
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import dataclasses
 import hashlib
 import os
@@ -31,7 +34,8 @@ import orbax.checkpoint as ocp
 from ml_collections import ConfigDict
 
 from transformer_jax import config as config_lib
-from transformer_jax import checksum, distributed, files, integrity, optim, sharding
+from transformer_jax import (checksum, distributed, files, integrity, lease, manifest, optim,
+                             sharding)
 from transformer_jax.data import tokenizer as tokenizer_lib
 from transformer_jax.errors import UserError
 from transformer_jax.integrity import CorruptCheckpoint, RestoreFailed  # what callers catch
@@ -102,9 +106,11 @@ class Checkpoints:
   """The workdir's checkpoints: save every N steps (async), keep the last N, restore."""
 
   def __init__(self, workdir: str, config: ConfigDict, *, max_to_keep: int | None = None,
-               async_save: bool = True, best_metric: str | None = None):
+               async_save: bool = True, best_metric: str | None = None,
+               writer: bool = False):
     """`best_metric`: keep the `max_to_keep` checkpoints with its highest value instead
-    of the latest ones (save() then takes `metrics`)."""
+    of the latest ones (save() then takes `metrics`). `writer`: this run saves here (it
+    holds the lease and writes each committed step's manifest); readers leave it False."""
     self.directory = files.path(workdir) / CHECKPOINT_DIR
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep or config.train.keep_checkpoints,
@@ -119,6 +125,15 @@ class Checkpoints:
                                           item_names=('state', 'data', 'meta'))
     self.config = config
     self._unverified_noticed = False
+    # A writer owns the directory (it may move its steps aside). Its process 0 writes the
+    # manifests, off the training thread, and from its first save holds the lease (a run
+    # refused before it saves leaves no trace).
+    self._writer = writer
+    self._recorder = concurrent.futures.ThreadPoolExecutor(1) \
+        if writer and distributed.is_writer() else None
+    self._lease: lease.Lease | None = None
+    self._recording: list[concurrent.futures.Future] = []
+    self._in_flight: int | None = None  # saved, maybe not yet committed
 
   def steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
@@ -147,14 +162,42 @@ class Checkpoints:
               'checksum_algorithm': checksum.ALGORITHM}
       return {**done, 'meta_sha256': integrity.json_sha256(done)}
     items['meta'] = _MetaSave(finished_meta)  # one commit with the arrays: no window
-    self._manager.save(step, force=force, metrics=metrics,
-                       args=ocp.args.Composite(**items))
+    if self._recorder is not None:
+      self._lease = self._lease or lease.Lease(self.directory.parent)
+      manifest.remove(self.directory, step)  # of an earlier step of this number, moved aside
+    saved = self._manager.save(step, force=force, metrics=metrics,
+                               args=ocp.args.Composite(**items))
+    self._record(self._in_flight)  # Orbax's save waited for the one before to commit
+    self._in_flight = step if saved else None
+
+  def _record(self, step: int | None) -> None:
+    """Write `step`'s manifest (committed now) in the background, and forget those of
+    steps Orbax has deleted since."""
+    if self._recorder is None or step is None:
+      return
+
+    def job():
+      try:
+        manifest.write(self.directory, step)
+        manifest.prune(self.directory)
+      except Exception as e:  # noqa: BLE001 (the step stays verifiable by its checksums)
+        distributed.warn(f'could not write the manifest of checkpoint step {step} in '
+                         f'{self.directory} ({integrity.first_line(e)}).')
+    self._recording.append(self._recorder.submit(job))
 
   def delete(self, step: int) -> None:
     self._manager.delete(step)
+    if self._recorder is not None:
+      manifest.remove(self.directory, step)
 
   def wait(self) -> None:
+    """Until every save is committed and has its manifest."""
     self._manager.wait_until_finished()
+    self._record(self._in_flight)
+    self._in_flight = None
+    for job in self._recording:
+      job.result()
+    self._recording.clear()
 
   def meta(self, step: int) -> dict:
     """The step's config, vocabulary and checksums, verified against its own sha256
@@ -231,9 +274,17 @@ class Checkpoints:
     restored = integrity.read(step, self.directory, read, _recorded(meta))
     if self._verifiable(meta):  # the same verdict on every process
       integrity.verify(step, self.directory, meta, restored['state'])
+      if self._recorder is not None and self._unrecorded(step):
+        self._record(step)  # verified by its values: what a killed save did not write
     if data_iterator is not None:
       data_iterator.set_state(restored['data'])
     return carry(restored['state'])
+
+  def _unrecorded(self, step: int) -> bool:
+    try:
+      return manifest.read(self.directory, step) is None
+    except manifest.DamagedManifest:
+      return True
 
   def restore_params(self, step: int, abstract_params):
     """Only the parameters of the state at `step` (placed as `abstract_params` says): the
@@ -264,20 +315,28 @@ class Checkpoints:
     return params
 
   def quarantine(self, step: int) -> str | None:
-    """Move a step whose damage was proven aside, out of Orbax's sight; where to (None
-    if it could not be moved, e.g. read-only storage: then it is only skipped)."""
+    """Move a step whose damage was proven aside, out of Orbax's sight, with its
+    manifest; where to (None if it was left in place: another run holds this directory's
+    lease, or the storage is read-only; it is then only skipped)."""
     target = (self.directory.parent / QUARANTINE_DIR /
               f'{self.directory.name}-{step}-{time.strftime("%Y%m%d-%H%M%S")}')
     moved = [False]
 
     def move(first: bool) -> None:
-      if first:
-        try:
-          files.move_tree(self.directory / str(step), target)
-          moved[0] = True
-        except Exception as e:  # noqa: BLE001 (read-only storage: skip it, leave it)
-          distributed.warn(f'could not move {self.directory / str(step)} aside '
-                           f'({integrity.first_line(e)}).')
+      if not first:
+        return
+      writer = None if self._writer else lease.live_writer(self.directory.parent)
+      if writer:
+        distributed.warn(f'left {self.directory / str(step)} in place: a run is saving '
+                         f'into {self.directory} ({writer}) and may be deleting it.')
+        return
+      try:
+        files.move_tree(self.directory / str(step), target)
+        moved[0] = True
+        manifest.move(self.directory, step, target / 'manifest.json')
+      except Exception as e:  # noqa: BLE001 (read-only storage: skip it, leave it)
+        distributed.warn(f'could not move {self.directory / str(step)} aside '
+                         f'({integrity.first_line(e)}).')
     distributed.once(f'quarantine checkpoint {step}', move, timeout_s=600)
     self._manager.reload()
     return str(target) if moved[0] else None
@@ -340,8 +399,12 @@ class Checkpoints:
     return any((self.directory / str(step) / 'data').glob('process_*-of-*.json'))
 
   def close(self) -> None:
-    self._manager.wait_until_finished()
+    self.wait()
     self._manager.close()
+    if self._recorder is not None:
+      self._recorder.shutdown()
+    if self._lease is not None:
+      self._lease.release()
 
 
 def _differences(saved: dict, ours: ConfigDict, keys) -> str:
@@ -412,7 +475,7 @@ def _replace_average(root: str, config, step: int, averaged, vocab_path: str) ->
   """The average as WORKDIR/averaged's one checkpoint: written beside the earlier one,
   which goes only once the new one is complete (an earlier one of the same step waits
   in averaged/previous-STEP meanwhile, and comes back if the write fails)."""
-  target = Checkpoints(root, config, max_to_keep=None, async_save=False)
+  target = Checkpoints(root, config, max_to_keep=None, async_save=False, writer=True)
   earlier = target.steps()
   aside = target.directory.parent / f'previous-{step}'
 

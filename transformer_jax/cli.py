@@ -18,7 +18,8 @@ from transformer_jax import config as config_lib
 from transformer_jax import distributed
 from transformer_jax.errors import UserError
 
-COMMANDS = ('prepare', 'train', 'translate', 'evaluate', 'average', 'info', 'aot', 'export')
+COMMANDS = ('prepare', 'train', 'translate', 'evaluate', 'average', 'verify', 'info', 'aot',
+            'export')
 
 
 # The flags every command shares, defined once (absl forbids defining a flag twice, and

@@ -5,24 +5,27 @@ decides between moving a checkpoint aside and stopping with every file left in p
 back to the one before):
 - values that differ from the checksums the step's `meta` carries (`checksum.py`), or
   a `meta` or data position that differs from its own sha256;
-- the storage layer reporting damaged bytes: TensorStore's DATA_LOSS (its index and
-  manifests are checksummed), OUT_OF_RANGE (a file shorter than its index says),
-  decompression errors, and metadata files that are no longer UTF-8 JSON;
-- a file missing from a step whose directory is still there (NOT_FOUND), and Orbax's
-  on-disk tree disagreeing with the structure the verified `meta` records.
-
-What decides: the status the storage layer names first in the error chain (TensorStore's
-`DATA_LOSS: ...`) where it is one this docstring names, else the exception types and messages
-with the paths taken out (a workdir's name proves nothing).
+- a step whose read failed and whose files differ from its manifest (`manifest.py`): a
+  file missing, shorter, longer or with another checksum. Only these records decide for
+  a step that has a manifest: an error's words never do.
+- For a step without a manifest (saved before manifests, or killed before its manifest
+  was written), the storage layer's own status: TensorStore's DATA_LOSS (its index and
+  manifests are checksummed) or OUT_OF_RANGE (a file shorter than its index says), else
+  the exception types and messages with the paths taken out: decompression errors,
+  metadata that is no longer UTF-8 JSON, a file missing from a step whose directory is
+  still there, Orbax's on-disk tree disagreeing with the structure the verified `meta`
+  records.
 
 **Everything else** (`RestoreFailed`: one line naming the step, the cause and the fix;
 nothing is moved): a state of another structure, out of memory, permission denied, a
 bucket that does not answer after TensorStore's retries, a step deleted while it was
-read (a live run's save schedule), and any error this list does not name.
+read (a live run's save schedule), any error this list does not name, and any failure of
+a step whose files all match its manifest.
 
 Several processes agree before anyone acts, also when only some of them failed: a
 refusal anywhere stops all of them, damage anywhere quarantines (process 0 moves the
-step) and every process falls back together.
+step, unless another run holds the directory's lease: `lease.py`) and every process
+falls back together.
 """
 from __future__ import annotations
 
@@ -31,7 +34,7 @@ import hashlib
 import json
 import re
 
-from transformer_jax import checksum, distributed, orbax_shims
+from transformer_jax import checksum, distributed, manifest, orbax_shims
 from transformer_jax.errors import UserError
 
 
@@ -81,17 +84,32 @@ def classify(step: int, directory, error: Exception, recorded: set[str] | None =
   tree being read into has them all)."""
   chain = _chain(error)
   line = _telling_line(chain)
-  # The storage layer's own status, where one is named, decides alone (a DATA_LOSS whose
-  # message mentions memory is damage; running out of memory while decompressing is
-  # not); else the exception types and messages, without their paths (a workdir named
-  # `decompress_ablation` proves nothing).
-  status = _status(line)
-  text = status if status in _STATUSES else ' '.join(
-      f'{type(e).__name__}: {_without_paths(str(e), directory)}' for e in chain)
-  for pattern, cause, fix in _NOT_DAMAGE:
-    if re.search(pattern, text):
-      return RestoreFailed(step, directory, f'{cause} ({line})', fix)
   step_dir = directory / str(step)
+  try:
+    files = manifest.read(directory, step)
+  except manifest.DamagedManifest:
+    files = None  # a record that proves nothing: judged as a step without one
+  if files is not None:
+    try:
+      found = manifest.differences(step_dir, files)
+    except Exception:  # noqa: BLE001 (unreadable files: permission, a bucket error)
+      return _not_damage(step, directory, _words(chain, directory), line,
+                         'an error that proves no damage')
+    if found and _exists(step_dir):
+      return CorruptCheckpoint(step, directory, f'it could not be read ({line}), and '
+                               f'{manifest.proof(found)}')
+    if found:
+      return _disappeared(step, directory, line)
+    return _not_damage(step, directory, _words(chain, directory), line,
+                       'an error that proves no damage, every file matching its manifest')
+  # No manifest: the storage layer's own status, where one is named, decides alone (a
+  # DATA_LOSS whose message mentions memory is damage; running out of memory while
+  # decompressing is not); else the exception types and messages, without their paths
+  # (a workdir named `decompress_ablation` proves nothing).
+  status = _status(line)
+  text = status if status in _STATUSES else _words(chain, directory)
+  if any(re.search(pattern, text) for pattern, _, _ in _NOT_DAMAGE):
+    return _not_damage(step, directory, text, line, 'an error that proves no damage')
   damaged = (re.search(_DAMAGE, text)
              or (re.search(_MISSING, text) and _exists(step_dir))
              or (re.search(_STRUCTURE, text) and recorded is not None
@@ -99,10 +117,28 @@ def classify(step: int, directory, error: Exception, recorded: set[str] | None =
   if damaged:
     return CorruptCheckpoint(step, directory, f'it could not be read ({line})')
   if re.search(_MISSING, text):
-    return RestoreFailed(step, directory, f'it disappeared while being read ({line})',
-                         'A run saving into this workdir deleted it; run again.')
-  return RestoreFailed(step, directory, f'an error that proves no damage ({line})',
+    return _disappeared(step, directory, line)
+  return _not_damage(step, directory, text, line, 'an error that proves no damage')
+
+
+def _words(chain, directory) -> str:
+  """The chain's exception types and messages, without paths."""
+  return ' '.join(f'{type(e).__name__}: {_without_paths(str(e), directory)}' for e in chain)
+
+
+def _not_damage(step: int, directory, text: str, line: str, default: str) -> RestoreFailed:
+  """RestoreFailed naming the cause and fix where `text` tells them (only wording: it
+  never moves a step), else `default`."""
+  for pattern, cause, fix in _NOT_DAMAGE:
+    if re.search(pattern, text):
+      return RestoreFailed(step, directory, f'{cause} ({line})', fix)
+  return RestoreFailed(step, directory, f'{default} ({line})',
                        'If the step must be skipped, move its directory aside yourself.')
+
+
+def _disappeared(step: int, directory, line: str) -> RestoreFailed:
+  return RestoreFailed(step, directory, f'it disappeared while being read ({line})',
+                       'A run saving into this workdir deleted it; run again.')
 
 
 def read(step: int, directory, read_fn, recorded: set[str] | None = None):

@@ -80,7 +80,7 @@ class BleuTracker:
     self.tokenizer, self.mesh = tokenizer, mesh
     self.best = checkpoint_lib.Checkpoints(os.path.join(workdir, 'best'), config,
                                            max_to_keep=config.train.keep_best,
-                                           best_metric='bleu')
+                                           best_metric='bleu', writer=True)
 
   def __call__(self, graphdef, params) -> float:
     model = nnx.merge(graphdef, params)
@@ -157,7 +157,7 @@ def train(config: ConfigDict, workdir: str) -> dict:
   train_step_fn = compile_in_background(train_step_fn, setup.abstract_state,
                                         abstract_batch(config, mesh))
   tokenizer = pipeline.prepare(config, workdir)
-  checkpoints = checkpoint_lib.Checkpoints(workdir, config)
+  checkpoints = checkpoint_lib.Checkpoints(workdir, config, writer=True)
   if checkpoints.latest_step() is not None:  # a mismatch fails before any data is read
     checkpoints.check_compatible(checkpoints.latest_step(), tokenizer.path)
   store = pipeline.training_store(config, workdir, tokenizer)

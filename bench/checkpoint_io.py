@@ -1,9 +1,10 @@
 """Checkpoint save and restore of the cpu-small train state, with and without checksums;
 prints JSON.
 
-What verification costs: `transformer_jax.checkpoint.Checkpoints` (checksums of every
-array's values taken before the save, verified after the restore) against Orbax doing
-the same save and restore without them (the reference, measured in the same run on the
+What verification costs: `transformer_jax.checkpoint.Checkpoints` as training uses it
+(checksums of every array's values taken before the save, verified after the restore;
+each committed step's manifest written in the background, `manifest_s` alone) against
+Orbax doing the same save and restore without them (the reference, measured in the same run on the
 same state, each repeat alternating which goes first). Save is timed to completion (the
 save and its wait); the part that blocks training is reported too.
 
@@ -31,7 +32,7 @@ import orbax.checkpoint as ocp  # noqa: E402
 from pod_rehearsal import emit  # noqa: E402
 from train_step import WORKLOAD, workload_config  # noqa: E402
 from transformer_jax import checkpoint as checkpoint_lib  # noqa: E402
-from transformer_jax import checksum, sharding  # noqa: E402
+from transformer_jax import checksum, manifest, sharding  # noqa: E402
 from transformer_jax.steps import build, init_state  # noqa: E402
 
 
@@ -53,14 +54,16 @@ def main():
   state = init_state(setup)
   vocab = root / 'vocab.model'
   vocab.write_bytes(os.urandom(300_000))  # the size of an 8k SentencePiece model
-  ours = checkpoint_lib.Checkpoints(str(root / 'ours'), config, async_save=True, max_to_keep=2)
+  ours = checkpoint_lib.Checkpoints(str(root / 'ours'), config, async_save=True, max_to_keep=2,
+                                    writer=True)
   plain = ocp.CheckpointManager(root / 'plain' / 'checkpoints', item_names=('state', 'meta'),
                                 options=ocp.CheckpointManagerOptions(max_to_keep=2))
   meta = {'config': config.to_dict(), 'vocab_model': 'x' * 400_000}
   checksum.checksums(state)  # compile once, as a training run does before its first save
 
   figures = {k: [] for k in ('save_s', 'save_plain_s', 'restore_s', 'restore_plain_s',
-                             'save_blocking_s', 'save_blocking_plain_s', 'checksum_s')}
+                             'save_blocking_s', 'save_blocking_plain_s', 'checksum_s',
+                             'manifest_s')}
   def save_ours(step):
     figures['save_blocking_s'].append(timed(
         lambda: ours.save(step, state, None, str(vocab), force=True)))
@@ -89,6 +92,7 @@ def main():
       first(step)
       second(step)
     figures['checksum_s'].append(timed(lambda: checksum.checksums(state)))
+    figures['manifest_s'].append(timed(lambda: manifest.write(ours.directory, step)))
   ours.close()
   plain.close()
   if not a.dir:

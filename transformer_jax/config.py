@@ -96,6 +96,9 @@ def defaults() -> ConfigDict:
   c.train.bleu_every = 0         # validation BLEU (beam search) every N steps; 0 = off
   c.train.bleu_sentences = 500   # how many validation sentences it translates
   c.train.keep_best = 2          # checkpoints with the best BLEU, kept in WORKDIR/best
+  # A jax.profiler trace of training steps (FIRST, COUNT) into WORKDIR/tensorboard; () = off.
+  c.train.profile_steps = ()
+  c.train.profile_every_process = False  # each process writes its own trace (else process 0)
 
   c.mesh = ConfigDict()          # device mesh axis sizes; -1 takes the remaining devices
   c.mesh.data = -1
@@ -244,6 +247,10 @@ def _check_values(c: ConfigDict) -> None:
            f'(0 = no time limit), got {c.train.stop_after_minutes}.')
   _require(math.isfinite(t.budget_flops) and t.budget_flops >= 0, 'train.budget_flops '
            f'must be a finite number >= 0 (0 = no budget), got {t.budget_flops}.')
+  _require(t.profile_steps == () or (len(t.profile_steps) == 2 and all(
+      isinstance(x, int) and x >= 1 for x in t.profile_steps)),
+           'train.profile_steps must be () (off) or (FIRST, COUNT), two integers >= 1, e.g. '
+           f'--config.train.profile_steps="(10,3)"; got {t.profile_steps!r}.')
   _require(c.data.batch_size % c.train.grad_accum_steps == 0,
            f'data.batch_size ({c.data.batch_size}) must be divisible by '
            f'train.grad_accum_steps ({c.train.grad_accum_steps}).')

@@ -18,7 +18,8 @@ from flax import nnx
 from ml_collections import ConfigDict
 
 from transformer_jax import checkpoint as checkpoint_lib
-from transformer_jax import costs, distributed, files, inference, precision, scoring, sharding
+from transformer_jax import (costs, distributed, files, inference, precision, profiling, scoring,
+                             sharding)
 from transformer_jax import metrics as metrics_lib
 from transformer_jax.data import datasets, pipeline
 from transformer_jax.data.stream import Prefetch
@@ -174,14 +175,17 @@ def train(config: ConfigDict, workdir: str) -> dict:
   bleu = BleuTracker(config, workdir, tokenizer, mesh) if t.bleu_every and eval_split else None
   history, last = [], {}
   waited, interval_start = 0.0, None  # time the loop waited for input, since when
+  profile = profiling.StepProfile(workdir, t.profile_steps, t.profile_every_process)
   try:
     while step < end:
+      profile.before(step + 1)
       started = time.perf_counter()
       interval_start = interval_start or started  # (evaluation and saving left out)
       batch = next(batches)
       waited += time.perf_counter() - started
       state, metrics = train_step_fn(state, sharding.place_batch(batch, mesh))
       step += 1
+      profile.after(step, state)
       history.append(metrics)
       reporter.progress(step)
       preempted = preemption.requested(step, t.log_every)
@@ -210,6 +214,7 @@ def train(config: ConfigDict, workdir: str) -> dict:
                         'exiting. Run the same command to resume.')
         break
   finally:
+    profile.stop()
     batches.close()
     checkpoints.close()
     reporter.close()

@@ -51,8 +51,8 @@ def test_console_script_without_a_command_prints_usage(monkeypatch, capsys, argv
   with pytest.raises(SystemExit) as exit_:
     cli.main()
   assert exit_.value.code == 2
-  assert ('usage: transformer-jax {prepare,train,translate,evaluate,average,verify,info,aot,'
-          'export}') in \
+  assert ('usage: transformer-jax {prepare,train,translate,evaluate,average,verify,goodput,'
+          'info,aot,export}') in \
       capsys.readouterr().err
 
 

@@ -15,11 +15,11 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from transformer_jax import config as config_lib
-from transformer_jax import distributed
+from transformer_jax import distributed, segments
 from transformer_jax.errors import UserError
 
-COMMANDS = ('prepare', 'train', 'translate', 'evaluate', 'average', 'verify', 'info', 'aot',
-            'export')
+COMMANDS = ('prepare', 'train', 'translate', 'evaluate', 'average', 'verify', 'goodput', 'info',
+            'aot', 'export')
 
 
 # The flags every command shares, defined once (absl forbids defining a flag twice, and
@@ -131,6 +131,7 @@ def run(main):
     use_compilation_cache(COMPILATION_CACHE.value)
     try:
       distributed.initialize()
+      segments.mark('joined')
       return main(argv)
     except UserError as e:
       _fail(str(e), e.exit_code)

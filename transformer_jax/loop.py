@@ -19,7 +19,7 @@ from ml_collections import ConfigDict
 
 from transformer_jax import checkpoint as checkpoint_lib
 from transformer_jax import (costs, distributed, files, inference, precision, profiling, scoring,
-                             sharding)
+                             segments, sharding)
 from transformer_jax import metrics as metrics_lib
 from transformer_jax.data import datasets, pipeline
 from transformer_jax.data.stream import Prefetch
@@ -149,6 +149,7 @@ def train(config: ConfigDict, workdir: str) -> dict:
   WORKDIR/done.json, the signal `launch/tpu.py supervise` waits for; one that trains past
   it removes it first."""
   checkpoint_lib.check_writable(workdir)
+  segment = segments.Segment(workdir)
   if (warning := precision.cpu_warning(config.model)) is not None:
     distributed.warn(warning)
   mesh = sharding.make_mesh(config.mesh)
@@ -164,18 +165,21 @@ def train(config: ConfigDict, workdir: str) -> dict:
   store = pipeline.training_store(config, workdir, tokenizer)
   eval_split = _validation_split(config, tokenizer)
   stream = pipeline.train_stream(config, store, tokenizer)
+  segments.mark('data_ready')
   state = restore_or_init(setup, checkpoints, stream, tokenizer.path)
   batches = Prefetch(stream, config.data.prefetch)  # from the restored position
   step = int(state.step)
   t, end = config.train, costs.last_step(config)
   if step < end:  # past every refusal: a refused run leaves done.json alone
     _done(workdir, None)
+  segment.open(step)
   preemption = Preemption(t.stop_after_minutes)
   reporter = metrics_lib.Reporter(workdir, config, step, end, preemption.deadline)
   bleu = BleuTracker(config, workdir, tokenizer, mesh) if t.bleu_every and eval_split else None
   history, last = [], {}
   waited, interval_start = 0.0, None  # time the loop waited for input, since when
   profile = profiling.StepProfile(workdir, t.profile_steps, t.profile_every_process)
+  preempted = False
   try:
     while step < end:
       profile.before(step + 1)
@@ -183,8 +187,10 @@ def train(config: ConfigDict, workdir: str) -> dict:
       interval_start = interval_start or started  # (evaluation and saving left out)
       batch = next(batches)
       waited += time.perf_counter() - started
+      segment.waited(time.perf_counter() - started)
       state, metrics = train_step_fn(state, sharding.place_batch(batch, mesh))
       step += 1
+      segment.stepped(step, metrics)
       profile.after(step, state)
       history.append(metrics)
       reporter.progress(step)
@@ -196,18 +202,23 @@ def train(config: ConfigDict, workdir: str) -> dict:
                                 lambda: _newest_verified(checkpoints, setup)),
                 'step': step}
         history, waited, interval_start = [], 0.0, None
+        segment.progress(step)
       if eval_split is not None and ((t.eval_every and step % t.eval_every == 0)
                                      or step == end):
-        sums = evaluate(config, eval_step_fn, state.params, eval_split, mesh)
+        with segment.timing('eval_s'):
+          sums = evaluate(config, eval_step_fn, state.params, eval_split, mesh)
         last.update({f'eval_{k}': v for k, v in reporter.eval(step, sums).items()})
       if bleu is not None and (step % t.bleu_every == 0 or step == end):
         started = time.perf_counter()
-        last['eval_bleu'] = bleu(setup.graphdef, state.params)
+        with segment.timing('eval_s'):
+          last['eval_bleu'] = bleu(setup.graphdef, state.params)
         reporter.eval(step, {}, {'bleu': last['eval_bleu'],
                                  'bleu_seconds': time.perf_counter() - started})
         bleu.best.save(step, state, None, tokenizer.path, metrics={'bleu': last['eval_bleu']})
       if checkpoint_due:
-        checkpoints.save(step, state, batches, tokenizer.path, force=preempted)
+        with segment.timing('checkpoint_s'):
+          checkpoints.save(step, state, batches, tokenizer.path, force=preempted)
+        segment.progress(step)
       if preempted:
         checkpoints.wait()
         distributed.say(f'{preemption.reason}: saved the checkpoint at step {step}; '
@@ -216,7 +227,10 @@ def train(config: ConfigDict, workdir: str) -> dict:
   finally:
     profile.stop()
     batches.close()
-    checkpoints.close()
+    with segment.timing('checkpoint_s'):  # the last save's wait
+      checkpoints.close()
+    segment.progress(step)
+    segment.exit('done' if step >= end else 'preempted' if preempted else 'error')
     reporter.close()
     if bleu is not None:
       bleu.close()

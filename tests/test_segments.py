@@ -1,0 +1,59 @@
+"""The run's segments (segments.py): what one training process records, and the
+goodput arithmetic over several."""
+import json
+
+import pytest
+
+from transformer_jax import loop, segments
+
+
+def test_a_run_records_its_phases_progress_and_exit(tiny_config, tmp_path):
+  workdir = tmp_path / 'work'
+  loop.train(tiny_config(num_steps=5, checkpoint_every=2), str(workdir))
+  found = segments.read(str(workdir))
+  assert len(found) == 1
+  record = found[0]
+  assert record['exit'] == 'done' and record['restored_step'] == 0 and record['step'] == 5
+  phases = record['phases']
+  assert record['start'] <= phases['data_ready'] <= phases['restored'] <= \
+      phases['first_step'] <= record['time']
+  assert record['step_s'] > 0 and record['checkpoint_s'] > 0
+  assert all(record[k] >= 0 for k in segments.COUNTERS)
+  # The same command again resumes at step 5 and exits at once: a second segment.
+  loop.train(tiny_config(num_steps=5, checkpoint_every=2), str(workdir))
+  found = segments.read(str(workdir))
+  assert [s['restored_step'] for s in found] == [0, 5]
+  assert [s['exit'] for s in found] == ['done', 'done']
+
+
+def _segment(start, restored, step, step_s, end, exit_='done', **counters):
+  return {'start': start, 'phases': {'restored': start + 1, 'first_step': start + 3},
+          'restored_step': restored, 'step': step, 'time': end, 'exit': exit_,
+          'step_s': step_s, **{k: 0.0 for k in segments.COUNTERS if k != 'step_s'},
+          **counters}
+
+
+def test_goodput_counts_steps_a_kill_made_compute_twice():
+  """Killed at step 10 (known), restored from step 8: steps 9 and 10 were computed
+  twice; their time, the start-up and the gap before the relaunch are badput."""
+  killed = _segment(0.0, 0, 10, 10.0, 13.0, exit_=None, checkpoint_s=0.5)
+  relaunched = _segment(20.0, 8, 14, 6.0, 29.0)
+  summary = segments.summarize([killed, relaunched])
+  assert summary['recomputed_steps'] == 2
+  assert summary['productive_s'] == pytest.approx(8.0 + 6.0)
+  assert summary['wall_s'] == pytest.approx(29.0)
+  assert summary['goodput'] == pytest.approx(14.0 / 29.0, abs=1e-4)
+  badput = summary['badput_s']
+  assert badput['recomputed'] == pytest.approx(2.0)
+  assert badput['gaps'] == pytest.approx(7.0)
+  assert badput['restore'] == pytest.approx(2.0) and badput['checkpoint'] == 0.5
+  assert summary['exits'] == ['killed', 'done']
+
+
+def test_nothing_is_written_before_a_run_is_past_its_refusals(tmp_path):
+  segment = segments.Segment(str(tmp_path))
+  segment.phase('data_ready')
+  assert not (tmp_path / segments.GOODPUT_DIR).exists()
+  segment.open(restored_step=4)
+  written = json.loads(segment.path.read_text())
+  assert written['restored_step'] == 4 and 'data_ready' in written['phases']

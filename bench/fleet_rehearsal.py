@@ -25,7 +25,6 @@ Prints one JSON object; "ok" is true only if every fault was delivered, supervis
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pathlib
 import random
@@ -154,7 +153,16 @@ class Rehearsal:
     return equal, {'losses_faulted': losses['faulted'],
                    'losses_reference': losses['reference'],
                    'checksums_faulted': checksums['faulted'],
-                   'checksums_reference': checksums['reference'], 'bitwise_equal': equal}
+                   'checksums_reference': checksums['reference'], 'bitwise_equal': equal,
+                   'goodput': {run: self.goodput(f'gs://{BUCKET}/{run}') for run in losses}}
+
+  def goodput(self, workdir: str) -> dict:
+    """What `python -m transformer_jax.goodput` prints: goodput, recomputed steps, badput
+    by cause, and each launch of supervise phase by phase."""
+    from transformer_jax import segments
+    trained = segments.read(workdir)
+    return {**segments.summarize(trained),
+            'launches': segments.launches(segments.read(workdir, 'supervise'), trained)}
 
   def records(self, workdir: str) -> list[dict]:
     """One record per step: a resumed run logs again the steps after its checkpoint."""
@@ -229,11 +237,13 @@ def main() -> None:
       'restarts': phases.get('faulted', {}).get('restarts'),
       'supervise_exit': phases.get('faulted', {}).get('supervise_exit'),
       'bitwise_equal': phases.get('compare', {}).get('bitwise_equal', False),
+      'goodput': phases.get('compare', {}).get('goodput'),
       **{k: phases.get('compare', {}).get(k) for k in
          ('losses_faulted', 'losses_reference', 'checksums_faulted', 'checksums_reference')},
       'seconds': {name: p['seconds'] for name, p in phases.items()},
       'total_seconds': round(time.perf_counter() - started, 1),
-      'phases': {name: {k: v for k, v in p.items() if not k.startswith(('losses', 'check'))}
+      'phases': {name: {k: v for k, v in p.items()
+                        if not k.startswith(('losses', 'check', 'goodput'))}
                  for name, p in phases.items()},
       'api_faults': phases.get('faulted', {}).get('api', []),
       'ssh_key_delay_s_after_preemption': KEY_DELAY_S,

@@ -349,9 +349,31 @@ def last_step(a) -> int:
 @dataclasses.dataclass
 class Watch:
   """What `supervise` knows between polls: whether a run of ours (or one it adopted) was
-  live, and how many times it relaunched one."""
+  live, how many times it relaunched one, and whether it waits for a lost slice to be
+  back."""
   launched: bool = False
   restarts: int = 0
+  awaiting_slice: bool = False
+
+
+class Journal:
+  """supervise's own goodput record, WORKDIR/goodput/supervise-START_MS-PID.json: one
+  object of its own, replaced whole at each event (a bucket has no append), which
+  `python -m transformer_jax.goodput` reads beside the train processes' records. A write
+  that fails is skipped: the record is for accounting, the run goes on."""
+
+  def __init__(self, a):
+    self.a, self.start, self.events = a, time.time(), []
+    self.target = f'{a.workdir}/goodput/supervise-{int(self.start * 1000)}-{os.getpid()}.json'
+
+  def __call__(self, event: str, **fields) -> None:
+    self.events.append({'event': event, 'time': time.time(), **fields})
+    with tempfile.NamedTemporaryFile('w', suffix='.json', delete=False) as f:
+      json.dump({'kind': 'supervise', 'start': self.start, 'events': self.events}, f)
+    try:
+      gcloud(['storage', 'cp', f.name, self.target], self.a.dry_run, check=False)
+    finally:
+      os.unlink(f.name)
 
 
 def supervise(a) -> None:
@@ -362,12 +384,13 @@ def supervise(a) -> None:
   already training (e.g. started by `train`) is adopted, not launched twice. A failed gcloud or
   ssh call (a VM not reachable yet, one preempted meanwhile) is retried with backoff."""
   check_workdir(a)
-  watch, failures = Watch(), 0
+  watch, failures, journal = Watch(), 0, Journal(a)
+  journal('start')
   while True:
     try:
       if finished(a):
         break
-      step(a, watch)
+      step(a, watch, journal)
       failures = 0
     except subprocess.CalledProcessError as e:
       failures += 1
@@ -378,18 +401,25 @@ def supervise(a) -> None:
     if a.dry_run:
       return
     time.sleep(a.poll_s * min(2 ** failures, 16))
+  journal('done')
   print(f'training finished: {a.workdir}/done.json', flush=True)
 
 
-def step(a, watch: Watch) -> None:
+def step(a, watch: Watch, journal: Journal) -> None:
   """One look at the slice, and what it calls for."""
   now = state(a)
   if now in LOST:
+    if not watch.awaiting_slice:
+      journal('lost', state=now)
+      watch.awaiting_slice = True
     restart(a, watch, f'{a.name} is {now}')
     if now != 'NOT_FOUND':
       delete(a)
     create(a, check=False)  # no capacity now: try again at the next poll
   elif now in READY:  # else CREATING, PROVISIONING, ...: wait
+    if watch.awaiting_slice:
+      journal('ready')
+      watch.awaiting_slice = False
     seen = look(a)
     if seen.user_error:
       sys.exit(f'error: training stopped on an error that a relaunch would repeat; fix it '
@@ -401,9 +431,12 @@ def step(a, watch: Watch) -> None:
       watch.launched = True  # ours, or one `train` started
     elif not finished(a):  # (finished: the run ended between the two looks)
       restart(a, watch, 'train is not running on every worker')
+      journal('launch')
       stop(a)
       install(a)
+      journal('installed')
       train(a)  # resumes from the latest checkpoint in the workdir
+      journal('launched')
       watch.launched = True
 
 

@@ -145,6 +145,17 @@ def test_supervise_retries_unreachable_vms_and_adopts_a_live_run(emulated):
   assert code == 0 and 'training finished' in out, out
   faults = fleet.settings()
   assert faults['create_failures'] == 0 and out.count('tpu-vm create') == 2  # retried
+  # supervise's own record and process 0's, read as a user would: the launch timed from
+  # the slice found missing until the first step.
+  result = subprocess.run([sys.executable, '-m', 'transformer_jax.goodput',
+                           f'--workdir={first}'], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+  assert result.returncode == 0, result.stderr
+  summary = json.loads(result.stdout)
+  assert summary['exits'] == ['done'] and summary['last_step'] == 6
+  [launch] = summary['launches']
+  assert launch['capacity_s'] > 0 and launch['install_s'] > 0  # a create was refused first
+  assert launch['launch_to_first_step_s'] > launch['install_s']
   second = f'gs://{BUCKET}/second'
   n = fleet.node('mt')
   # The first run's processes may outlive its done.json by a moment (closing down):
@@ -266,3 +277,8 @@ def test_a_faulted_run_on_the_emulated_fleet_finishes_bit_for_bit(repo):
   assert record['supervise_exit'] == 0 and record['restarts'] >= 2
   assert record['losses_faulted'] == record['losses_reference']
   assert record['checksums_faulted'] == record['checksums_reference']
+  faulted, reference = record['goodput']['faulted'], record['goodput']['reference']
+  assert faulted['segments'] == len(faulted['launches']) == record['restarts'] + 1
+  assert reference['segments'] == len(reference['launches']) == 1
+  assert 0 < faulted['goodput'] < reference['goodput'] < 1  # relaunches cost time
+  assert faulted['badput_s']['gaps'] > 0 and reference['badput_s']['gaps'] == 0

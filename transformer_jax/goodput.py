@@ -2,7 +2,8 @@
 every relaunch (the segments under DIR/goodput, see `segments.py`).
 
 Prints one JSON object (goodput, recomputed_steps, productive and wall seconds, badput in
-seconds by cause, each segment's exit), then one console line on stderr.
+seconds by cause, each segment's exit, and each launch `launch/tpu.py supervise` made,
+phase by phase), then one console line on stderr.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ def main(argv):
     raise UserError(f'{workdir} holds no run records ({segments.GOODPUT_DIR}/): train in '
                     'it with this version first.')
   summary = segments.summarize(found)
+  summary['launches'] = segments.launches(segments.read(workdir, 'supervise'), found)
   print(json.dumps(summary, indent=1))
   worst = max(summary['badput_s'].items(), key=lambda kv: kv[1])
   print(f"goodput {summary['goodput']:.1%} over {summary['wall_s']:.0f} s and "

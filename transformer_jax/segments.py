@@ -121,13 +121,41 @@ class Segment:
       files.write_atomically(self.path, json.dumps(self.record, indent=1).encode())
 
 
-def read(workdir: str) -> list[dict]:
-  """Every segment of the workdir, oldest first."""
+def read(workdir: str, kind: str = 'train') -> list[dict]:
+  """The workdir's records of `kind` (train processes, or `supervise`), oldest first."""
   where = files.path(workdir) / GOODPUT_DIR
   if not where.is_dir():
     return []
-  found = [json.loads(p.read_text()) for p in where.iterdir() if p.name.endswith('.json')]
+  found = [json.loads(p.read_text()) for p in where.iterdir()
+           if p.name.startswith(f'{kind}-') and p.name.endswith('.json')]
   return sorted(found, key=lambda s: s['start'])
+
+
+def launches(supervised: list[dict], trained: list[dict]) -> list[dict]:
+  """Each launch `supervise` made, timed phase by phase until its first step: waiting
+  for a lost slice to be back (`capacity_s`), install, the data copy and interpreter
+  start on the workers (until the train process started), then that process's phases."""
+  rows = []
+  for record in supervised:
+    events = record['events']
+    for i, event in enumerate(events):
+      if event['event'] != 'launch':
+        continue
+      after = {e['event']: e['time'] for e in events[i + 1:i + 3]}
+      lost = next((e for e in reversed(events[:i]) if e['event'] in ('lost', 'launch')), None)
+      ready = next((e['time'] for e in reversed(events[:i]) if e['event'] == 'ready'), None)
+      started = next((t for t in trained if t['start'] >= event['time']), None)
+      if 'launched' not in after or started is None:
+        continue
+      row = {'capacity_s': ready - lost['time'] if lost and lost['event'] == 'lost' and ready
+             else 0.0,
+             'install_s': after['installed'] - event['time'],
+             'data_copy_and_start_s': started['start'] - after['installed'],
+             **{f'{k}_s': v for k, v in _startup(started).items()}}
+      if 'first_step' in started['phases']:
+        row['launch_to_first_step_s'] = started['phases']['first_step'] - event['time']
+      rows.append({k: round(v, 3) for k, v in row.items()})
+  return rows
 
 
 def _startup(segment: dict) -> dict[str, float]:

@@ -208,8 +208,12 @@ def train(a) -> None:
   check_workdir(a)
   log = in_workdir(a, 'logs/') + '"$(hostname).log"'
   ship = f'gcloud storage cp -q {TRAIN_LOG} {log} > /dev/null 2>&1'
+  # Compiled programs kept with the run: a VM that replaces a preempted one finds them
+  # (on the worker's own disk they would be lost with it). Process 0 writes them.
+  cache = '' if any(f.startswith('--compilation_cache') for f in a.extra) else \
+      ' ' + shlex.quote(f'--compilation_cache={a.workdir}/compilation_cache')
   script = (f'{fetch_dataset(a)} && cd {REMOTE_DIR} && '
-            f'{VENV}/bin/python -m transformer_jax.train {command_flags(a)}')
+            f'{VENV}/bin/python -m transformer_jax.train {command_flags(a)}{cache}')
   ssh(a, launch(wrapper(script, ship)))
 
 

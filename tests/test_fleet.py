@@ -156,6 +156,9 @@ def test_supervise_retries_unreachable_vms_and_adopts_a_live_run(emulated):
   [launch] = summary['launches']
   assert launch['capacity_s'] > 0 and launch['install_s'] > 0  # a create was refused first
   assert launch['launch_to_first_step_s'] > launch['install_s']
+  cached = subprocess.run(['gcloud', 'storage', 'ls', f'{first}/compilation_cache/'],
+                          capture_output=True, text=True, timeout=60)
+  assert cached.returncode == 0 and cached.stdout.split(), cached.stderr  # kept with the run
   second = f'gs://{BUCKET}/second'
   n = fleet.node('mt')
   # The first run's processes may outlive its done.json by a moment (closing down):

@@ -40,6 +40,7 @@ def listing(step_dir) -> dict[str, dict]:
   if files.is_bucket(step_dir):
     import fsspec  # gcsfs's filesystem: one listing carries every object's crc32c
     fs, root = fsspec.core.url_to_fs(str(step_dir))
+    fs.invalidate_cache(root)  # gcsfs keeps listings: this one must be of now
     try:
       found = fs.find(root, detail=True)
     except FileNotFoundError:

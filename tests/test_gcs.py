@@ -12,6 +12,8 @@ import pytest
 from etils import epath
 
 import gcs_emulator
+from transformer_jax import checkpoint as checkpoint_lib
+from transformer_jax import config as config_lib
 from transformer_jax import manifest
 
 BUCKET = 'transformer-jax-test'
@@ -122,16 +124,39 @@ def test_a_damaged_checkpoint_in_a_bucket_is_moved_aside(gcs_env, repo, monkeypa
   assert re.search(r'checkpoints/10: ok \(\d+ files\)', checked.stdout), checked.stdout
   assert re.search(rf'checkpoints/20: damaged: {damaged} of its files differ from its '
                    r'manifest \(state/\S+: another checksum than recorded', checked.stdout)
+  # A quarantine cut short (its copies fail past the third object): in a bucket a move is
+  # a copy, then a delete, so the step stays whole and a marker names where it goes.
+  checkpoints = checkpoint_lib.Checkpoints(run, config_lib.defaults(), async_save=False)
+  copy, copies = type(state).copy, [0]
+
+  def copy_then_fail(self, target):
+    copies[0] += 1
+    if copies[0] > 3:
+      raise OSError('Connection reset by peer')
+    return copy(self, target)
+  monkeypatch.setattr(type(state), 'copy', copy_then_fail)
+  assert checkpoints.quarantine(20) is None
+  monkeypatch.setattr(type(state), 'copy', copy)
+  checkpoints.close()
+  marker = epath.Path(run) / 'quarantine' / '.moving-checkpoints-20'
+  pending = epath.Path(marker.read_text())
+  assert 0 < len(manifest.listing(pending)) < len(recorded)
+  assert set(manifest.listing(epath.Path(run) / 'checkpoints' / '20')) == set(recorded)
   result = subprocess.run(
       [sys.executable, '-m', 'transformer_jax.translate', f'--workdir={run}'],
       cwd=repo, env=env, input='The dog sees the cat.\n', capture_output=True, text=True,
       timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'step 20 in' in result.stderr and 'failed verification' in result.stderr
-  assert {p.name for p in (epath.Path(run) / 'checkpoints').iterdir()} >= {'10'}
-  assert not (epath.Path(run) / 'checkpoints' / '20').exists()
-  moved = [p.name for p in (epath.Path(run) / 'quarantine').iterdir()]
-  assert len(moved) == 1 and moved[0].startswith('checkpoints-20-')
+  # (listed anew: this process's gcsfs keeps the listings it read before)
+  assert manifest.listing(epath.Path(run) / 'checkpoints' / '10')
+  assert not manifest.listing(epath.Path(run) / 'checkpoints' / '20'), result.stderr[-3000:]
+  # The move went on into the same place and finished: one copy, whole, no marker.
+  moved = {name.split('/')[0] for name in manifest.listing(epath.Path(run) / 'quarantine')}
+  assert moved == {pending.name} and pending.name.startswith('checkpoints-20-'), moved
+  assert {name: entry['size'] for name, entry in manifest.listing(pending).items()
+          if name != 'manifest.json'} == {name: entry['size'] for name, entry in
+                                          recorded.items()}
 
 
 def test_a_file_in_a_bucket_is_translated_in_windows_into_the_bucket(

@@ -318,8 +318,7 @@ class Checkpoints:
     """Move a step whose damage was proven aside, out of Orbax's sight, with its
     manifest; where to (None if it was left in place: another run holds this directory's
     lease, or the storage is read-only; it is then only skipped)."""
-    target = (self.directory.parent / QUARANTINE_DIR /
-              f'{self.directory.name}-{step}-{time.strftime("%Y%m%d-%H%M%S")}')
+    target, marker = self._move_target(step)
     moved = [False]
 
     def move(first: bool) -> None:
@@ -331,15 +330,34 @@ class Checkpoints:
                          f'into {self.directory} ({writer}) and may be deleting it.')
         return
       try:
+        if files.is_bucket(target):  # a copy, then a delete: resumable, by this marker
+          files.write_atomically(marker, str(target).encode())
         files.move_tree(self.directory / str(step), target)
         moved[0] = True
         manifest.move(self.directory, step, target / 'manifest.json')
+        marker.unlink(missing_ok=True)
       except Exception as e:  # noqa: BLE001 (read-only storage: skip it, leave it)
         distributed.warn(f'could not move {self.directory / str(step)} aside '
                          f'({integrity.first_line(e)}).')
     distributed.once(f'quarantine checkpoint {step}', move, timeout_s=600)
     self._manager.reload()
     return str(target) if moved[0] else None
+
+  def _move_target(self, step: int):
+    """(where `step` goes, the marker of its move). A move a killed run began in a bucket
+    goes on into the target its marker names, as long as nothing copied there differs
+    from the step's objects of the same name (else, e.g. a stale marker of an earlier
+    step of that number, to a new place)."""
+    where = self.directory.parent / QUARANTINE_DIR
+    marker = where / f'.moving-{self.directory.name}-{step}'
+    try:
+      pending = files.path(marker.read_text().strip())
+      copied, source = manifest.listing(pending), manifest.listing(self.directory / str(step))
+      if all(manifest.same(source.get(name, entry), entry) for name, entry in copied.items()):
+        return pending, marker
+    except FileNotFoundError:
+      pass
+    return where / f'{self.directory.name}-{step}-{time.strftime("%Y%m%d-%H%M%S")}', marker
 
   def quarantined(self) -> list[str]:
     """The names of this directory's steps that were moved aside (in any run)."""

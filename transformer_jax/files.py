@@ -46,17 +46,20 @@ def write_atomically(p: str | os.PathLike, data: bytes) -> None:
 
 def move_tree(source: epath.Path, target: epath.Path) -> None:
   """Move a directory. Locally one rename; a bucket has no directories, so each object is
-  copied (server-side) and the source deleted after all copies succeed."""
+  copied (server-side) and the source deleted after all copies succeed. In a bucket a
+  move cut short is resumed by moving again to the same target: objects already there
+  with the source's size are not copied again (an object appears whole or not at all)."""
   if not is_bucket(source):
     target.parent.mkdir(parents=True, exist_ok=True)
     source.rename(target)
     return
   def copy(directory: epath.Path, into: epath.Path) -> None:
     for item in directory.iterdir():  # (gs:// paths take no recursive glob)
+      there = into / item.name
       if item.is_dir():
-        copy(item, into / item.name)
-      else:
-        item.copy(into / item.name)
+        copy(item, there)
+      elif not (there.exists() and there.stat().length == item.stat().length):
+        item.copy(there)
   copy(source, target)
   source.rmtree()
 

@@ -144,9 +144,15 @@ def differences(step_dir, recorded: dict[str, dict]) -> list[str]:
       found.append(f'{name}: missing')
     elif got['size'] != want['size']:
       found.append(f'{name}: {got["size"]} bytes, recorded {want["size"]}')
-    elif any(got.get(k) and want.get(k) and got[k] != want[k] for k in ('sha256', 'crc32c')):
+    elif not same(got, want):
       found.append(f'{name}: another checksum than recorded')
   return found
+
+
+def same(a: dict, b: dict) -> bool:
+  """Whether two files' entries agree: the size, and each checksum both carry."""
+  return a['size'] == b['size'] and not any(
+      a.get(k) and b.get(k) and a[k] != b[k] for k in ('sha256', 'crc32c'))
 
 
 def proof(found: list[str]) -> str:

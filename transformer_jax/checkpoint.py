@@ -318,11 +318,10 @@ class Checkpoints:
     """Move a step whose damage was proven aside, out of Orbax's sight, with its
     manifest; where to (None if it was left in place: another run holds this directory's
     lease, or the storage is read-only; it is then only skipped)."""
-    target, marker = self._move_target(step)
-    moved = [False]
+    moved = [None]
 
     def move(first: bool) -> None:
-      if not first:
+      if not first:  # process 0 moves (the directory is shared)
         return
       writer = None if self._writer else lease.live_writer(self.directory.parent)
       if writer:
@@ -330,10 +329,11 @@ class Checkpoints:
                          f'into {self.directory} ({writer}) and may be deleting it.')
         return
       try:
+        target, marker = self._move_target(step)
         if files.is_bucket(target):  # a copy, then a delete: resumable, by this marker
           files.write_atomically(marker, str(target).encode())
         files.move_tree(self.directory / str(step), target)
-        moved[0] = True
+        moved[0] = str(target)
         manifest.move(self.directory, step, target / 'manifest.json')
         marker.unlink(missing_ok=True)
       except Exception as e:  # noqa: BLE001 (read-only storage: skip it, leave it)
@@ -341,7 +341,7 @@ class Checkpoints:
                          f'({integrity.first_line(e)}).')
     distributed.once(f'quarantine checkpoint {step}', move, timeout_s=600)
     self._manager.reload()
-    return str(target) if moved[0] else None
+    return moved[0]
 
   def _move_target(self, step: int):
     """(where `step` goes, the marker of its move). A move a killed run began in a bucket

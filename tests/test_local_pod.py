@@ -11,7 +11,7 @@ import re
 import numpy as np
 import pytest
 
-from transformer_jax import local_pod, precision
+from transformer_jax import local_pod, precision, profiling, segments
 from transformer_jax import metrics as metrics_lib
 from transformer_jax.data import pipeline
 
@@ -50,7 +50,8 @@ def test_two_processes_match_one(repo, synthetic, tmp_path, variant):
   flags = [*TINY, *(f'--config.data.{k}={v}' for k, v in synthetic.data.items()),
            f'--config.data.vocab_path={synthetic.vocab}', '--config.train.num_steps=1000',
            f'--config.train.budget_flops={5.5 * costs.step_flops(tiny)!r}',
-           '--config.train.checkpoint_every=1000', *variant]
+           '--config.train.checkpoint_every=1000', '--config.train.profile_steps=(2,2)',
+           '--config.train.profile_every_process=True', *variant]
   one, two = tmp_path / 'one', tmp_path / 'two'
   run(repo, tmp_path, ['train', f'--workdir={one}', *flags], processes=1, devices=8)
   results = run(repo, tmp_path, ['train', f'--workdir={two}', *flags], processes=2)
@@ -68,6 +69,13 @@ def test_two_processes_match_one(repo, synthetic, tmp_path, variant):
   assert single[-1]['loss'] < single[0]['loss']
   saved = os.listdir(two / 'checkpoints' / '6' / 'data')
   assert 'metadata' in saved and not any(n.startswith('process_') for n in saved)
+  # Each process traced steps 2-3 into a file of its own (one host, one hostname); the
+  # run's record is process 0's alone.
+  traces = sorted(p.name.split('.', 1)[1] for p in two.joinpath(*profiling.PROFILE_DIR)
+                  .glob('*/*.xplane.pb'))
+  assert traces == ['process0.xplane.pb', 'process1.xplane.pb'], traces
+  [record] = segments.read(str(two))
+  assert record['exit'] == 'done' and record['step'] == 6 and record['restored_step'] == 0
 
 
 def test_training_with_bleu_from_a_corpus_nobody_prepared(repo, synthetic, tmp_path):

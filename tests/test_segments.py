@@ -55,8 +55,10 @@ def test_nothing_is_written_before_a_run_is_past_its_refusals(tmp_path):
   segment.phase('data_ready')
   assert not (tmp_path / segments.GOODPUT_DIR).exists()
   segment.open(restored_step=4)
+  segment.exit('error')
   written = json.loads(segment.path.read_text())
   assert written['restored_step'] == 4 and 'data_ready' in written['phases']
+  assert written['exit'] == 'error'
 
 
 def test_each_launch_of_supervise_is_timed_until_its_first_step():
@@ -77,3 +79,12 @@ def test_each_launch_of_supervise_is_timed_until_its_first_step():
   assert rows[1] == {'capacity_s': 30.0, 'install_s': 19.0, 'data_copy_and_start_s': 8.0,
                      'start_up_s': 2.0, 'data_s': 2.0, 'restore_s': 3.0,
                      'compile_and_first_step_s': 5.0, 'launch_to_first_step_s': 39.0}
+
+
+def test_a_record_that_cannot_be_written_never_stops_training(tmp_path, capsys):
+  (tmp_path / segments.GOODPUT_DIR).write_text('a file where the directory would go')
+  segment = segments.Segment(str(tmp_path))
+  segment.open(restored_step=0)  # writes: fails, says so, goes on
+  segment.exit('done')
+  err = capsys.readouterr().err
+  assert err.count('warning: could not write ') == 2, err

@@ -14,8 +14,8 @@ is moved aside to DIR/quarantine or the command stops with every file in place, 
 decided in `integrity.py`, against each committed step's manifest (`manifest.py`), which
 the run that saved the step writes beside it. A run that saves holds the directory's
 lease (`lease.py`): readers beside it never move its steps. Restoring takes the target
-shardings, so a checkpoint restores onto any mesh; a state saved with another optimizer structure (clipping turned
-on or off) resumes with its parameters and Adam moments. `average` writes the mean of
+shardings, so a checkpoint restores onto any mesh; a state saved with another optimizer
+structure (clipping turned on or off) resumes with its parameters and Adam moments. `average` writes the mean of
 the last N checkpoints' parameters as a checkpoint of its own, under WORKDIR/averaged.
 """
 from __future__ import annotations

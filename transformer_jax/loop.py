@@ -186,8 +186,9 @@ def train(config: ConfigDict, workdir: str) -> dict:
       started = time.perf_counter()
       interval_start = interval_start or started  # (evaluation and saving left out)
       batch = next(batches)
-      waited += time.perf_counter() - started
-      segment.waited(time.perf_counter() - started)
+      wait = time.perf_counter() - started
+      waited += wait
+      segment.waited(wait)
       state, metrics = train_step_fn(state, sharding.place_batch(batch, mesh))
       step += 1
       segment.stepped(step, metrics)

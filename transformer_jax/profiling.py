@@ -4,7 +4,8 @@ The trace (`HOST.xplane.pb`, what xprof and TensorBoard's profile plugin read) l
 WORKDIR/tensorboard/train/plugins/profile/RUN/, beside the training scalars, so
 `tensorboard --logdir=WORKDIR/tensorboard` shows it under the `train` run. JAX's profiler
 writes to a local directory first; a workdir in a bucket gets a copy. Process 0 traces
-alone unless `train.profile_every_process` (then each host writes its own file).
+alone unless `train.profile_every_process` (then each process writes its own file,
+HOST.processN.xplane.pb).
 """
 from __future__ import annotations
 
@@ -53,8 +54,10 @@ class StepProfile:
     for parent, _, names in os.walk(source):
       for name in names:
         relative = os.path.relpath(os.path.join(parent, name), source)
-        files.write_atomically(target / relative,
-                               open(os.path.join(parent, name), 'rb').read())
+        if jax.process_count() > 1:  # processes on one host would share its name
+          relative = relative.replace('.xplane.pb', f'.process{jax.process_index()}.xplane.pb')
+        with open(os.path.join(parent, name), 'rb') as f:
+          files.write_atomically(target / relative, f.read())
     shutil.rmtree(local, ignore_errors=True)
     distributed.say(f'profiled steps {self.first}-{self.last}: {target} (open with '
                     f'tensorboard --logdir={files.path(self.workdir) / "tensorboard"})')

@@ -116,9 +116,16 @@ class Segment:
     self._write()
 
   def _write(self) -> None:
-    if self._open:
-      self.record['time'] = time.time()
+    """The record as it is now. Written in the loop's thread, so that a kill loses no
+    step it reported (one small object per log line); a failed write is only reported:
+    a bucket's hiccup never stops training."""
+    if not self._open:
+      return
+    self.record['time'] = time.time()
+    try:
       files.write_atomically(self.path, json.dumps(self.record, indent=1).encode())
+    except Exception as e:  # noqa: BLE001 (accounting only: the run goes on)
+      distributed.warn(f'could not write {self.path} ({str(e).splitlines()[0][:200]}).')
 
 
 def read(workdir: str, kind: str = 'train') -> list[dict]:

@@ -21,7 +21,7 @@ from transformer_jax.errors import UserError
 
 
 def verdict(directory, step: int) -> tuple[str, list[str]]:
-  """('ok' | 'damaged' | 'no manifest' | 'damaged manifest', the differences)."""
+  """('ok (N files)' | 'damaged' | 'no manifest' | 'damaged manifest', the differences)."""
   try:
     recorded = manifest.read(directory, step)
   except manifest.DamagedManifest:
@@ -29,7 +29,7 @@ def verdict(directory, step: int) -> tuple[str, list[str]]:
   if recorded is None:
     return 'no manifest', []
   found = manifest.differences(directory / str(step), recorded)
-  return ('damaged' if found else 'ok'), found
+  return ('damaged' if found else f'ok ({len(recorded)} files)'), found
 
 
 def check(root: str, quarantine: bool) -> int:
@@ -46,9 +46,7 @@ def check(root: str, quarantine: bool) -> int:
         distributed.say(f'{name}: damaged: {manifest.proof(found)}{moved}')
         left += where is None
       else:
-        detail = f' ({len(manifest.read(checkpoints.directory, step))} files)' \
-            if what == 'ok' else ''
-        distributed.say(f'{name}: {what}{detail}')
+        distributed.say(f'{name}: {what}')
   finally:
     checkpoints.close()
   return left

@@ -25,6 +25,7 @@ has written WORKDIR/done.json.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import dataclasses
 import json
 import os
@@ -363,21 +364,32 @@ class Watch:
 class Journal:
   """supervise's own goodput record, WORKDIR/goodput/supervise-START_MS-PID.json: one
   object of its own, replaced whole at each event (a bucket has no append), which
-  `python -m transformer_jax.goodput` reads beside the train processes' records. A write
-  that fails is skipped: the record is for accounting, the run goes on."""
+  `python -m transformer_jax.goodput` reads beside the train processes' records. Each
+  write (a gcloud call of 1-3 s) runs in a thread of its own, in order, so that it never
+  lengthens the relaunch it times; one that fails is skipped: the record is for
+  accounting, the run goes on."""
 
   def __init__(self, a):
     self.a, self.start, self.events = a, time.time(), []
     self.target = f'{a.workdir}/goodput/supervise-{int(self.start * 1000)}-{os.getpid()}.json'
+    self._writes = concurrent.futures.ThreadPoolExecutor(1)
 
   def __call__(self, event: str, **fields) -> None:
     self.events.append({'event': event, 'time': time.time(), **fields})
+    self._writes.submit(self._store, json.dumps(
+        {'kind': 'supervise', 'start': self.start, 'events': self.events}))
+
+  def _store(self, text: str) -> None:
     with tempfile.NamedTemporaryFile('w', suffix='.json', delete=False) as f:
-      json.dump({'kind': 'supervise', 'start': self.start, 'events': self.events}, f)
+      f.write(text)
     try:
       gcloud(['storage', 'cp', f.name, self.target], self.a.dry_run, check=False)
     finally:
       os.unlink(f.name)
+
+  def close(self) -> None:
+    """Once every event is written."""
+    self._writes.shutdown(wait=True)
 
 
 def supervise(a) -> None:
@@ -406,6 +418,7 @@ def supervise(a) -> None:
       return
     time.sleep(a.poll_s * min(2 ** failures, 16))
   journal('done')
+  journal.close()
   print(f'training finished: {a.workdir}/done.json', flush=True)
 
 

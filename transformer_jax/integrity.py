@@ -86,12 +86,12 @@ def classify(step: int, directory, error: Exception, recorded: set[str] | None =
   line = _telling_line(chain)
   step_dir = directory / str(step)
   try:
-    files = manifest.read(directory, step)
+    listed = manifest.read(directory, step)
   except manifest.DamagedManifest:
-    files = None  # a record that proves nothing: judged as a step without one
-  if files is not None:
+    listed = None  # a record that proves nothing: judged as a step without one
+  if listed is not None:
     try:
-      found = manifest.differences(step_dir, files)
+      found = manifest.differences(step_dir, listed)
     except Exception:  # noqa: BLE001 (unreadable files: permission, a bucket error)
       return _not_damage(step, directory, _words(chain, directory), line,
                          'an error that proves no damage')

@@ -44,6 +44,9 @@ PYTHON = '3.11'
 LOCAL_TFDS = '$HOME/tensorflow_datasets'
 TRAIN_LOG, TRAIN_PID, TRAIN_EXIT = '$HOME/train.log', '$HOME/train.pid', '$HOME/train.exit'
 TRAIN_LOCK = '$HOME/train.lock'
+CODE_HELD = '$HOME/transformer_jax.code'  # the archive REMOTE_DIR came from (its listing)
+DATA_HELD = '$HOME/tensorflow_datasets.copied'  # the bucket copy LOCAL_TFDS came from
+LAUNCH_TIMES = 'TRANSFORMER_JAX_LAUNCH_TIMES'  # what the worker did before train started
 RUNTIME = {'v5litepod': 'v2-alpha-tpuv5-lite', 'v5p': 'v2-alpha-tpuv5',
            'v6e': 'v2-alpha-tpuv6e', 'v4': 'tpu-ubuntu2204-base'}
 OUR_DATASETS = ('synthetic', 'multi30k', 'parallel_text')  # built without TensorFlow
@@ -111,16 +114,17 @@ def needs_tensorflow(config_path: str) -> bool:
   return local_config(config_path).data.name not in OUR_DATASETS
 
 
-def code_archive(a) -> str:
+def code_archive(a) -> tuple[str, str]:
   """The run's code, WORKDIR/code.tar.gz: a `git archive` of this checkout made by the
   run's first install and reused by every later one, so a relaunch days later runs the
   code the run started with, whatever is checked out by then. Uncommitted changes to
   tracked files are refused unless --ship_dirty ships them (`git stash create`;
-  untracked files never ship)."""
+  untracked files never ship). Returns its address and its listing (`gcloud storage ls
+  -l`: size, time made), which tells a worker whether the code it holds is this one."""
   remote = f'{a.workdir}/code.tar.gz'
-  if not a.dry_run and gcloud(['storage', 'ls', remote], False, check=False).returncode == 0:
+  if (listed := listing(a, remote)) is not None:
     print(f"the run's code: {remote} (made by its first install)", flush=True)
-    return remote
+    return remote, listed
   git = ['git', '-C', str(REPO)]
   dirty = subprocess.run([*git, 'status', '--porcelain', '--untracked-files=no'],
                          capture_output=True, text=True, check=True).stdout.strip()
@@ -141,23 +145,52 @@ def code_archive(a) -> str:
     if not a.dry_run:
       subprocess.run(local, check=True)
     gcloud(['storage', 'cp', archive, remote], a.dry_run)
-  return remote
+  return remote, listing(a, remote) or remote
+
+
+def listing(a, remote: str) -> str | None:
+  """`gcloud storage ls -l` of one object (None if absent; itself under --dry_run)."""
+  if a.dry_run:
+    return None
+  result = gcloud(['storage', 'ls', '-l', remote], False, check=False)
+  lines = [line.strip() for line in result.stdout.splitlines() if remote in line]
+  return ' '.join(lines[0].split()) if result.returncode == 0 and lines else None
+
+
+def install_code(a, unless_held: bool = False) -> str:
+  """Shell: the run's code (`code_archive`) onto a worker, pip-installed, and the archive's
+  listing in CODE_HELD. `unless_held`: skip all of it where CODE_HELD names this very
+  archive (a worker that outlived a kill holds it; a recreated VM has nothing).
+  Either way it ends by noting the time in LAUNCH_TIMES for the goodput record."""
+  remote, listed = code_archive(a)
+  archive = '$HOME/transformer_jax.tar.gz'
+  fetch = (f'rm -f {CODE_HELD} && gcloud storage cp {shlex.quote(remote)} {archive} && '
+           f'rm -rf {REMOTE_DIR} && mkdir -p {REMOTE_DIR} && tar -xzf {archive} -C {REMOTE_DIR}')
+  # The TPU runtimes are Ubuntu 22.04, whose Python 3.10 is older than JAX supports
+  # (3.11+): uv brings its own Python into the venv. A machine image with the environment
+  # already made names it in TRANSFORMER_JAX_PREPARED_VENV (the emulated fleet does).
+  script = (f'{fetch} && if [ -n "${{TRANSFORMER_JAX_PREPARED_VENV:-}}" ]; then '
+            f'ln -sfn "$TRANSFORMER_JAX_PREPARED_VENV" {VENV}; else '
+            f'(test -x {UV} || curl -LsSf https://astral.sh/uv/install.sh | sh) && '
+            f'{UV} venv -q --allow-existing --python {PYTHON} {VENV} && '
+            f'{UV} pip install -q --python {VENV} -e "{REMOTE_DIR}[tpu]"; fi && '
+            f'echo {shlex.quote(listed)} > {CODE_HELD}')
+  if unless_held:
+    script = (f'if [ "$(cat {CODE_HELD} 2> /dev/null)" != {shlex.quote(listed)} ]; '
+              f'then {script}; fi')
+  return f'{script} && {noted("installed")}'
+
+
+def noted(phase: str) -> str:
+  """Shell: append `phase=NOW` to LAUNCH_TIMES, which the train process it starts keeps in
+  its goodput record (`transformer_jax.segments`)."""
+  return f'export {LAUNCH_TIMES}="${{{LAUNCH_TIMES}:-}} {phase}=$(date +%s.%N)"'
 
 
 def install(a) -> None:
   """The run's code (`code_archive`) onto every worker, pip-installed."""
   check_workdir(a)
-  archive = '$HOME/transformer_jax.tar.gz'
-  fetch = (f'gcloud storage cp {shlex.quote(code_archive(a))} {archive} && '
-           f'rm -rf {REMOTE_DIR} && mkdir -p {REMOTE_DIR} && tar -xzf {archive} -C {REMOTE_DIR}')
-  # The TPU runtimes are Ubuntu 22.04, whose Python 3.10 is older than JAX supports
-  # (3.11+): uv brings its own Python into the venv. A machine image with the environment
-  # already made names it in TRANSFORMER_JAX_PREPARED_VENV (the emulated fleet does).
-  ssh(a, f'{fetch} && if [ -n "${{TRANSFORMER_JAX_PREPARED_VENV:-}}" ]; then '
-         f'ln -sfn "$TRANSFORMER_JAX_PREPARED_VENV" {VENV}; else '
-         f'(test -x {UV} || curl -LsSf https://astral.sh/uv/install.sh | sh) && '
-         f'{UV} venv -q --allow-existing --python {PYTHON} {VENV} && '
-         f'{UV} pip install -q --python {VENV} -e "{REMOTE_DIR}[tpu]"; fi')
+  ssh(a, install_code(a))
   if needs_tensorflow(a.config):  # only worker 0 builds the dataset (prepare)
     ssh(a, f'{UV} pip install -q --python {VENV} -e "{REMOTE_DIR}[tpu,tf]"', worker='0')
 
@@ -193,11 +226,18 @@ def prepare(a) -> None:
          f'{VENV}/bin/python -m transformer_jax.prepare {command_flags(a)}')
 
 
-def fetch_dataset(a) -> str:
-  """Shell: the prepared dataset from the bucket onto this worker's disk, if it is there."""
+def fetch_dataset(a, unless_held: bool = False) -> str:
+  """Shell: the prepared dataset from the bucket onto this worker's disk, if it is there,
+  and its address in DATA_HELD. `unless_held`: not again where DATA_HELD names it (a
+  worker that outlived a kill; `prepare` always copies, it may have remade it)."""
   prepared = in_workdir(a, 'tfds')
-  return (f'mkdir -p {LOCAL_TFDS} && if gcloud storage ls {prepared} > /dev/null 2>&1; '
-          f'then gcloud storage rsync -r {prepared} {LOCAL_TFDS}; fi')
+  fetch = (f'rm -f {DATA_HELD} && mkdir -p {LOCAL_TFDS} && '
+           f'if gcloud storage ls {prepared} > /dev/null 2>&1; '
+           f'then gcloud storage rsync -r {prepared} {LOCAL_TFDS}; fi && '
+           f'echo {prepared} > {DATA_HELD}')
+  if unless_held:
+    return f'if [ "$(cat {DATA_HELD} 2> /dev/null)" != {prepared} ]; then {fetch}; fi'
+  return fetch
 
 
 def train(a) -> None:
@@ -207,15 +247,21 @@ def train(a) -> None:
   $HOME/train.pid and, when training ends, its exit status in $HOME/train.exit: what
   `running` reads (a process name would match the shells that carry it)."""
   check_workdir(a)
+  ssh(a, start_training(a))
+
+
+def start_training(a) -> str:
+  """Shell: `train`'s, on one worker."""
   log = in_workdir(a, 'logs/') + '"$(hostname).log"'
   ship = f'gcloud storage cp -q {TRAIN_LOG} {log} > /dev/null 2>&1'
   # Compiled programs kept with the run: a VM that replaces a preempted one finds them
   # (on the worker's own disk they would be lost with it). Process 0 writes them.
   cache = '' if any(f.startswith('--compilation_cache') for f in a.extra) else \
       ' ' + shlex.quote(f'--compilation_cache={a.workdir}/compilation_cache')
-  script = (f'{fetch_dataset(a)} && cd {REMOTE_DIR} && '
+  script = (f'{fetch_dataset(a, unless_held=True)} && {noted("data_copied")} && '
+            f'cd {REMOTE_DIR} && '
             f'{VENV}/bin/python -m transformer_jax.train {command_flags(a)}{cache}')
-  ssh(a, launch(wrapper(script, ship)))
+  return launch(wrapper(script, ship))
 
 
 def launch(wrapped: str) -> str:
@@ -244,11 +290,13 @@ def wrapper(script: str, ship: str) -> str:
 
 
 # A worker's answer to `running`, one line: TRAIN_RUNNING while its wrapper is alive and
-# has not written an exit; else TRAIN_STOPPED, the exit status (or `none`) and the last
-# `error:` line of its log.
+# has not written an exit; else TRAIN_STOPPED, the exit status (`none`: the wrapper died
+# without one, its processes may be left; `never`: nothing was started here, a new VM)
+# and the last `error:` line of its log.
 RUNNING_CHECK = (f'if test ! -e {TRAIN_EXIT} && kill -0 "$(cat {TRAIN_PID} 2> /dev/null)" '
                  '2> /dev/null; then echo TRAIN_RUNNING; else echo "TRAIN_STOPPED '
-                 f'$(cat {TRAIN_EXIT} 2> /dev/null || echo none) '
+                 f'$(cat {TRAIN_EXIT} 2> /dev/null || (test -e {TRAIN_PID} && echo none) '
+                 '|| echo never) '
                  f'$(grep "^error: " {TRAIN_LOG} 2> /dev/null | tail -n 1)"; fi')
 # `transformer_jax` commands exit 2 on an error the user must fix (a bad flag or config,
 # a missing dataset, a checkpoint that cannot restore, a non-finite loss): relaunching
@@ -262,6 +310,7 @@ class Look:
   e.g. ssh failed), and the error line of one that stopped on a user error."""
   running: bool | None
   user_error: str | None = None
+  alive: bool = True  # whether a process of a run may be left on some worker
 
 
 def look(a) -> Look:
@@ -269,12 +318,16 @@ def look(a) -> Look:
   if result is None or a.dry_run:
     return Look(None if result is None else True)
   lines = [line.split(' ', 2) for line in result.splitlines() if line.startswith('TRAIN_')]
+  # (Every worker answered.) What a stop must end first: a live run, or what a dead
+  # wrapper may have left.
+  alive = any(words[0] == 'TRAIN_RUNNING' or words[1:2] == ['none'] for words in lines)
   for words in lines:
     if words[0] == 'TRAIN_STOPPED' and words[1:2] == [USER_ERROR_EXIT]:
-      return Look(False, words[2] if len(words) > 2 and words[2] else 'exit 2, no error line')
+      return Look(False, words[2] if len(words) > 2 and words[2] else 'exit 2, no error line',
+                  alive)
   if any(words[0] == 'TRAIN_STOPPED' for words in lines):
-    return Look(False)
-  return Look(True if lines else None)
+    return Look(False, alive=alive)
+  return Look(True if lines else None, alive=alive)
 
 
 def running(a) -> bool | None:
@@ -287,10 +340,26 @@ def stop(a) -> None:
   """End what is left of a run on every worker (e.g. the survivors of a dead worker,
   which would otherwise hold the TPU until JAX's heartbeat times out): SIGTERM to each
   wrapper's process group, SIGKILL after --grace_s."""
+  ssh(a, stop_training(a))
+
+
+def stop_training(a) -> str:
+  """Shell: `stop`'s, on one worker."""
   group = f'-"$(cat {TRAIN_PID})"'
-  ssh(a, f'if test -s {TRAIN_PID}; then kill -TERM -- {group} 2> /dev/null; '
-         f'for i in $(seq {int(a.grace_s)}); do kill -0 -- {group} 2> /dev/null || break; '
-         f'sleep 1; done; kill -KILL -- {group} 2> /dev/null; fi; true')
+  return (f'if test -s {TRAIN_PID}; then kill -TERM -- {group} 2> /dev/null; '
+          f'for i in $(seq {int(a.grace_s)}); do kill -0 -- {group} 2> /dev/null || break; '
+          f'sleep 1; done; kill -KILL -- {group} 2> /dev/null; fi; true')
+
+
+def relaunch(a, leftovers: bool) -> None:
+  """What a relaunch does on the workers, in as few ssh calls as it can (each costs
+  seconds): end what is left of the last run where any process is (`leftovers`) on every
+  worker first (the new run must not meet the old one), then in one call install the
+  run's code unless the worker holds it already, and start training (the dataset copied
+  unless held)."""
+  if leftovers:
+    stop(a)
+  ssh(a, f'{install_code(a, unless_held=True)} && {start_training(a)}')
 
 
 def state(a) -> str:
@@ -449,10 +518,7 @@ def step(a, watch: Watch, journal: Journal) -> None:
     elif not finished(a):  # (finished: the run ended between the two looks)
       restart(a, watch, 'train is not running on every worker')
       journal('launch')
-      stop(a)
-      install(a)
-      journal('installed')
-      train(a)  # resumes from the latest checkpoint in the workdir
+      relaunch(a, seen.alive)  # train resumes from the latest checkpoint in the workdir
       journal('launched')
       watch.launched = True
 

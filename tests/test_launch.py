@@ -92,6 +92,9 @@ def test_only_the_current_runs_wrapper_reports_an_exit(tmp_path):
     return subprocess.run(['bash', '-c', tpu.RUNNING_CHECK], env=env, capture_output=True,
                           text=True).stdout.strip()
 
+  assert check() == 'TRAIN_STOPPED never'  # a new VM: no stop needed before a launch
+  (tmp_path / 'train.pid').write_text('999999999\n')  # a wrapper that died without an exit
+  assert check() == 'TRAIN_STOPPED none'  # what it started may be left: stop first
   old = start('sleep 2; exit 3')  # the old run's last process, still ending
   time.sleep(0.5)
   new = start('sleep 4')  # the next run, launched meanwhile
@@ -163,16 +166,20 @@ def test_a_run_keeps_the_code_it_started_with(tmp_path, monkeypatch):
 
     def installed(workdir, ship_dirty=False):
       a = argparse.Namespace(workdir=workdir, dry_run=False, ship_dirty=ship_dirty)
-      remote = tpu.code_archive(a)
+      remote, listed = tpu.code_archive(a)
+      assert remote in listed and listed == tpu.listing(a, remote)  # what workers compare
+      listings.append(listed)
       local = tmp_path / f'code-{len(list(tmp_path.glob("code-*")))}.tar.gz'
       subprocess.run(['gcloud', 'storage', 'cp', remote, str(local)], check=True)
       with tarfile.open(local) as archive:
         return archive.extractfile('README.md').read().decode()
 
+    listings = []
     first = installed('gs://code-test/run')
     (clone / 'README.md').write_text('changed\n')
     git('-c', 'user.name=t', '-c', 'user.email=t@t', 'commit', '-qam', 'a later commit')
     assert installed('gs://code-test/run') == first  # a relaunch: the run's own code
+    assert listings[1] == listings[0]  # so a worker that holds it keeps it
     assert installed('gs://code-test/new') == 'changed\n'  # a new run: this checkout
     (clone / 'README.md').write_text('uncommitted\n')
     with pytest.raises(SystemExit, match='uncommitted changes.*--ship_dirty'):

@@ -68,10 +68,11 @@ def test_each_launch_of_supervise_is_timed_until_its_first_step():
       {'event': 'start', 'time': 0.0}, {'event': 'launch', 'time': 1.0},
       {'event': 'installed', 'time': 5.0}, {'event': 'launched', 'time': 6.0},
       {'event': 'lost', 'time': 100.0}, {'event': 'ready', 'time': 130.0},
-      {'event': 'launch', 'time': 131.0}, {'event': 'installed', 'time': 150.0},
+      {'event': 'launch', 'time': 131.0},  # the install's end noted by the worker (below)
       {'event': 'launched', 'time': 151.0}, {'event': 'done', 'time': 300.0}]}]
   first = _segment(7.0, 0, 10, 10.0, 99.0, exit_=None)
   second = _segment(158.0, 8, 20, 10.0, 299.0)
+  second['launch'] = {'installed': 150.0, 'data_copied': 156.0}
   second['phases'] = {'joined': 160.0, 'data_ready': 162.0, 'restored': 165.0,
                       'first_step': 170.0}
   rows = segments.launches(supervised, [first, second])
@@ -79,6 +80,18 @@ def test_each_launch_of_supervise_is_timed_until_its_first_step():
   assert rows[1] == {'capacity_s': 30.0, 'install_s': 19.0, 'data_copy_and_start_s': 8.0,
                      'start_up_s': 2.0, 'data_s': 2.0, 'restore_s': 3.0,
                      'compile_and_first_step_s': 5.0, 'launch_to_first_step_s': 39.0}
+
+
+def test_the_workers_launch_times_are_kept(tmp_path, monkeypatch):
+  """launch/tpu.py notes when the worker's install and data copy ended; the process it
+  starts keeps them (ones after its start are another launch's, and dropped)."""
+  start = segments._STARTED
+  monkeypatch.setenv(segments.LAUNCH_TIMES,
+                     f' installed={start - 9.5} data_copied={start - 2.25} later={start + 60}')
+  segment = segments.Segment(str(tmp_path))
+  segment.open(restored_step=0)
+  written = json.loads(segment.path.read_text())
+  assert written['launch'] == {'installed': start - 9.5, 'data_copied': start - 2.25}
 
 
 def test_a_record_that_cannot_be_written_never_stops_training(tmp_path, capsys):

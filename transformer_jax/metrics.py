@@ -30,6 +30,21 @@ def summarize(sums: dict) -> dict:
           'tokens': float(sums['tokens'])}
 
 
+def summary_writer():
+  """tensorboardX's SummaryWriter (only process 0 imports it), imported without torch:
+  where torch is installed (the export extra) tensorboardX imports it only to accept torch
+  tensors, which we never pass, and that import adds about 2 s to every start."""
+  if 'torch' in sys.modules:
+    from tensorboardX import SummaryWriter  # noqa: PLC0415
+    return SummaryWriter
+  sys.modules['torch'] = None  # `import torch` raises ImportError, which it expects
+  try:
+    from tensorboardX import SummaryWriter  # noqa: PLC0415
+  finally:
+    del sys.modules['torch']  # a later `import torch` (export) finds the real one
+  return SummaryWriter
+
+
 class Reporter:
   def __init__(self, workdir: str, config, start_step: int, num_steps: int,
                deadline: float = float('inf')):
@@ -45,8 +60,7 @@ class Reporter:
     self._writers = {}
     if self.enabled:
       self._truncate_after(start_step)
-      from tensorboardX import SummaryWriter  # noqa: PLC0415 (only process 0 needs it)
-      self._writers = {name: SummaryWriter(str(files.path(workdir) / 'tensorboard' / name))
+      self._writers = {name: summary_writer()(str(files.path(workdir) / 'tensorboard' / name))
                        for name in ('train', 'eval')}
       if start_step == 0:
         self._writers['train'].add_text('config', '```\n' + str(config) + '\n```', 0)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import functools
 
 import sacrebleu
-from sacremoses import MosesTokenizer
 
 
 def scores(hypotheses: list[str], references: list[str], tokenize: str = '13a',
@@ -26,7 +25,9 @@ def scores(hypotheses: list[str], references: list[str], tokenize: str = '13a',
 
 
 @functools.cache
-def _moses(lang: str) -> MosesTokenizer:
+def _moses(lang: str):
+  # Imported here: sacremoses takes 0.4 s to import, a cost every `train` start would pay.
+  from sacremoses import MosesTokenizer  # noqa: PLC0415
   return MosesTokenizer(lang=lang)
 
 

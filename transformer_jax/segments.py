@@ -27,6 +27,7 @@ import jax
 from transformer_jax import distributed, files
 
 GOODPUT_DIR = 'goodput'
+LAUNCH_TIMES = 'TRANSFORMER_JAX_LAUNCH_TIMES'
 COUNTERS = ('step_s', 'input_wait_s', 'checkpoint_s', 'eval_s')
 
 
@@ -43,6 +44,20 @@ def _process_start() -> float:
 _STARTED = _process_start()
 _phases: dict[str, float] = {}  # marked before the segment has a workdir to go to
 _opened: list = []  # this process's segments
+
+
+def _launch_times(start: float) -> dict[str, float]:
+  """What the worker did before this process started, as `launch/tpu.py` noted it in
+  TRANSFORMER_JAX_LAUNCH_TIMES (`installed=T data_copied=T`, seconds since the epoch)."""
+  times = {}
+  for word in os.environ.get(LAUNCH_TIMES, '').split():
+    name, _, value = word.partition('=')
+    try:
+      if float(value) <= start:  # (not a notebook's earlier launch)
+        times[name] = float(value)
+    except ValueError:
+      continue
+  return times
 
 
 def mark(phase: str) -> None:
@@ -63,7 +78,8 @@ class Segment:
     self.path = files.path(workdir) / GOODPUT_DIR / \
         f'train-{int(start * 1000)}-{os.getpid()}-{len(_opened)}.json'
     self.record = {'host': socket.gethostname(), 'pid': os.getpid(), 'start': start,
-                   'phases': {}, 'restored_step': None, 'step': None, 'time': None,
+                   'launch': _launch_times(start), 'phases': {}, 'restored_step': None,
+                   'step': None, 'time': None,
                    **{k: 0.0 for k in COUNTERS}, 'exit': None}
     self._open = False
     self._loop_start: float | None = None
@@ -140,8 +156,10 @@ def read(workdir: str, kind: str = 'train') -> list[dict]:
 
 def launches(supervised: list[dict], trained: list[dict]) -> list[dict]:
   """Each launch `supervise` made, timed phase by phase until its first step: waiting
-  for a lost slice to be back (`capacity_s`), install, the data copy and interpreter
-  start on the workers (until the train process started), then that process's phases."""
+  for a lost slice to be back (`capacity_s`), the install (with the end of what was left
+  of the last run), the data copy and interpreter start on the workers (until the train
+  process started), then that process's phases. The install's end is the one process 0's
+  worker noted (`launch`), or, in records of 2026-12-07 and before, supervise's own."""
   rows = []
   for record in supervised:
     events = record['events']
@@ -154,11 +172,13 @@ def launches(supervised: list[dict], trained: list[dict]) -> list[dict]:
       started = next((t for t in trained if t['start'] >= event['time']), None)
       if 'launched' not in after or started is None:
         continue
+      installed = after.get('installed', started.get('launch', {}).get('installed'))
       row = {'capacity_s': ready - lost['time'] if lost and lost['event'] == 'lost' and ready
-             else 0.0,
-             'install_s': after['installed'] - event['time'],
-             'data_copy_and_start_s': started['start'] - after['installed'],
-             **{f'{k}_s': v for k, v in _startup(started).items()}}
+             else 0.0}
+      if installed is not None:
+        row.update(install_s=installed - event['time'],
+                   data_copy_and_start_s=started['start'] - installed)
+      row.update({f'{k}_s': v for k, v in _startup(started).items()})
       if 'first_step' in started['phases']:
         row['launch_to_first_step_s'] = started['phases']['first_step'] - event['time']
       rows.append({k: round(v, 3) for k, v in row.items()})

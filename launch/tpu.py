@@ -19,8 +19,8 @@ copies the dataset from there to each worker's disk (ArrayRecord reads local fil
 starts `transformer_jax.train` on every worker (`--worker=all`; JAX connects the hosts),
 its log copied to WORKDIR/logs/ every minute. A pod slice's workdir must be a bucket.
 `supervise` keeps a spot or queued slice training: when it is preempted, it waits for
-capacity, recreates it, reinstalls and relaunches `train`, which resumes, until the run
-has written WORKDIR/done.json.
+capacity, recreates it and relaunches `train` (installing where a worker lacks the run's
+code), which resumes, until the run has written WORKDIR/done.json.
 """
 from __future__ import annotations
 
@@ -122,9 +122,12 @@ def code_archive(a) -> tuple[str, str]:
   untracked files never ship). Returns its address and its listing (`gcloud storage ls
   -l`: size, time made), which tells a worker whether the code it holds is this one."""
   remote = f'{a.workdir}/code.tar.gz'
+  if getattr(a, 'code', None):  # this launcher's earlier answer (`relaunch` forgets it)
+    return a.code
   if (listed := listing(a, remote)) is not None:
     print(f"the run's code: {remote} (made by its first install)", flush=True)
-    return remote, listed
+    a.code = remote, listed
+    return a.code
   git = ['git', '-C', str(REPO)]
   dirty = subprocess.run([*git, 'status', '--porcelain', '--untracked-files=no'],
                          capture_output=True, text=True, check=True).stdout.strip()
@@ -145,7 +148,8 @@ def code_archive(a) -> tuple[str, str]:
     if not a.dry_run:
       subprocess.run(local, check=True)
     gcloud(['storage', 'cp', archive, remote], a.dry_run)
-  return remote, listing(a, remote) or remote
+  a.code = remote, listing(a, remote) or remote
+  return a.code
 
 
 def listing(a, remote: str) -> str | None:
@@ -228,16 +232,29 @@ def prepare(a) -> None:
 
 def fetch_dataset(a, unless_held: bool = False) -> str:
   """Shell: the prepared dataset from the bucket onto this worker's disk, if it is there,
-  and its address in DATA_HELD. `unless_held`: not again where DATA_HELD names it (a
-  worker that outlived a kill; `prepare` always copies, it may have remade it)."""
+  and its address in DATA_HELD. `unless_held` (training): not again where DATA_HELD
+  names it (a worker that outlived a kill), and whether the bucket holds one is asked
+  once, here, not by every worker at every launch; `prepare` always copies and asks
+  (it may have just made or remade it)."""
   prepared = in_workdir(a, 'tfds')
-  fetch = (f'rm -f {DATA_HELD} && mkdir -p {LOCAL_TFDS} && '
-           f'if gcloud storage ls {prepared} > /dev/null 2>&1; '
+  there = f'gcloud storage ls {prepared} > /dev/null 2>&1'
+  if unless_held:
+    there = 'true' if bucket_has_dataset(a) else 'false'
+  fetch = (f'rm -f {DATA_HELD} && mkdir -p {LOCAL_TFDS} && if {there}; '
            f'then gcloud storage rsync -r {prepared} {LOCAL_TFDS}; fi && '
            f'echo {prepared} > {DATA_HELD}')
   if unless_held:
     return f'if [ "$(cat {DATA_HELD} 2> /dev/null)" != {prepared} ]; then {fetch}; fi'
   return fetch
+
+
+def bucket_has_dataset(a) -> bool:
+  """Whether WORKDIR/tfds holds a prepared dataset (a TFDS catalog one; ours are read
+  from the token store), asked once per launcher process."""
+  if getattr(a, 'has_dataset', None) is None:
+    a.has_dataset = a.dry_run or gcloud(['storage', 'ls', f'{a.workdir}/tfds'], False,
+                                        check=False).returncode == 0
+  return a.has_dataset
 
 
 def train(a) -> None:
@@ -359,7 +376,11 @@ def relaunch(a, leftovers: bool) -> None:
   unless held)."""
   if leftovers:
     stop(a)
-  ssh(a, f'{install_code(a, unless_held=True)} && {start_training(a)}')
+  try:
+    ssh(a, f'{install_code(a, unless_held=True)} && {start_training(a)}')
+  except subprocess.CalledProcessError:
+    a.code = a.has_dataset = None  # ask the bucket again: it may have changed meanwhile
+    raise
 
 
 def state(a) -> str:
@@ -463,8 +484,8 @@ class Journal:
 
 def supervise(a) -> None:
   """Keep the run going until it is done: recreate a lost slice (waiting for capacity),
-  reinstall, relaunch `train` (which resumes); relaunch it too if it stopped on a slice
-  that is still up (e.g. a worker died), after ending what is left of it; stop, naming
+  relaunch `train` (which resumes; installed where needed); relaunch it too if it stopped
+  on a slice that is still up (e.g. a worker died), after ending what is left of it; stop, naming
   the error, when it ended on a user error (exit 2), which a relaunch would repeat. A run
   already training (e.g. started by `train`) is adopted, not launched twice. A failed gcloud or
   ssh call (a VM not reachable yet, one preempted meanwhile) is retried with backoff."""

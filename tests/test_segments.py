@@ -62,8 +62,9 @@ def test_nothing_is_written_before_a_run_is_past_its_refusals(tmp_path):
 
 
 def test_each_launch_of_supervise_is_timed_until_its_first_step():
-  """A slice lost at t=100, back at 130; install until 150; the train process starts at
-  158 (data copied) and takes its first step at 170."""
+  """A slice lost at t=100, back at 130; install until 150 (the worker noted it), the
+  data copied until 156, the process joined at 160, its first step at 170. The first
+  launch's record is of before 2026-12-08: supervise noted the install's end."""
   supervised = [{'start': 0.0, 'events': [
       {'event': 'start', 'time': 0.0}, {'event': 'launch', 'time': 1.0},
       {'event': 'installed', 'time': 5.0}, {'event': 'launched', 'time': 6.0},
@@ -71,14 +72,15 @@ def test_each_launch_of_supervise_is_timed_until_its_first_step():
       {'event': 'launch', 'time': 131.0},  # the install's end noted by the worker (below)
       {'event': 'launched', 'time': 151.0}, {'event': 'done', 'time': 300.0}]}]
   first = _segment(7.0, 0, 10, 10.0, 99.0, exit_=None)
-  second = _segment(158.0, 8, 20, 10.0, 299.0)
+  second = _segment(150.5, 8, 20, 10.0, 299.0)  # forked as the install ended
   second['launch'] = {'installed': 150.0, 'data_copied': 156.0}
   second['phases'] = {'joined': 160.0, 'data_ready': 162.0, 'restored': 165.0,
                       'first_step': 170.0}
   rows = segments.launches(supervised, [first, second])
   assert len(rows) == 2 and rows[0]['capacity_s'] == 0.0
-  assert rows[1] == {'capacity_s': 30.0, 'install_s': 19.0, 'data_copy_and_start_s': 8.0,
-                     'start_up_s': 2.0, 'data_s': 2.0, 'restore_s': 3.0,
+  assert rows[0]['data_copy_and_start_s'] == 2.0  # a record of before the worker's times
+  assert rows[1] == {'capacity_s': 30.0, 'install_s': 19.0, 'data_copy_s': 5.5,
+                     'start_up_s': 4.0, 'data_s': 2.0, 'restore_s': 3.0,
                      'compile_and_first_step_s': 5.0, 'launch_to_first_step_s': 39.0}
 
 

@@ -83,6 +83,9 @@ def defaults() -> ConfigDict:
   # A workdir whose checkpoints all failed verification (quarantined): stop (False) or
   # train from step 0 beside them (True).
   c.train.restart_if_no_valid_checkpoint = False
+  # A new run's parameters from another run's checkpoint, DIR[@STEP|@averaged|@best] (to
+  # fine-tune it); its model and vocabulary with them; optimizer and data start fresh.
+  c.train.init_from = ''
   c.train.stop_after_minutes = 0.0  # save and stop after this long (per invocation); 0 = off
   # End the run (checkpoint, done.json) at the first step whose training FLOPs, counted
   # from step 0 as `info`'s flops_per_step_train each, reach this; 0 = off. A budget the

@@ -73,7 +73,7 @@ def restore_ensemble(specs: list[str]) -> Restored:
   """Models that decode as one (`decode.Ensemble`), each given as DIR, DIR@STEP,
   DIR@averaged or DIR@best (its best checkpoint by validation BLEU); parameters only.
   Their vocabularies must be the same; the first one's config and vocabulary serve."""
-  members = [restore(*_member(spec)) for spec in specs]
+  members = [restore(*checkpoint_spec(spec)) for spec in specs]
   first = members[0].tokenizer.serialized()
   for spec, member in zip(specs, members):
     if member.tokenizer.serialized() != first:
@@ -84,8 +84,9 @@ def restore_ensemble(specs: list[str]) -> Restored:
                   members[0].step, tuple(m.step for m in members))
 
 
-def _member(spec: str) -> tuple[str, int | None, bool]:
-  """'DIR@WHICH' -> restore()'s (workdir, step, averaged)."""
+def checkpoint_spec(spec: str, flag: str = '--ensemble') -> tuple[str, int | None, bool]:
+  """'DIR', 'DIR@STEP', 'DIR@averaged' or 'DIR@best' -> restore()'s (workdir, step,
+  averaged); `flag` names where it was given in an error."""
   workdir, _, which = spec.partition('@')
   if which in ('', 'averaged'):
     return workdir, None, which == 'averaged'
@@ -98,7 +99,7 @@ def _member(spec: str) -> tuple[str, int | None, bool]:
     finally:
       probe.close()
   if not which.isdigit():
-    raise UserError(f'--ensemble: {spec!r}: after @ comes a step, "averaged" or "best".')
+    raise UserError(f'{flag}: {spec!r}: after @ comes a step, "averaged" or "best".')
   return workdir, int(which), False
 
 

@@ -18,14 +18,14 @@ from flax import nnx
 from ml_collections import ConfigDict
 
 from transformer_jax import checkpoint as checkpoint_lib
-from transformer_jax import (costs, distributed, files, inference, precision, profiling, scoring,
-                             segments, sharding)
+from transformer_jax import (costs, distributed, files, inference, init_from, precision,
+                             profiling, scoring, segments, sharding)
 from transformer_jax import metrics as metrics_lib
 from transformer_jax.data import datasets, pipeline
 from transformer_jax.data.stream import Prefetch
 from transformer_jax.errors import UserError
 from transformer_jax.steps import (abstract_batch, build, compile_in_background, compile_steps,
-                                   init_state)
+                                   init_state, state_around)
 
 
 DONE_FILE = 'done.json'  # written when the run reaches its last step: a supervisor's signal
@@ -103,9 +103,10 @@ def _validation_split(config, tokenizer):
   return pipeline.TokenizedSplit(source, config.data, tokenizer)
 
 
-def restore_or_init(setup, checkpoints, data_iterator, vocab_path):
+def restore_or_init(setup, checkpoints, data_iterator, vocab_path, source=None):
   """The newest checkpoint that verifies (state and data position), or a fresh state
-  where there never were checkpoints or the config says to restart without them."""
+  where there never were checkpoints or the config says to restart without them: around
+  the parameters of `source` (`train.init_from`) if given."""
   had = checkpoints.steps() or checkpoints.quarantined()
 
   def restore(step):
@@ -126,6 +127,10 @@ def restore_or_init(setup, checkpoints, data_iterator, vocab_path):
     distributed.warn(f'no checkpoint in {checkpoints.directory} passed verification; '
                      'training from step 0, as train.restart_if_no_valid_checkpoint says '
                      f'(the damaged ones stay in {where}).')
+  if source is not None:
+    distributed.say(f'{init_from.FLAG}: parameters of {source.spec} (step {source.step}, '
+                    f'{source.root}); optimizer and data from the start')
+    return state_around(setup, init_from.parameters(source, setup.abstract_state.params))
   return init_state(setup)
 
 
@@ -142,12 +147,19 @@ def _done(workdir: str, record: dict | None) -> None:
     files.write_atomically(done, json.dumps(record).encode())
 
 
-def train(config: ConfigDict, workdir: str) -> dict:
+def train(config: ConfigDict, workdir: str, given: set[str] = frozenset()) -> dict:
   """Train until `train.num_steps` (or the step that spends `train.budget_flops`),
   resuming from the workdir; returns the last metrics and their `step` (only the step if
   there was nothing left to train). A run that reaches that last step writes
   WORKDIR/done.json, the signal `launch/tpu.py supervise` waits for; one that trains past
-  it removes it first."""
+  it removes it first. `given`: the config keys set on the command line (`section.key`),
+  which `train.init_from` must not contradict."""
+  source = None
+  if config.train.init_from:  # refused before anything is written
+    own = init_from.resumed(workdir)
+    source = own or init_from.find(config.train.init_from)
+    config = init_from.adopt(config, source, given)
+    source = None if own else source
   checkpoint_lib.check_writable(workdir)
   segment = segments.Segment(workdir)
   if (warning := precision.cpu_warning(config.model)) is not None:
@@ -158,6 +170,8 @@ def train(config: ConfigDict, workdir: str) -> dict:
   train_step_fn, eval_step_fn = compile_steps(setup)
   train_step_fn = compile_in_background(train_step_fn, setup.abstract_state,
                                         abstract_batch(config, mesh))
+  if source is not None:
+    init_from.place_vocabulary(source, workdir)
   tokenizer = pipeline.prepare(config, workdir)
   checkpoints = checkpoint_lib.Checkpoints(workdir, config, writer=True)
   if checkpoints.latest_step() is not None:  # a mismatch fails before any data is read
@@ -166,7 +180,7 @@ def train(config: ConfigDict, workdir: str) -> dict:
   eval_split = _validation_split(config, tokenizer)
   stream = pipeline.train_stream(config, store, tokenizer)
   segments.mark('data_ready')
-  state = restore_or_init(setup, checkpoints, stream, tokenizer.path)
+  state = restore_or_init(setup, checkpoints, stream, tokenizer.path, source)
   batches = Prefetch(stream, config.data.prefetch)  # from the restored position
   step = int(state.step)
   t, end = config.train, costs.last_step(config)

@@ -176,8 +176,9 @@ def launches(supervised: list[dict], trained: list[dict]) -> list[dict]:
       row = {'capacity_s': ready - lost['time'] if lost and lost['event'] == 'lost' and ready
              else 0.0}
       if installed is not None:
-        row.update(install_s=installed - event['time'],
-                   data_copy_and_start_s=started['start'] - installed)
+        row['install_s'] = installed - event['time']
+        if 'data_copied' not in started.get('launch', {}):  # (then it is a phase below)
+          row['data_copy_and_start_s'] = started['start'] - installed
       row.update({f'{k}_s': v for k, v in _startup(started).items()})
       if 'first_step' in started['phases']:
         row['launch_to_first_step_s'] = started['phases']['first_step'] - event['time']
@@ -191,6 +192,10 @@ def _startup(segment: dict) -> dict[str, float]:
   names = {'joined': 'start_up', 'data_ready': 'data', 'restored': 'restore',
            'first_step': 'compile_and_first_step'}
   result, before = {}, segment['start']
+  # The process is forked before its worker copies the data (the shell execs it after).
+  copied = segment.get('launch', {}).get('data_copied')
+  if copied is not None and copied >= before:
+    result['data_copy'], before = copied - before, copied
   for phase in order:
     if phase in segment['phases']:
       result[names[phase]] = segment['phases'][phase] - before
@@ -202,7 +207,7 @@ def summarize(segments: list[dict]) -> dict:
   """goodput, recomputed steps and badput in seconds by cause, over every segment."""
   if not segments:
     return {}
-  badput = dict.fromkeys(('start_up', 'data', 'restore', 'compile_and_first_step',
+  badput = dict.fromkeys(('data_copy', 'start_up', 'data', 'restore', 'compile_and_first_step',
                           'input_wait', 'checkpoint', 'evaluation', 'recomputed', 'gaps'), 0.0)
   productive, recomputed_steps = 0.0, 0
   for i, segment in enumerate(segments):

@@ -133,12 +133,22 @@ def initializer(setup: Setup):
   def init():
     key = jax.random.key(config.seed)
     model = Transformer(config.model, rngs=nnx.Rngs(params=jax.random.fold_in(key, 0)))
-    params = nnx.to_pure_dict(nnx.state(model))
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      opt_state=setup.tx.init(params),
-                      rng=jax.random.key_data(jax.random.fold_in(key, 1)))
+    return _fresh(setup, nnx.to_pure_dict(nnx.state(model)))
 
   return init
+
+
+def _fresh(setup: Setup, params) -> TrainState:
+  """Step 0 around `params`: a new optimizer state, the dropout key from the seed."""
+  key = jax.random.key(setup.config.seed)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    opt_state=setup.tx.init(params),
+                    rng=jax.random.key_data(jax.random.fold_in(key, 1)))
+
+
+def state_around(setup: Setup, params) -> TrainState:
+  """A fresh training state around given parameters (`train.init_from`), in its shards."""
+  return jax.jit(lambda p: _fresh(setup, p), out_shardings=setup.state_shardings)(params)
 
 
 def init_state(setup: Setup) -> TrainState:

@@ -46,15 +46,15 @@ _phases: dict[str, float] = {}  # marked before the segment has a workdir to go 
 _opened: list = []  # this process's segments
 
 
-def _launch_times(start: float) -> dict[str, float]:
-  """What the worker did before this process started, as `launch/tpu.py` noted it in
-  TRANSFORMER_JAX_LAUNCH_TIMES (`installed=T data_copied=T`, seconds since the epoch)."""
+def _launch_times() -> dict[str, float]:
+  """What the worker did before this process ran, as `launch/tpu.py` noted it in
+  TRANSFORMER_JAX_LAUNCH_TIMES (`installed=T data_copied=T`, seconds since the epoch;
+  the data is copied after the process is forked, before Python starts)."""
   times = {}
   for word in os.environ.get(LAUNCH_TIMES, '').split():
     name, _, value = word.partition('=')
     try:
-      if float(value) <= start:  # (not a notebook's earlier launch)
-        times[name] = float(value)
+      times[name] = float(value)
     except ValueError:
       continue
   return times
@@ -78,7 +78,9 @@ class Segment:
     self.path = files.path(workdir) / GOODPUT_DIR / \
         f'train-{int(start * 1000)}-{os.getpid()}-{len(_opened)}.json'
     self.record = {'host': socket.gethostname(), 'pid': os.getpid(), 'start': start,
-                   'launch': _launch_times(start), 'phases': {}, 'restored_step': None,
+                   # (a later run in the same Python, e.g. a notebook's, has none)
+                   'launch': _launch_times() if len(_opened) == 1 else {},
+                   'phases': {}, 'restored_step': None,
                    'step': None, 'time': None,
                    **{k: 0.0 for k in COUNTERS}, 'exit': None}
     self._open = False

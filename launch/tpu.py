@@ -44,7 +44,7 @@ PYTHON = '3.11'
 LOCAL_TFDS = '$HOME/tensorflow_datasets'
 TRAIN_LOG, TRAIN_PID, TRAIN_EXIT = '$HOME/train.log', '$HOME/train.pid', '$HOME/train.exit'
 TRAIN_LOCK = '$HOME/train.lock'
-CODE_HELD = '$HOME/transformer_jax.code'  # the archive REMOTE_DIR came from (its listing)
+CODE_HELD = f'{REMOTE_DIR}/.archive'  # the archive REMOTE_DIR came from (its listing)
 DATA_HELD = '$HOME/tensorflow_datasets.copied'  # the bucket copy LOCAL_TFDS came from
 LAUNCH_TIMES = 'TRANSFORMER_JAX_LAUNCH_TIMES'  # what the worker did before train started
 RUNTIME = {'v5litepod': 'v2-alpha-tpuv5-lite', 'v5p': 'v2-alpha-tpuv5',
@@ -164,7 +164,8 @@ def listing(a, remote: str) -> str | None:
 def install_code(a, unless_held: bool = False) -> str:
   """Shell: the run's code (`code_archive`) onto a worker, pip-installed, and the archive's
   listing in CODE_HELD. `unless_held`: skip all of it where CODE_HELD names this very
-  archive (a worker that outlived a kill holds it; a recreated VM has nothing).
+  archive and the venv is there (a worker that outlived a kill; a recreated VM has
+  neither).
   Either way it ends by noting the time in LAUNCH_TIMES for the goodput record."""
   remote, listed = code_archive(a)
   archive = '$HOME/transformer_jax.tar.gz'
@@ -180,8 +181,8 @@ def install_code(a, unless_held: bool = False) -> str:
             f'{UV} pip install -q --python {VENV} -e "{REMOTE_DIR}[tpu]"; fi && '
             f'echo {shlex.quote(listed)} > {CODE_HELD}')
   if unless_held:
-    script = (f'if [ "$(cat {CODE_HELD} 2> /dev/null)" != {shlex.quote(listed)} ]; '
-              f'then {script}; fi')
+    script = (f'if [ "$(cat {CODE_HELD} 2> /dev/null)" != {shlex.quote(listed)} ] || '
+              f'[ ! -x {VENV}/bin/python ]; then {script}; fi')
   return f'{script} && {noted("installed")}'
 
 

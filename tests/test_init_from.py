@@ -99,7 +99,7 @@ def test_a_command_line_that_contradicts_the_source_is_refused(
 
 def test_a_missing_source_step_is_refused(synthetic, source, tmp_path):
   workdir = tmp_path / 'refused'
-  with pytest.raises(UserError, match=r'no checkpoint at step 5 .*there are: 4, 8, 12'):
+  with pytest.raises(UserError, match=r'init_from: No checkpoint at step 5 .*there are: 4, 8, 12'):
     loop.train(_config(synthetic, init_from=f'{source}@5'), str(workdir))
   with pytest.raises(UserError, match='holds no checkpoints'):
     loop.train(_config(synthetic, init_from=str(tmp_path / 'nothing')), str(workdir))

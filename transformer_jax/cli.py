@@ -79,16 +79,22 @@ def _fail(message: str, code: int = UserError.exit_code):
   sys.exit(code)
 
 
+def given_keys(argv: list[str]) -> list[str]:
+  """The config keys (`section.key`) that `--config.section.key=VALUE` flags set."""
+  return [arg[len('--config.'):].split('=', 1)[0] for arg in argv[1:]
+          if arg.startswith('--config.')]
+
+
 def _parse_flags(argv):
   """absl flag parsing, with every error one line (exit 2): --config.KEY overrides are
   checked against the schema first (ml_collections would raise a traceback for an
   unknown key), a missing or broken config file is named with its line, and absl's own
   errors (a wrong type, a bad boolean) lose their FATAL banner and usage hint."""
   try:
+    for key in given_keys(argv):
+      config_lib.check_key(key)
     for arg in argv[1:]:
-      if arg.startswith('--config.'):
-        config_lib.check_key(arg[len('--config.'):].split('=', 1)[0])
-      elif arg.startswith('--config='):
+      if arg.startswith('--config='):
         path = arg[len('--config='):].split(':', 1)[0]  # FILE[:ARGS]
         if not os.path.isfile(path):
           raise UserError(f'Config file {path!r} does not exist; pick one under configs/, '

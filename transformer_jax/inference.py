@@ -47,13 +47,8 @@ def restore(workdir: str, step: int | None = None, averaged: bool = False) -> Re
   fails verification is moved aside: without `step`, the one before is tried."""
   root = checkpoint_lib.checkpoint_root(workdir, averaged)
   probe = checkpoint_lib.Checkpoints(root, config_lib.defaults(), async_save=False)
-  steps = probe.steps()
-  if not steps:
-    raise UserError(f'{probe.directory} holds no complete checkpoint.')
-  if step is not None and step not in steps:
-    raise UserError(f'No checkpoint at step {step} in {probe.directory}; there are: '
-                    f'{", ".join(map(str, steps))}.')
   try:
+    steps = existing_steps(probe, step)
     if step is not None:
       return _restore_step(workdir, probe, step)
     found, restored = probe.restore_newest(lambda s: _restore_step(workdir, probe, s), steps)
@@ -67,6 +62,18 @@ def restore(workdir: str, step: int | None = None, averaged: bool = False) -> Re
     raise UserError(f'No checkpoint in {probe.directory} passed verification (each was '
                     f'moved to {checkpoint_lib.QUARANTINE_DIR}/ beside it); train again.')
   return restored
+
+
+def existing_steps(probe, step: int | None) -> list[int]:
+  """`probe`'s complete steps; refused in one line if there are none, or if `step` is
+  given and not among them."""
+  steps = probe.steps()
+  if not steps:
+    raise UserError(f'{probe.directory} holds no complete checkpoint.')
+  if step is not None and step not in steps:
+    raise UserError(f'No checkpoint at step {step} in {probe.directory}; there are: '
+                    f'{", ".join(map(str, steps))}.')
+  return steps
 
 
 def restore_ensemble(specs: list[str]) -> Restored:

@@ -51,14 +51,11 @@ def find(spec: str) -> Source:
   root = checkpoint_lib.checkpoint_root(workdir, averaged)
   probe = checkpoint_lib.Checkpoints(root, config_lib.defaults(), async_save=False)
   try:
-    steps = probe.steps()
-    if not steps:
-      raise UserError(f'{FLAG}: {probe.directory} holds no complete checkpoint.')
-    if step is not None and step not in steps:
-      raise UserError(f'{FLAG}: no checkpoint at step {step} in {probe.directory}; there '
-                      f'are: {", ".join(map(str, steps))}.')
+    steps = inference.existing_steps(probe, step)
     step = steps[-1] if step is None else step
     return Source(spec, root, step, probe.meta(step))
+  except UserError as e:
+    raise UserError(f'{FLAG}: {e}') from None
   finally:
     probe.close()
 
@@ -86,20 +83,19 @@ def adopt(config: ConfigDict, source: Source, given: set[str]) -> ConfigDict:
   if vocab and not (files.path(vocab).exists() and checkpoint_lib.vocab_fingerprint(vocab)[0]
                     == source.meta['vocab_sha256']):
     changes['data.vocab_path'] = ''
+  ours = {k: config[k.split('.')[0]][k.split('.')[1]] for k in changes}
   refused = sorted(k for k in changes if k in given)
   if refused:
-    ours = lambda k: config[k.split('.')[0]][k.split('.')[1]]  # noqa: E731
     raise UserError(
         f'{FLAG}={source.spec} fixes the model and vocabulary, and the command line '
         'contradicts it: ' + '; '.join(
-            f'{k}={ours(k)!r} (the source has '
+            f'{k}={ours[k]!r} (the source has '
             f'{"another vocabulary" if k == "data.vocab_path" else repr(changes[k])})'
             for k in refused) + '. Drop those flags, or train from scratch.')
   if changes:
     distributed.say(f'{FLAG}: the model and vocabulary of {source.spec} (step {source.step}) '
                     'replace the config\'s ' + ', '.join(
-                        f'{k}={config[k.split(".")[0]][k.split(".")[1]]!r}->{v!r}'
-                        for k, v in changes.items()))
+                        f'{k}={ours[k]!r}->{v!r}' for k, v in changes.items()))
   adopted = ConfigDict(config.to_dict())
   for key, value in changes.items():
     section, name = key.split('.')
@@ -127,10 +123,3 @@ def parameters(source: Source, abstract_params):
                     f'{source.spec.partition("@")[0]}@STEP.') from None
   finally:
     probe.close()
-
-
-def given_keys(argv: list[str]) -> set[str]:
-  """The `section.key`s that `--config.section.key=VALUE` flags in `argv` set."""
-  return {arg[len('--config.'):].split('=', 1)[0] for arg in argv
-          if arg.startswith('--config.')}
-

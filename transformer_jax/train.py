@@ -12,7 +12,7 @@ import json
 import os
 import sys
 
-from transformer_jax import cli, distributed, files, init_from, loop
+from transformer_jax import cli, distributed, files, loop
 from transformer_jax.errors import UserError
 
 
@@ -22,7 +22,7 @@ def main(argv):
   workdir = cli.required_workdir()
   existed = files.path(workdir).exists()
   try:
-    last = loop.train(config, workdir, init_from.given_keys(sys.argv))
+    last = loop.train(config, workdir, set(cli.given_keys(sys.argv)))
   except UserError:
     if not existed and not files.is_bucket(workdir):
       with contextlib.suppress(OSError):  # only if still empty: nothing of value is lost

@@ -52,7 +52,7 @@ def test_console_script_without_a_command_prints_usage(monkeypatch, capsys, argv
     cli.main()
   assert exit_.value.code == 2
   assert ('usage: transformer-jax {prepare,train,translate,evaluate,average,verify,goodput,'
-          'info,aot,export}') in \
+          'info,aot,export,import_model}') in \
       capsys.readouterr().err
 
 

@@ -26,6 +26,14 @@ def small_config(**overrides):
   return cfg
 
 
+def randomize_biases(model, seed=0):
+  """Every bias non-zero (they start at zero), so that each is tested as carried over."""
+  rng = np.random.default_rng(seed)
+  for path, value in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+    if path[-1] in ('bias', 'logits_bias'):
+      value[...] = rng.normal(0, 0.1, value.shape).astype(np.float32)
+
+
 def log_probs(model, source, target):
   """Ours: log p of each token of `target` [B, T] given `source` [B, S], pad excluded as
   the decoder excludes it (a teacher-forced forward pass)."""
@@ -45,12 +53,18 @@ def marian_log_probs(marian, source, target):
   return torch.log_softmax(logits, -1).gather(-1, target[..., None])[..., 0].numpy()
 
 
-@pytest.mark.parametrize('share_embeddings', [True, False])
-def test_a_fresh_model_scores_alike_in_marian(share_embeddings):
-  """Random weights, every channel used: the permuted export gives our log-probs, with
-  padded sources; Marian's own position table is ours in its channel order."""
-  cfg = small_config(share_embeddings=share_embeddings)
+@pytest.mark.parametrize('options', [
+    dict(share_embeddings=True), dict(share_embeddings=False),
+    dict(activation='swish', attention_bias=True, logits_bias=True, scale_embedding=False,
+         tie_output_embedding=False, layer_norm_epsilon=1e-5)],
+    ids=['shared', 'separate', 'marian-options'])
+def test_a_fresh_model_scores_alike_in_marian(options):
+  """Random weights (biases too), every channel used: the permuted export gives our
+  log-probs, with padded sources; Marian's own position table is ours in its channel
+  order."""
+  cfg = small_config(**options)
   model = Transformer(cfg, rngs=nnx.Rngs(5))
+  randomize_biases(model)
   rng = np.random.default_rng(0)
   source = rng.integers(3, 40, (8, 11)).astype(np.int32)
   source[:, -1], source[:4, 7:] = EOS_ID, PAD_ID  # half of them shorter, padded
@@ -65,11 +79,9 @@ def test_a_fresh_model_scores_alike_in_marian(share_embeddings):
                              np.asarray(table)[:, order], atol=1e-5)
 
 
-def test_pre_norm_and_untied_models_are_refused_in_one_line():
-  for overrides, message in (({'pre_norm': True}, 'post-norm only'),
-                             ({'tie_output_embedding': False}, 'tied ones only')):
-    with pytest.raises(UserError, match=message):
-      huggingface.check_exportable(small_config(**overrides))
+def test_pre_norm_models_are_refused_in_one_line():
+  with pytest.raises(UserError, match='post-norm only'):
+    huggingface.check_exportable(small_config(pre_norm=True))
 
 
 @pytest.fixture(scope='module')
@@ -78,10 +90,8 @@ def exported(trained, tmp_path_factory):
   workdir, _ = trained
   restored = inference.restore(str(workdir))
   out = str(tmp_path_factory.mktemp('hf'))
-  tokenizer = restored.tokenizer
-  huggingface.write_huggingface(
-      restored.model, restored.config.model, tokenizer.serialized(),
-      [tokenizer.piece(i) for i in range(tokenizer.vocab_size)], out, max_positions=256)
+  huggingface.write_huggingface(restored.model, restored.config.model, restored.tokenizer,
+                                out, max_positions=256)
   lines = [p[0] for p in synthetic.splits(train_size=10, eval_size=64)['test']]
   return restored, out, lines
 

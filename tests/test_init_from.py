@@ -127,3 +127,28 @@ def test_two_processes_start_from_the_source_alike(repo, synthetic, source, tmp_
   for r in refused:
     assert r.code == 2 and 'model.d_ff=64 (the source has 48)' in r.err, r.err[-2000:]
   assert not (tmp_path / 'refused').exists()
+
+
+def test_prepare_takes_the_source_vocabulary_and_train_refuses_another(
+    synthetic, source, tmp_path, command):
+  """`prepare` with `init_from` writes the source's vocabulary (and tokenizes with it);
+  a workdir whose vocab.model is another (a `prepare` without `init_from`) stops
+  `train` in one line, the file left as it was."""
+  from transformer_jax import prepare
+  prepared = tmp_path / 'prepared'
+  tiny = os.path.join(os.path.dirname(__file__), '..', 'configs', 'tiny.py')
+  flags = [f'--config={tiny}', *(f'--config.data.{k}={v}' for k, v in synthetic.data.items()),
+           f'--config.train.init_from={source}', '--nostore']
+  result = command(prepare, *flags, f'--workdir={prepared}')
+  assert result.code == 0, result.err
+  assert (prepared / tokenizer_lib.VOCAB_FILE).read_bytes() == \
+      open(synthetic.vocab, 'rb').read()  # the source was trained with it
+  other = tmp_path / 'other' / tokenizer_lib.VOCAB_FILE
+  other.parent.mkdir()
+  tokenizer_lib.load_or_train(str(other), 48, lambda: (
+      f'other words number {i} for another vocabulary' for i in range(2000)), False)
+  before = other.read_bytes()
+  with pytest.raises(UserError, match='is not the vocabulary of train.init_from') as e:
+    loop.train(_config(synthetic, num_steps=4, init_from=source), str(other.parent))
+  assert '\n' not in str(e.value) and other.read_bytes() == before
+  assert not (other.parent / 'checkpoints').exists()

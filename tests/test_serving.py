@@ -91,17 +91,25 @@ def test_a_perturbed_weight_changes_what_ctranslate2_says(exported, tmp_path):
   assert ct2_translate(restored, str(tmp_path), sources, beam_size=1) != ours
 
 
-@pytest.mark.parametrize('pre_norm', [False, True])
-def test_both_layer_orders_decode_alike_in_ctranslate2(pre_norm, tmp_path):
+@pytest.mark.parametrize('options', [
+    dict(pre_norm=False), dict(pre_norm=True),
+    dict(activation='swish', attention_bias=True, logits_bias=True, scale_embedding=False,
+         layer_norm_epsilon=1e-5), dict(activation='gelu', pre_norm=True)],
+    ids=['post-norm', 'pre-norm', 'marian-options', 'gelu'])
+def test_both_layer_orders_and_the_model_options_decode_alike_in_ctranslate2(
+    options, tmp_path):
   """The spec's layer order follows the model's (pre-norm models gain a final
-  LayerNorm per stack): greedy outputs of a fresh model, fixed at 12 tokens, agree."""
+  LayerNorm per stack), and it carries the activation, biases (random here), embedding
+  scale and LayerNorm epsilon: greedy outputs of a fresh model, fixed at 12 tokens, agree."""
   from flax import nnx
+  from test_huggingface import randomize_biases
   from transformer_jax import config as config_lib
   from transformer_jax.model import Transformer
   cfg = config_lib.defaults().model
   cfg.update(vocab_size=40, d_model=32, num_heads=4, d_ff=64, num_encoder_layers=2,
-             num_decoder_layers=2, pre_norm=pre_norm)
+             num_decoder_layers=2, **options)
   model = Transformer(cfg, rngs=nnx.Rngs(3))
+  randomize_biases(model)
   vocabulary = ['<pad>', '</s>', '<unk>'] + [f'w{i}' for i in range(3, 40)]
   serving.write_ctranslate2(model, cfg, vocabulary, str(tmp_path), positions=64)
   source = np.random.default_rng(0).integers(3, 40, (16, 9)).astype(np.int32)

@@ -44,11 +44,13 @@ from transformer_jax.steps import build
 CHECKPOINT_DIR = 'checkpoints'
 QUARANTINE_DIR = 'quarantine'  # beside CHECKPOINT_DIR: steps whose damage was proven
 AVERAGED_DIR = 'averaged'  # `average` writes its checkpoint under WORKDIR/averaged
-# The model keys a resumed state must share with the checkpoint: its arrays' shapes, and
-# their storage dtype (Orbax would cast on restore, and the checksums then differ).
+# The model keys a resumed state must share with the checkpoint: its arrays' shapes, their
+# storage dtype (Orbax would cast on restore, and the checksums then differ), and what
+# else makes them the function they were trained as.
 MODEL_SHAPE_KEYS = ('vocab_size', 'd_model', 'num_heads', 'd_ff', 'num_encoder_layers',
                     'num_decoder_layers', 'share_embeddings', 'tie_output_embedding',
-                    'pre_norm', 'param_dtype')
+                    'pre_norm', 'param_dtype', 'activation', 'layer_norm_epsilon',
+                    'attention_bias', 'logits_bias', 'scale_embedding')
 # The data keys that decide which records the training split holds (and the top-level
 # `seed`, their order and sampling): with any of them changed, a restored iterator
 # position points into another sequence of batches.

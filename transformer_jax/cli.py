@@ -19,7 +19,7 @@ from transformer_jax import distributed, segments
 from transformer_jax.errors import UserError
 
 COMMANDS = ('prepare', 'train', 'translate', 'evaluate', 'average', 'verify', 'goodput', 'info',
-            'aot', 'export')
+            'aot', 'export', 'import_model')
 
 
 # The flags every command shares, defined once (absl forbids defining a flag twice, and

@@ -17,6 +17,7 @@ from ml_collections import ConfigDict
 from transformer_jax.errors import ConfigError
 
 DTYPES = ('float32', 'bfloat16', 'float16')
+ACTIVATIONS = ('relu', 'gelu', 'swish')  # model.FeedForward's
 SCHEDULES = ('rsqrt', 'linear_decay')  # optim.learning_rate_schedule
 
 
@@ -38,6 +39,12 @@ def defaults() -> ConfigDict:
   m.share_embeddings = True      # one embedding table for source and target
   m.tie_output_embedding = True  # pre-softmax linear = target embedding^T (section 3.4)
   m.pre_norm = False             # the paper is post-norm
+  # What other Transformers (Marian / OPUS-MT, import_model.py) differ in; the paper's here.
+  m.activation = 'relu'          # of the feed-forward network: relu | gelu | swish (SiLU)
+  m.layer_norm_epsilon = 1e-6
+  m.attention_bias = False       # biases on the query, key, value and output projections
+  m.logits_bias = False          # a bias on the pre-softmax linear
+  m.scale_embedding = True       # embeddings times sqrt(d_model) (section 3.4)
   m.dtype = 'float32'            # compute dtype
   m.matmul_dtype = ''            # operands of matrix products ('' = dtype); bfloat16 with
                                  # dtype float32: bf16 products, fp32 all else (precision.py)
@@ -206,6 +213,10 @@ def _check_values(c: ConfigDict) -> None:
   for key in ('vocab_size', 'd_model', 'num_heads', 'd_ff', 'num_encoder_layers',
               'num_decoder_layers'):
     _require(m[key] >= 1, f'model.{key} must be at least 1, got {m[key]}.')
+  _require(m.activation in ACTIVATIONS, f"model.activation must be one of "
+           f"{', '.join(ACTIVATIONS)}, got {m.activation!r}.")
+  _require(0 < m.layer_norm_epsilon < 1, 'model.layer_norm_epsilon must be in (0, 1), '
+           f'got {m.layer_norm_epsilon}.')
   _require(m.vocab_size >= 4, 'model.vocab_size must be at least 4 '
            f'(pad, eos and unk are reserved), got {m.vocab_size}.')
   for key in ('dropout_rate', 'attention_dropout_rate'):

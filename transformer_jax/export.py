@@ -4,7 +4,8 @@
 - `ctranslate2`: a CTranslate2 model directory (serving.py builds it), the SentencePiece
   model beside it;
 - `huggingface`: a Transformers `MarianMTModel` with its `MarianTokenizer`
-  (huggingface.py builds them), post-norm models only.
+  (huggingface.py builds them), post-norm models only; a model imported from one
+  (import_model.py) goes back with its own vocabulary and ids.
 Both get the training config and a README (origin, how to load it, the test BLEU that
 `evaluate` recorded for this checkpoint). Reads the parameters only, as `translate` does
 (--step, --averaged, or --workdir=DIR/best).
@@ -22,7 +23,6 @@ from transformer_jax.errors import UserError
 FORMATS = ('ctranslate2', 'huggingface')
 QUANTIZATIONS = ('float32', 'int8', 'float16')
 
-_FORMAT = flags.DEFINE_string('format', 'ctranslate2', f'One of: {", ".join(FORMATS)}.')
 _QUANTIZATION = flags.DEFINE_string(
     'quantization', 'float32', 'CTranslate2 weights: float32, int8 (CPUs) or float16 '
     '(GPUs; untested here). Transformers models are float32.')
@@ -50,11 +50,10 @@ def export(restored: inference.Restored, fmt: str, output: str, quantization: st
            positions: int) -> None:
   """A restored checkpoint as the engine's model directory `output` (existing)."""
   tokenizer, cfg = restored.tokenizer, restored.config.model
-  pieces = [tokenizer.piece(i) for i in range(tokenizer.vocab_size)]
   if fmt == 'huggingface':
-    huggingface.write_huggingface(restored.model, cfg, tokenizer.serialized(), pieces,
-                                  output, positions)
+    huggingface.write_huggingface(restored.model, cfg, tokenizer, output, positions)
     return
+  pieces = [tokenizer.piece(i) for i in range(tokenizer.vocab_size)]
   serving.write_ctranslate2(restored.model, cfg, pieces, output, quantization, positions)
   with open(os.path.join(output, serving.SPM_FILE), 'wb') as f:
     f.write(tokenizer.serialized())
@@ -94,9 +93,11 @@ def readme(restored: inference.Restored, workdir: str, fmt: str, quantization: s
                'the input (Python\'s `str.lower`) before encoding it; the engine does not.\n'
                if data.lowercase else '')
   weights = quantization if fmt == 'ctranslate2' else 'float32'
-  epsilon = ('' if fmt == 'ctranslate2' else
-             '\nMarian\'s LayerNorm epsilon is 1e-5 (ours 1e-6), which no file can change: '
-             'log-probabilities differ from ours by ~1e-5 (measured), outputs very rarely.\n')
+  epsilon = ('' if fmt == 'ctranslate2' or model.layer_norm_epsilon ==
+             huggingface.LAYER_NORM_EPSILON else
+             f'\nMarian\'s LayerNorm epsilon is 1e-5 (this model\'s {model.layer_norm_epsilon:g}), '
+             'which no file can change: log-probabilities differ from ours by ~1e-5 '
+             '(measured), outputs very rarely.\n')
   return f'''# A transformer_jax model, exported for {fmt}
 
 From `{workdir}`, step {restored.step}; {data.source_lang} -> {data.target_lang};
@@ -111,13 +112,17 @@ weights {weights}. The training config is `transformer_jax_config.json`.
 '''
 
 
+def _format() -> str:
+  return inference_flags.FORMAT.value or FORMATS[0]
+
+
 def _check_request(output: str) -> None:
-  if _FORMAT.value not in FORMATS:
-    raise UserError(f'--format={_FORMAT.value}: the formats are {", ".join(FORMATS)}.')
+  if _format() not in FORMATS:
+    raise UserError(f'--format={_format()}: the formats are {", ".join(FORMATS)}.')
   if _QUANTIZATION.value not in QUANTIZATIONS:
     raise UserError(f'--quantization={_QUANTIZATION.value}: one of '
                     f'{", ".join(QUANTIZATIONS)}.')
-  if _FORMAT.value == 'huggingface' and _QUANTIZATION.value != 'float32':
+  if _format() == 'huggingface' and _QUANTIZATION.value != 'float32':
     raise UserError('--quantization is for --format=ctranslate2; a Transformers model is '
                     'written in float32 (quantize it with Transformers\' own tools).')
   if not output:
@@ -133,24 +138,25 @@ def main(argv):
   del argv
   output = inference_flags.OUTPUT.value
   _check_request(output)
-  if _FORMAT.value == 'huggingface':
+  if _format() == 'huggingface':
     huggingface.library()
   else:
     serving.engine()
   restored = inference_flags.restore()
-  serving.check_tied(restored.config.model)  # refusals before OUT exists
-  if _FORMAT.value == 'huggingface':
+  if _format() == 'huggingface':  # refusals before OUT exists
     huggingface.check_exportable(restored.config.model)
+  else:
+    serving.check_exportable(restored.config.model, restored.tokenizer)
   workdir = cli.required_workdir()
   os.makedirs(output, exist_ok=True)
-  export(restored, _FORMAT.value, output, _QUANTIZATION.value, _POSITIONS.value)
+  export(restored, _format(), output, _QUANTIZATION.value, _POSITIONS.value)
   with open(os.path.join(output, 'transformer_jax_config.json'), 'w') as f:
     json.dump(restored.config.to_dict(), f, indent=1)
   records = recorded_scores(workdir, restored.step, inference_flags.AVERAGED.value)
   with open(os.path.join(output, 'README.md'), 'w') as f:
-    f.write(readme(restored, workdir, _FORMAT.value, _QUANTIZATION.value, records))
-  print(f'exported step {restored.step} of {workdir} to {output} ({_FORMAT.value}, '
-        f'{_QUANTIZATION.value if _FORMAT.value == "ctranslate2" else "float32"})')
+    f.write(readme(restored, workdir, _format(), _QUANTIZATION.value, records))
+  print(f'exported step {restored.step} of {workdir} to {output} ({_format()}, '
+        f'{_QUANTIZATION.value if _format() == "ctranslate2" else "float32"})')
 
 
 if __name__ == '__main__':

@@ -1,16 +1,21 @@
-"""Our model as a Hugging Face Transformers `MarianMTModel`, with its `MarianTokenizer`:
-a directory `AutoModelForSeq2SeqLM` and `AutoTokenizer` load with no other file.
+"""Our model as a Hugging Face Transformers `MarianMTModel` with its `MarianTokenizer`, and
+back: one table of which of our parameters is which of Marian's (`_table`), read one way
+by export (`marian_state`) and the other by import_model.py (`our_weights`).
 
-Marian is the paper's post-norm Transformer too (ReLU here, scaled embeddings shared with
-the output layer, the decoder started from the pad id), with three differences:
+Marian (the engine of OPUS-MT) is the paper's post-norm Transformer too, the decoder
+started from the pad id. Where it differs our model has an option (model.activation,
+attention_bias, logits_bias, scale_embedding, layer_norm_epsilon, untied embeddings);
+two differences need none:
 - its sinusoidal positions are not interleaved (sin in the first half of the channels,
   cos in the second) and are recomputed at load, not read. A model is the same function
-  under any consistent order of its residual channels, so we write every weight with its
-  model-dimension axis permuted into Marian's order (`channel_order`);
-- its linear layers have biases: ours have none in attention, so they are zeros;
-- its LayerNorm epsilon is fixed at 1e-5 (ours 1e-6), which nothing can carry over: the
-  scores differ slightly (measured in docs/translating.md).
-Pre-norm models have no Marian counterpart and are refused.
+  under any consistent order of its residual channels, so every weight's model-dimension
+  axis is permuted between the two orders (`channel_order`);
+- its ids: ours reserve 0, 1, 2 for pad, eos and unk; OPUS-MT's vocabularies put eos at
+  0, unk at 1 and pad last. Embedding rows are permuted by `marian_ids` (our id i is
+  Marian's marian_ids[i]; the identity for a vocabulary trained here).
+Its LayerNorm epsilon is fixed at 1e-5; a model of ours with another (1e-6 by default)
+exports with that change (measured in docs/translating.md). Pre-norm models have no
+Marian counterpart and are refused.
 """
 from __future__ import annotations
 
@@ -21,11 +26,14 @@ import tempfile
 import numpy as np
 from ml_collections import ConfigDict
 
+from transformer_jax.data.marian import MarianVocabulary
 from transformer_jax.data.tokenizer import EOS_ID, PAD_ID, UNK_ID
 from transformer_jax.errors import UserError
-from transformer_jax.serving import check_tied, weights
+from transformer_jax.serving import weights
 
 LAYER_NORM_EPSILON = 1e-5  # Marian's (torch.nn.LayerNorm's default); not configurable
+ACTIVATIONS = {'relu': 'relu', 'swish': 'swish', 'gelu': 'gelu'}  # ours -> Transformers'
+ACTIVATION_ALIASES = {'silu': 'swish'}  # Transformers' other name of the same function
 
 
 def library():
@@ -33,7 +41,7 @@ def library():
     import torch  # noqa: PLC0415, F401 (the export extra; nothing else needs them)
     import transformers  # noqa: PLC0415
   except ImportError:
-    raise UserError("export --format=huggingface needs Transformers and PyTorch: "
+    raise UserError("Hugging Face models need Transformers and PyTorch: "
                     "pip install -e '.[export]'.") from None
   return transformers
 
@@ -44,68 +52,83 @@ def channel_order(d_model: int) -> np.ndarray:
   return np.concatenate([np.arange(0, d_model, 2), np.arange(1, d_model, 2)])
 
 
+def marian_ids(tokenizer) -> np.ndarray:
+  """Our id i is Marian's id marian_ids(tokenizer)[i]."""
+  if isinstance(tokenizer, MarianVocabulary):
+    return np.asarray(tokenizer.marian_ids)
+  return np.arange(tokenizer.vocab_size)
+
+
 def check_exportable(cfg: ConfigDict) -> None:
   if cfg.pre_norm:
     raise UserError('This model is pre-norm (model.pre_norm=True); MarianMTModel is '
                     'post-norm only. Export it with --format=ctranslate2.')
-  check_tied(cfg)
 
 
-def marian_config(cfg: ConfigDict, max_positions: int):
+def marian_config(cfg: ConfigDict, ids: np.ndarray, max_positions: int):
   transformers = library()
+  pad, eos = int(ids[PAD_ID]), int(ids[EOS_ID])
   return transformers.MarianConfig(
       vocab_size=cfg.vocab_size, decoder_vocab_size=cfg.vocab_size, d_model=cfg.d_model,
       encoder_layers=cfg.num_encoder_layers, decoder_layers=cfg.num_decoder_layers,
       encoder_attention_heads=cfg.num_heads, decoder_attention_heads=cfg.num_heads,
-      encoder_ffn_dim=cfg.d_ff, decoder_ffn_dim=cfg.d_ff, activation_function='relu',
-      dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, scale_embedding=True,
-      max_position_embeddings=max_positions,
-      share_encoder_decoder_embeddings=cfg.share_embeddings, tie_word_embeddings=True,
-      pad_token_id=PAD_ID, decoder_start_token_id=PAD_ID, eos_token_id=EOS_ID,
-      forced_eos_token_id=EOS_ID, bos_token_id=None)
+      encoder_ffn_dim=cfg.d_ff, decoder_ffn_dim=cfg.d_ff,
+      activation_function=ACTIVATIONS[cfg.activation], dropout=cfg.dropout_rate,
+      attention_dropout=cfg.attention_dropout_rate, activation_dropout=0.0,
+      scale_embedding=cfg.scale_embedding, max_position_embeddings=max_positions,
+      share_encoder_decoder_embeddings=cfg.share_embeddings,
+      tie_word_embeddings=cfg.tie_output_embedding, pad_token_id=pad,
+      decoder_start_token_id=pad, eos_token_id=eos, forced_eos_token_id=eos,
+      bos_token_id=None)
 
 
-def marian_state(model, cfg: ConfigDict) -> dict[str, np.ndarray]:
-  """Our parameters under Marian's names and layouts (torch's [out, in] linears), the
-  model dimension in Marian's channel order."""
-  w, order = weights(model), channel_order(cfg.d_model)
-  state = {}
+# ----------------------------------------------------------------------------- the table
+# Each row: (Marian's name, our parameter's path or None (Marian's is zeros), how the
+# two are laid out, our shape). Layouts: 'in'/'out': a linear whose input/output is the
+# model dimension (torch's are [out, in]); 'bias': as is; 'model': a vector over the
+# model dimension; 'embedding' [V, D], 'projection' (ours [D, V]), 'logits' (Marian's
+# [1, V]): rows by id.
 
-  def linear(name, kernel, bias=None, into_model=False, from_model=False):
-    """Our kernel [in, out] (its model-dimension side(s) named) as Marian's weight."""
-    kernel = kernel.T
-    kernel = kernel[order] if into_model else kernel
-    kernel = kernel[:, order] if from_model else kernel
-    state[f'{name}.weight'] = np.ascontiguousarray(kernel)
-    bias = np.zeros(kernel.shape[0], np.float32) if bias is None else bias
-    state[f'{name}.bias'] = bias[order] if into_model else bias
+
+def _table(cfg: ConfigDict) -> list[tuple]:
+  d, h, f, v = cfg.d_model, cfg.num_heads, cfg.d_ff, cfg.vocab_size
+  k = d // h
+  rows = []
+
+  def bias(name, path, shape, zeros):
+    rows.append((name, path if cfg.attention_bias else None, 'bias', shape, zeros))
 
   def attention(name, prefix):
     for ours, theirs in (('query', 'q_proj'), ('key', 'k_proj'), ('value', 'v_proj')):
-      kernel = w[f'{prefix}/{ours}/kernel']  # [D, H, K]
-      linear(f'{name}.{theirs}', kernel.reshape(kernel.shape[0], -1), from_model=True)
-    out = w[f'{prefix}/output/kernel']  # [H, K, D]
-    linear(f'{name}.out_proj', out.reshape(-1, out.shape[-1]), into_model=True)
+      rows.append((f'{name}.{theirs}.weight', f'{prefix}/{ours}/kernel', 'in', (d, h, k), 0))
+      bias(f'{name}.{theirs}.bias', f'{prefix}/{ours}/bias', (h, k), (d,))
+    rows.append((f'{name}.out_proj.weight', f'{prefix}/output/kernel', 'out', (h, k, d), 0))
+    rows.append((f'{name}.out_proj.bias', f'{prefix}/output/bias' if cfg.attention_bias
+                 else None, 'model', (d,), (d,)))
 
   def norm(name, prefix):
-    state[f'{name}.weight'] = w[f'{prefix}/scale'][order]
-    state[f'{name}.bias'] = w[f'{prefix}/bias'][order]
+    rows.append((f'{name}.weight', f'{prefix}/scale', 'model', (d,), 0))
+    rows.append((f'{name}.bias', f'{prefix}/bias', 'model', (d,), 0))
 
   def feed_forward(name, prefix):
-    linear(f'{name}.fc1', w[f'{prefix}/feed_forward/w1/kernel'],
-           w[f'{prefix}/feed_forward/w1/bias'], from_model=True)
-    linear(f'{name}.fc2', w[f'{prefix}/feed_forward/w2/kernel'],
-           w[f'{prefix}/feed_forward/w2/bias'], into_model=True)
+    rows.append((f'{name}.fc1.weight', f'{prefix}/feed_forward/w1/kernel', 'in', (d, f), 0))
+    rows.append((f'{name}.fc1.bias', f'{prefix}/feed_forward/w1/bias', 'bias', (f,), 0))
+    rows.append((f'{name}.fc2.weight', f'{prefix}/feed_forward/w2/kernel', 'out', (f, d), 0))
+    rows.append((f'{name}.fc2.bias', f'{prefix}/feed_forward/w2/bias', 'model', (d,), 0))
     norm(f'{name}.final_layer_norm', f'{prefix}/feed_forward_block/norm')
 
-  source = w['source_embedding/table/embedding'][:, order]
-  target = w.get('target_embedding/table/embedding', w['source_embedding/table/embedding'])
-  target = target[:, order]
-  state['model.encoder.embed_tokens.weight'] = source
-  state['model.decoder.embed_tokens.weight'] = state['lm_head.weight'] = target
+  source = 'source_embedding/table/embedding'
+  target = source if cfg.share_embeddings else 'target_embedding/table/embedding'
+  rows.append(('model.encoder.embed_tokens.weight', source, 'embedding', (v, d), 0))
+  rows.append(('model.decoder.embed_tokens.weight', target, 'embedding', (v, d), 0))
   if cfg.share_embeddings:
-    state['model.shared.weight'] = source
-  state['final_logits_bias'] = np.zeros((1, cfg.vocab_size), np.float32)
+    rows.append(('model.shared.weight', source, 'embedding', (v, d), 0))
+  if cfg.tie_output_embedding:
+    rows.append(('lm_head.weight', target, 'embedding', (v, d), 0))
+  else:
+    rows.append(('lm_head.weight', 'output_projection/kernel', 'projection', (d, v), 0))
+  rows.append(('final_logits_bias', 'logits_bias' if cfg.logits_bias else None, 'logits',
+               (v,), (1, v)))
   for i in range(cfg.num_encoder_layers):
     name, prefix = f'model.encoder.layers.{i}', f'encoder_layers/{i}'
     attention(f'{name}.self_attn', f'{prefix}/self_attention')
@@ -118,47 +141,115 @@ def marian_state(model, cfg: ConfigDict) -> dict[str, np.ndarray]:
     attention(f'{name}.encoder_attn', f'{prefix}/cross_attention')
     norm(f'{name}.encoder_attn_layer_norm', f'{prefix}/cross_attention_block/norm')
     feed_forward(name, prefix)
-  return state
+  return rows
 
 
-def marian_model(model, cfg: ConfigDict, max_positions: int = 1024):
+def _to_marian(x: np.ndarray, layout: str, order, ids) -> np.ndarray:
+  if layout == 'in':
+    return x.reshape(x.shape[0], -1).T[:, order]
+  if layout == 'out':
+    return x.reshape(-1, x.shape[-1]).T[order]
+  if layout == 'bias':
+    return x.reshape(-1)
+  if layout == 'model':
+    return x[order]
+  rows = x if layout == 'embedding' else x.T if layout == 'projection' else x[:, None]
+  out = np.empty_like(rows)
+  out[ids] = rows[:, order] if layout != 'logits' else rows
+  return out if layout != 'logits' else out.T
+
+
+def _from_marian(x: np.ndarray, layout: str, shape, inverse, ids) -> np.ndarray:
+  if layout == 'in':
+    return x[:, inverse].T.reshape(shape)
+  if layout == 'out':
+    return x[inverse].T.reshape(shape)
+  if layout == 'bias':
+    return x.reshape(shape)
+  if layout == 'model':
+    return x[inverse]
+  if layout == 'logits':
+    return x[0, ids]
+  rows = x[ids][:, inverse]
+  return rows if layout == 'embedding' else rows.T
+
+
+def marian_state(model, cfg: ConfigDict, ids: np.ndarray) -> dict[str, np.ndarray]:
+  """Our parameters under Marian's names and layouts."""
+  w, order = weights(model), channel_order(cfg.d_model)
+  return {name: np.ascontiguousarray(_to_marian(w[path], layout, order, ids))
+          if path else np.zeros(zeros, np.float32)
+          for name, path, layout, _, zeros in _table(cfg)}
+
+
+def our_weights(state: dict[str, np.ndarray], cfg: ConfigDict,
+                ids: np.ndarray) -> dict[str, np.ndarray]:
+  """Marian's parameters (`state`, float32 numpy by name) as ours, by path; raises
+  UserError naming one that is missing or of another shape."""
+  inverse = np.argsort(channel_order(cfg.d_model))
+  ours = {}
+  for name, path, layout, shape, _ in _table(cfg):
+    if path is None or path in ours:
+      continue
+    if name not in state:
+      raise UserError(f'The model lacks {name}: not a MarianMTModel of this config.')
+    value = _from_marian(np.asarray(state[name], np.float32), layout, shape, inverse, ids)
+    if value.shape != tuple(shape):
+      raise UserError(f'{name} has shape {state[name].shape}, not what config.json says.')
+    ours[path] = value
+  return ours
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def marian_model(model, cfg: ConfigDict, ids: np.ndarray | None = None,
+                 max_positions: int = 1024):
   """The `MarianMTModel` (torch, float32, eval mode) computing what `model` computes."""
   check_exportable(cfg)
   transformers = library()
   import torch  # noqa: PLC0415
-  marian = transformers.MarianMTModel(marian_config(cfg, max_positions)).eval()
-  state = {k: torch.from_numpy(v) for k, v in marian_state(model, cfg).items()}
+  ids = np.arange(cfg.vocab_size) if ids is None else ids
+  marian = transformers.MarianMTModel(marian_config(cfg, ids, max_positions)).eval()
+  state = {k: torch.from_numpy(v) for k, v in marian_state(model, cfg, ids).items()}
   missing, unexpected = marian.load_state_dict(state, strict=False)
   # Positions are computed by Marian itself; everything else must have come from us.
   missing = [k for k in missing if not k.endswith('embed_positions.weight')]
   if missing or unexpected:
     raise RuntimeError(f'Marian weights missing {missing}, unexpected {unexpected}')
+  pad, eos = int(ids[PAD_ID]), int(ids[EOS_ID])
   marian.generation_config = transformers.GenerationConfig(
-      decoder_start_token_id=PAD_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID,
-      forced_eos_token_id=EOS_ID, bad_words_ids=[[PAD_ID]], num_beams=4,
+      decoder_start_token_id=pad, eos_token_id=eos, pad_token_id=pad,
+      forced_eos_token_id=eos, bad_words_ids=[[pad]], num_beams=4,
       min_new_tokens=1, max_length=max_positions)  # no empty output, as our decoder
   return marian
 
 
-def write_tokenizer(spm_model: bytes, pieces: list[str], output: str,
-                    max_positions: int = 1024) -> None:
-  """A `MarianTokenizer` of our SentencePiece model into `output`: ids are ours, EOS
-  appended to every source as our pipeline does."""
+def write_tokenizer(tokenizer, output: str, max_positions: int = 1024) -> None:
+  """`tokenizer` (ours, or an imported Marian vocabulary) as a `MarianTokenizer` into
+  `output`, numbering pieces as the exported model does; EOS appended to every source as
+  our pipeline does."""
   transformers = library()
+  ids = marian_ids(tokenizer)
+  pieces = [tokenizer.piece(i) for i in range(tokenizer.vocab_size)]
   with tempfile.TemporaryDirectory() as tmp:
-    spm_path, vocab_path = os.path.join(tmp, 'spm.model'), os.path.join(tmp, 'vocab.json')
-    with open(spm_path, 'wb') as f:
-      f.write(spm_model)
+    paths = {side: os.path.join(tmp, f'{side}.spm') for side in ('source', 'target')}
+    for side, path in paths.items():
+      with open(path, 'wb') as f:
+        f.write(tokenizer.spm_model(side) if isinstance(tokenizer, MarianVocabulary)
+                else tokenizer.serialized())
+    vocab_path = os.path.join(tmp, 'vocab.json')
     with open(vocab_path, 'w', encoding='utf-8') as f:
-      json.dump({piece: i for i, piece in enumerate(pieces)}, f, ensure_ascii=False)
-    tokenizer = transformers.MarianTokenizer(
-        spm_path, spm_path, vocab_path, unk_token=pieces[UNK_ID], eos_token=pieces[EOS_ID],
-        pad_token=pieces[PAD_ID], model_max_length=max_positions)
-    tokenizer.save_pretrained(output)
+      json.dump({piece: int(ids[i]) for i, piece in enumerate(pieces)}, f,
+                ensure_ascii=False)
+    marian = transformers.MarianTokenizer(
+        paths['source'], paths['target'], vocab_path, unk_token=pieces[UNK_ID],
+        eos_token=pieces[EOS_ID], pad_token=pieces[PAD_ID], model_max_length=max_positions)
+    marian.save_pretrained(output)
 
 
-def write_huggingface(model, cfg: ConfigDict, spm_model: bytes, pieces: list[str],
-                      output: str, max_positions: int = 1024) -> None:
+def write_huggingface(model, cfg: ConfigDict, tokenizer, output: str,
+                      max_positions: int = 1024) -> None:
   """The Hugging Face directory `output` (which must exist): model and tokenizer."""
-  marian_model(model, cfg, max_positions).save_pretrained(output)
-  write_tokenizer(spm_model, pieces, output, max_positions)
+  marian_model(model, cfg, marian_ids(tokenizer), max_positions).save_pretrained(output)
+  write_tokenizer(tokenizer, output, max_positions)

@@ -130,7 +130,7 @@ def _checkpoint_vocabulary(workdir, meta, config) -> Tokenizer:
       raise UserError(f'{local} does not match the vocabulary the checkpoint was trained '
                       'with. Restore the original file, or remove it to use the copy '
                       'stored in the checkpoint.')
-  tokenizer = Tokenizer(proto, local, config.data.lowercase)
+  tokenizer = tokenizer_lib.from_bytes(proto, local, config.data.lowercase)
   if tokenizer.vocab_size != config.model.vocab_size:
     raise UserError('The checkpoint is inconsistent: its vocabulary has '
                     f'{tokenizer.vocab_size} pieces, its config {config.model.vocab_size}.')

@@ -17,6 +17,12 @@ ENSEMBLE = flags.DEFINE_list(
 OUTPUT = flags.DEFINE_string(
     'output', None, 'translate: the file to write translations to (default: stdout); '
     'export: the directory to write the model to.')
+INPUT = flags.DEFINE_string(
+    'input', None, 'translate: the text file to translate (default: stdin); import_model: '
+    'the model directory to import.')
+FORMAT = flags.DEFINE_string(
+    'format', None, 'export: ctranslate2 (default) or huggingface; import_model: '
+    'huggingface (default).')
 _BEAM = flags.DEFINE_integer('beam_size', 4, 'Beam width (the paper: 4).')
 _ALPHA = flags.DEFINE_float('alpha', 0.6, 'Length penalty exponent (the paper: 0.6).')
 _MAX_EXTRA_LEN = flags.DEFINE_integer(

@@ -105,10 +105,16 @@ def adopt(config: ConfigDict, source: Source, given: set[str]) -> ConfigDict:
 
 def place_vocabulary(source: Source, workdir: str) -> None:
   """The source's vocabulary as WORKDIR/vocab.model (process 0; before the data is
-  prepared, whose barrier the other processes wait at). One already there is the run's
-  own, which the resume checks against its checkpoints."""
+  prepared, whose barrier the other processes wait at). One already there (`prepare`
+  made it, with this `init_from`) must be the source's: any other would tokenize the
+  corpus for another model."""
   path = files.path(workdir) / tokenizer_lib.VOCAB_FILE
-  if distributed.is_writer() and not path.exists():
+  if path.exists():  # every process: a file process 0 writes now is the source's
+    if checkpoint_lib.vocab_fingerprint(str(path))[0] != source.meta['vocab_sha256']:
+      raise UserError(f'{path} is not the vocabulary of {FLAG}={source.spec}. Remove it and '
+                      'the token store beside it (WORKDIR/store), or prepare with the same '
+                      f'--config.{FLAG}.')
+  elif distributed.is_writer():
     files.write_atomically(path, base64.b64decode(source.meta['vocab_model']))
 
 

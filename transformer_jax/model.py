@@ -119,7 +119,7 @@ softmax.defvjp(_softmax_forward, _softmax_backward)
 class MultiHeadAttention(nnx.Module):
   """Section 3.2.2: h parallel scaled dot-product attentions over learned projections.
 
-  Projections have no bias, as in tensor2tensor. Keys and values are projected by
+  Projections have no bias, as in tensor2tensor, unless `attention_bias` (Marian). Keys and values are projected by
   `project_kv` separately from the attention itself, so incremental decoding can cache
   them (self-attention) or compute them once per sentence (encoder-decoder attention).
   """
@@ -129,16 +129,19 @@ class MultiHeadAttention(nnx.Module):
     dt = _dtypes(cfg, 'einsum_op')
     self.matmul_dtype = _matmul_dtype(cfg)
     proj_in = _init(_xavier(in_axis=0, out_axis=(1, 2)), EMBED, HEADS, KV)
+    bias = lambda *axes: dict(bias_shape=None) if not cfg.attention_bias else dict(
+        bias_shape=tuple({HEADS: h, KV: d // h, EMBED: d}[a] for a in axes),
+        bias_init=_init(nnx.initializers.zeros_init(), *axes))
 
     def projection():  # to head-major [B, H, L, K]
       return nnx.Einsum('bld,dhk->bhlk', (d, h, d // h), kernel_init=proj_in,
-                        rngs=rngs, **dt)
+                        rngs=rngs, **bias(HEADS, KV), **dt)
 
     self.query, self.key, self.value = projection(), projection(), projection()
     self.output = nnx.Einsum(
         'bhlk,hkd->bld', (h, d // h, d),
         kernel_init=_init(_xavier(in_axis=(0, 1), out_axis=2), HEADS, KV, EMBED),
-        rngs=rngs, **dt)
+        rngs=rngs, **bias(EMBED), **dt)
     self.dropout = Dropout(cfg.attention_dropout_rate)
 
   def project_kv(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -172,11 +175,16 @@ def _rows_as_copies(context: jax.Array) -> jax.Array:
   return context.transpose(0, 2, 1, 3).reshape(-1, heads, 1, depth)
 
 
+ACTIVATIONS = {'relu': jax.nn.relu, 'swish': jax.nn.silu,
+               'gelu': functools.partial(jax.nn.gelu, approximate=False)}  # torch's GELU
+
+
 class FeedForward(nnx.Module):
-  """Section 3.3: FFN(x) = max(0, x W1 + b1) W2 + b2."""
+  """Section 3.3: FFN(x) = max(0, x W1 + b1) W2 + b2; `activation` may replace the max."""
 
   def __init__(self, cfg: ConfigDict, *, rngs: nnx.Rngs):
     dt = _dtypes(cfg, 'dot_general')
+    self.activation = ACTIVATIONS[cfg.activation]
     self.w1 = nnx.Linear(cfg.d_model, cfg.d_ff, rngs=rngs,
                          kernel_init=_init(_xavier(), EMBED, MLP),
                          bias_init=_init(nnx.initializers.zeros_init(), MLP), **dt)
@@ -185,12 +193,12 @@ class FeedForward(nnx.Module):
                          bias_init=_init(nnx.initializers.zeros_init(), EMBED), **dt)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    return self.w2(jax.nn.relu(self.w1(x)))
+    return self.w2(self.activation(self.w1(x)))
 
 
 def _layer_norm(cfg: ConfigDict, rngs: nnx.Rngs) -> nnx.LayerNorm:
   return nnx.LayerNorm(
-      cfg.d_model, epsilon=1e-6, rngs=rngs,
+      cfg.d_model, epsilon=cfg.layer_norm_epsilon, rngs=rngs,
       **_dtypes(cfg),
       scale_init=_init(nnx.initializers.ones_init(), EMBED),
       bias_init=_init(nnx.initializers.zeros_init(), EMBED))
@@ -270,7 +278,8 @@ class DecoderLayer(nnx.Module):
 
 
 class Embedding(nnx.Module):
-  """Section 3.4 + 3.5: token embedding * sqrt(d_model) + positional encoding, dropout."""
+  """Section 3.4 + 3.5: token embedding * sqrt(d_model) + positional encoding, dropout.
+  Without `scale_embedding` the embedding is added unscaled."""
 
   def __init__(self, cfg: ConfigDict, *, rngs: nnx.Rngs):
     self.table = nnx.Embed(
@@ -280,9 +289,12 @@ class Embedding(nnx.Module):
         embedding_init=_init(nnx.initializers.normal(cfg.d_model ** -0.5), VOCAB, EMBED))
     self.dropout = Dropout(cfg.dropout_rate)
     self.d_model = cfg.d_model
+    self.scale_embedding = cfg.scale_embedding
 
   def __call__(self, tokens, positions, rngs=None):
-    x = self.table(tokens) * jnp.sqrt(self.d_model).astype(self.table.dtype)
+    x = self.table(tokens)
+    if self.scale_embedding:
+      x = x * jnp.sqrt(self.d_model).astype(self.table.dtype)
     x = x + sinusoidal_positions(positions, self.d_model).astype(x.dtype)
     return self.dropout(x, deterministic=rngs is None, rngs=rngs)
 
@@ -322,6 +334,9 @@ class Transformer(nnx.Module):
         cfg.d_model, cfg.vocab_size, use_bias=False, rngs=rngs,
         **_dtypes(cfg),
         kernel_init=_init(_xavier(), EMBED, VOCAB))
+    self.logits_bias = nnx.Param(_init(nnx.initializers.zeros_init(), VOCAB)(
+        rngs.params(), (cfg.vocab_size,), jnp.dtype(cfg.param_dtype))) \
+        if cfg.logits_bias else None
 
   def encode(self, source, source_positions=None, source_segments=None, rngs=None):
     """Source tokens [B, S] -> encoder output [B, S, D]."""
@@ -391,7 +406,10 @@ class Transformer(nnx.Module):
   def output_logits(self, x):
     kernel, layout = self.output_kernel()
     logits = precision.einsum(f'bld,{layout}->blv', x, kernel, self.matmul_dtype)
-    return logits.astype(jnp.float32)  # the softmax and loss run in fp32
+    logits = logits.astype(jnp.float32)  # the softmax and loss run in fp32
+    if self.logits_bias is not None:
+      logits = logits + self.logits_bias[...].astype(jnp.float32)
+    return logits
 
   def __call__(self, source, target_input, *, source_positions=None, source_segments=None,
                target_positions=None, target_segments=None, rngs=None, logits=True):

@@ -2,8 +2,9 @@
 built from the weights with CTranslate2's own API (`TransformerSpec`).
 
 Our model is the one CTranslate2 implements for OpenNMT and Marian: post- or pre-norm,
-ReLU feed-forward, no attention biases, scaled embeddings shared with the output layer,
-LayerNorm epsilon 1e-6. Two things are ours and go into the spec: the interleaved
+the feed-forward activation, attention and logits biases, embedding scale and LayerNorm
+epsilon as configured, the output layer tied to the target embedding. Two things are
+ours and go into the spec: the interleaved
 sinusoidal positions (sin, cos per channel pair; given as a table) and the decoder's
 start, the pad id's own embedding. Padding is never produced: the output layer gets a
 bias of 0 everywhere but -1e9 at the pad id (the weights stay tied).
@@ -15,11 +16,13 @@ import numpy as np
 from flax import nnx
 from ml_collections import ConfigDict
 
+from transformer_jax.data.marian import MarianVocabulary
 from transformer_jax.data.tokenizer import EOS_ID, PAD_ID, UNK_ID
 from transformer_jax.errors import UserError
 from transformer_jax.model import sinusoidal_positions
 
 SPM_FILE = 'sentencepiece.model'
+_ACTIVATIONS = {'relu': 'RELU', 'gelu': 'GELU', 'swish': 'SWISH'}  # ours -> CTranslate2's
 _NEVER = -1e9  # the output bias at the pad id
 
 
@@ -31,11 +34,17 @@ def engine():
   return ctranslate2
 
 
-def check_tied(cfg: ConfigDict) -> None:
-  """Both engines tie the output layer to the target embedding, as the paper does."""
+def check_exportable(cfg: ConfigDict, tokenizer=None) -> None:
+  """The output layer must be tied to the target embedding, as the paper's is; the
+  vocabulary our own (a Marian model's goes through Transformers' converter)."""
   if not cfg.tie_output_embedding:
     raise UserError('This model has a separate output projection (model.'
-                    'tie_output_embedding=False); the export supports tied ones only.')
+                    'tie_output_embedding=False); --format=ctranslate2 exports tied ones '
+                    'only. Export it with --format=huggingface.')
+  if isinstance(tokenizer, MarianVocabulary):
+    raise UserError('This model has an imported Marian vocabulary; export it with '
+                    '--format=huggingface, then convert that with CTranslate2\'s own '
+                    'ct2-transformers-converter.')
 
 
 def weights(model) -> dict[str, np.ndarray]:
@@ -49,20 +58,20 @@ def weights(model) -> dict[str, np.ndarray]:
 def ctranslate2_spec(model, cfg: ConfigDict, pieces: list[str], positions: int):
   """The CTranslate2 `TransformerSpec` of `model` (of model config `cfg`, vocabulary
   `pieces`: id i is pieces[i]), weights set; `positions` rows of position table."""
-  check_tied(cfg)
+  check_exportable(cfg)
   engine()
   from ctranslate2.specs import common_spec, transformer_spec  # noqa: PLC0415
   w = weights(model)
   spec = transformer_spec.TransformerSpec.from_config(
       (cfg.num_encoder_layers, cfg.num_decoder_layers), cfg.num_heads,
-      pre_norm=cfg.pre_norm, activation=common_spec.Activation.RELU)
+      pre_norm=cfg.pre_norm, activation=common_spec.Activation[_ACTIVATIONS[cfg.activation]])
   table = w['source_embedding/table/embedding']
   target_table = w.get('target_embedding/table/embedding', table)
   position_table = np.asarray(sinusoidal_positions(np.arange(positions), cfg.d_model))
   for stack, embedding in ((spec.encoder, table), (spec.decoder, target_table)):
     embeddings = stack.embeddings if isinstance(stack.embeddings, list) else [stack.embeddings]
     embeddings[0].weight = embedding
-    stack.scale_embeddings = True
+    stack.scale_embeddings = cfg.scale_embedding
     stack.position_encodings.encodings = position_table
   for i, layer in enumerate(spec.encoder.layer):
     prefix = f'encoder_layers/{i}'
@@ -80,7 +89,7 @@ def ctranslate2_spec(model, cfg: ConfigDict, pieces: list[str], positions: int):
     _norm(spec.encoder.layer_norm, w, 'encoder_norm')
     _norm(spec.decoder.layer_norm, w, 'decoder_norm')
   spec.decoder.projection.weight = target_table
-  bias = np.zeros(cfg.vocab_size, np.float32)
+  bias = w.get('logits_bias', np.zeros(cfg.vocab_size, np.float32))
   bias[PAD_ID] = _NEVER
   spec.decoder.projection.bias = bias
   spec.decoder.start_from_zero_embedding = False
@@ -89,7 +98,7 @@ def ctranslate2_spec(model, cfg: ConfigDict, pieces: list[str], positions: int):
   spec.config.add_source_bos = spec.config.add_source_eos = False
   spec.config.bos_token = spec.config.decoder_start_token = pieces[PAD_ID]
   spec.config.eos_token, spec.config.unk_token = pieces[EOS_ID], pieces[UNK_ID]
-  spec.config.layer_norm_epsilon = 1e-6
+  spec.config.layer_norm_epsilon = cfg.layer_norm_epsilon
   return spec
 
 
@@ -105,6 +114,11 @@ def _attention(spec, w, prefix: str, fused: bool) -> None:
     spec.linear[1].weight = np.concatenate([k, v])
   out = w[f'{prefix}/output/kernel']
   spec.linear[-1].weight = out.reshape(-1, out.shape[-1]).T
+  if f'{prefix}/query/bias' in w:  # model.attention_bias
+    q, k, v = (w[f'{prefix}/{n}/bias'].reshape(-1) for n in ('query', 'key', 'value'))
+    biases = [np.concatenate([q, k, v])] if fused else [q, np.concatenate([k, v])]
+    for linear, bias in zip(spec.linear, biases + [w[f'{prefix}/output/bias']]):
+      linear.bias = bias
 
 
 def _norm(spec, w, prefix: str) -> None:

@@ -49,7 +49,7 @@ def main(argv):
     raise UserError(f'--max_wait_ms must be at least 0, got {_MAX_WAIT_MS.value}.')
   if _WINDOW.value < 1:
     raise UserError(f'--window must be at least 1, got {_WINDOW.value}.')
-  source, output = _named(_INPUT.value), _named(inference_flags.OUTPUT.value)
+  source, output = _named(inference_flags.INPUT.value), _named(inference_flags.OUTPUT.value)
   if jax.process_count() > 1 and not (source and output):
     raise UserError('On several processes, give --input and --output, on storage every '
                     'process reaches (a gs:// bucket or a shared disk): each process '
@@ -143,7 +143,6 @@ def _checked(item):
   return item
 
 
-_INPUT = flags.DEFINE_string('input', None, 'Text file to translate (default: stdin).')
 _NBEST = flags.DEFINE_integer('nbest', 1, 'Hypotheses per input line (beam search), written '
                               'as LINE<TAB>SCORE<TAB>TRANSLATION.')
 _WINDOW = flags.DEFINE_integer(

@@ -114,7 +114,8 @@ class TokenizedSplit:
     for chunk in _chunks(examples):
       index.extend(int(ex.get('index', -1)) for ex in chunk)
       for field, lang in zip(FIELDS, (data.source_lang, data.target_lang)):
-        ids[field].extend(tokenizer.encode_batch([ex[lang].decode('utf-8') for ex in chunk]))
+        ids[field].extend(tokenizer.encode_batch([ex[lang].decode('utf-8') for ex in chunk],
+                                                field))
     self.index = np.asarray(index, np.int64)
     self._flat, self._offsets = {}, {}
     for field in FIELDS:
@@ -171,7 +172,7 @@ def _subword_sampler(config: ConfigDict, tokenizer: Tokenizer):
         seed = np.random.SeedSequence([config.seed, epoch % data.subword_samples, pair,
                                        number]).generate_state(1)[0]
         pieces = tokenizer.sample_batch([example[lang].decode('utf-8')], data.subword_alpha,
-                                        int(seed))[0]
+                                        int(seed), field)[0]
         out[field].append(np.asarray(pieces + [EOS_ID], np.int32))
     return out
   return sample

@@ -121,7 +121,7 @@ def _write_shard(shard, source, start: int, end: int, data, tokenizer, dtype) ->
   for chunk_start in range(start, end, _CHUNK):
     examples = source.__getitems__(list(range(chunk_start, min(chunk_start + _CHUNK, end))))
     for field, lang in zip(FIELDS, (data.source_lang, data.target_lang)):
-      ids = tokenizer.encode_batch([ex[lang].decode('utf-8') for ex in examples])
+      ids = tokenizer.encode_batch([ex[lang].decode('utf-8') for ex in examples], field)
       lengths[field].append(np.fromiter(map(len, ids), np.int64, len(ids)) + 1)
       flats[field].append(np.fromiter(
           itertools.chain.from_iterable(x + [EOS_ID] for x in ids), dtype))

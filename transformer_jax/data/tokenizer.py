@@ -1,4 +1,5 @@
-"""The shared source/target subword vocabulary (SentencePiece), stored in the workdir.
+"""The shared source/target subword vocabulary (SentencePiece), stored in the workdir;
+or an imported Marian model's (data/marian.py), stored and used the same way.
 
 Ids 0, 1, 2 are pad, eos and unk, so padding never collides with an unknown token; there
 is no BOS piece (the decoder starts from the pad id, see model.shift_right).
@@ -47,16 +48,21 @@ class Tokenizer:
     """The vocabulary's piece of id `i` (e.g. '<pad>', '▁the')."""
     return self._sp.id_to_piece(i)
 
-  def encode(self, text: str) -> list[int]:
-    return self.encode_batch([text])[0]
+  def encode(self, text: str, side: str = 'source') -> list[int]:
+    return self.encode_batch([text], side)[0]
 
-  def encode_batch(self, texts: list[str]) -> list[list[int]]:
+  def encode_batch(self, texts: list[str], side: str = 'source') -> list[list[int]]:
+    """`side`: which language the texts are in ('source' or 'target'); one model serves
+    both here, a Marian vocabulary has one per side."""
+    del side
     return self._sp.encode(self._normalized(texts))
 
-  def sample_batch(self, texts: list[str], alpha: float, seed: int) -> list[list[int]]:
+  def sample_batch(self, texts: list[str], alpha: float, seed: int,
+                   side: str = 'source') -> list[list[int]]:
     """One segmentation of each text sampled from the unigram model's distribution
     (subword regularization), reproducibly: seeded, on one thread, since SentencePiece
     keeps one random generator per thread."""
+    del side
     spm.set_random_generator_seed(seed)
     return self._sp.encode(self._normalized(texts), enable_sampling=True, nbest_size=-1,
                            alpha=alpha, num_threads=1)
@@ -95,11 +101,18 @@ def train(sentences: Iterable[str], vocab_size: int, path: str,
   return Tokenizer(model.getvalue(), path, lowercase)
 
 
+def from_bytes(data: bytes, path: str, lowercase: bool = False):
+  """The vocabulary stored as `data`: ours (a SentencePiece model) or a Marian one."""
+  from transformer_jax.data import marian  # noqa: PLC0415 (it imports this module's ids)
+  if marian.is_marian(data):
+    return marian.MarianVocabulary(data, path, lowercase)
+  return Tokenizer(data, path, lowercase)
+
+
 def load(path: str, vocab_size: int, lowercase: bool = False) -> Tokenizer:
   """Load a stored model; its size must equal the config's `model.vocab_size`."""
   try:
-    proto = files.path(path).read_bytes()
-    tokenizer = Tokenizer(proto, path, lowercase)
+    tokenizer = from_bytes(files.path(path).read_bytes(), path, lowercase)
   except OSError as e:
     raise UserError(f'Cannot read the vocabulary {path}: {e.strerror}.') from None
   except RuntimeError:
@@ -110,7 +123,8 @@ def load(path: str, vocab_size: int, lowercase: bool = False) -> Tokenizer:
         f'The vocabulary {path} has {tokenizer.vocab_size} pieces but the config says '
         f'model.vocab_size={vocab_size}. Use --config.model.vocab_size='
         f'{tokenizer.vocab_size} to keep this vocabulary, or a new workdir to train one.')
-  if (tokenizer._sp.pad_id(), tokenizer._sp.eos_id()) != (PAD_ID, EOS_ID):
+  if isinstance(tokenizer, Tokenizer) and (
+      tokenizer._sp.pad_id(), tokenizer._sp.eos_id()) != (PAD_ID, EOS_ID):
     raise UserError(f'The vocabulary {path} does not use pad={PAD_ID}, eos={EOS_ID}; '
                     'train it with transformer_jax (or those ids).')
   return tokenizer

@@ -11,6 +11,8 @@ import torch
 import transformers
 from flax import nnx
 
+import model_options
+
 from transformer_jax import config as config_lib
 from transformer_jax import decode, huggingface, inference
 from transformer_jax.data import synthetic
@@ -24,14 +26,6 @@ def small_config(**overrides):
   cfg.update(vocab_size=40, d_model=32, num_heads=4, d_ff=64, num_encoder_layers=2,
              num_decoder_layers=2, dropout_rate=0.0, **overrides)
   return cfg
-
-
-def randomize_biases(model, seed=0):
-  """Every bias non-zero (they start at zero), so that each is tested as carried over."""
-  rng = np.random.default_rng(seed)
-  for path, value in nnx.to_flat_state(nnx.state(model, nnx.Param)):
-    if path[-1] in ('bias', 'logits_bias'):
-      value[...] = rng.normal(0, 0.1, value.shape).astype(np.float32)
 
 
 def log_probs(model, source, target):
@@ -55,8 +49,7 @@ def marian_log_probs(marian, source, target):
 
 @pytest.mark.parametrize('options', [
     dict(share_embeddings=True), dict(share_embeddings=False),
-    dict(activation='swish', attention_bias=True, logits_bias=True, scale_embedding=False,
-         tie_output_embedding=False, layer_norm_epsilon=1e-5)],
+    dict(**model_options.MARIAN, tie_output_embedding=False)],
     ids=['shared', 'separate', 'marian-options'])
 def test_a_fresh_model_scores_alike_in_marian(options):
   """Random weights (biases too), every channel used: the permuted export gives our
@@ -64,7 +57,7 @@ def test_a_fresh_model_scores_alike_in_marian(options):
   order."""
   cfg = small_config(**options)
   model = Transformer(cfg, rngs=nnx.Rngs(5))
-  randomize_biases(model)
+  model_options.randomize_biases(model)
   rng = np.random.default_rng(0)
   source = rng.integers(3, 40, (8, 11)).astype(np.int32)
   source[:, -1], source[:4, 7:] = EOS_ID, PAD_ID  # half of them shorter, padded

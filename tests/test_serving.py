@@ -8,6 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import model_options
+
 from transformer_jax import decode, inference, serving
 from transformer_jax.data import synthetic
 from transformer_jax.data.tokenizer import PAD_ID
@@ -93,8 +95,7 @@ def test_a_perturbed_weight_changes_what_ctranslate2_says(exported, tmp_path):
 
 @pytest.mark.parametrize('options', [
     dict(pre_norm=False), dict(pre_norm=True),
-    dict(activation='swish', attention_bias=True, logits_bias=True, scale_embedding=False,
-         layer_norm_epsilon=1e-5), dict(activation='gelu', pre_norm=True)],
+    model_options.MARIAN, dict(activation='gelu', pre_norm=True)],
     ids=['post-norm', 'pre-norm', 'marian-options', 'gelu'])
 def test_both_layer_orders_and_the_model_options_decode_alike_in_ctranslate2(
     options, tmp_path):
@@ -102,14 +103,13 @@ def test_both_layer_orders_and_the_model_options_decode_alike_in_ctranslate2(
   LayerNorm per stack), and it carries the activation, biases (random here), embedding
   scale and LayerNorm epsilon: greedy outputs of a fresh model, fixed at 12 tokens, agree."""
   from flax import nnx
-  from test_huggingface import randomize_biases
   from transformer_jax import config as config_lib
   from transformer_jax.model import Transformer
   cfg = config_lib.defaults().model
   cfg.update(vocab_size=40, d_model=32, num_heads=4, d_ff=64, num_encoder_layers=2,
              num_decoder_layers=2, **options)
   model = Transformer(cfg, rngs=nnx.Rngs(3))
-  randomize_biases(model)
+  model_options.randomize_biases(model)
   vocabulary = ['<pad>', '</s>', '<unk>'] + [f'w{i}' for i in range(3, 40)]
   serving.write_ctranslate2(model, cfg, vocabulary, str(tmp_path), positions=64)
   source = np.random.default_rng(0).integers(3, 40, (16, 9)).astype(np.int32)

@@ -7,6 +7,8 @@ import numpy as np
 import optax
 import pytest
 
+import model_options
+
 from transformer_jax import config as config_lib
 from transformer_jax import sharding
 from transformer_jax.steps import (abstract_batch, build, compile_in_background, compile_steps,
@@ -55,6 +57,23 @@ def test_sharded_step_equals_single_device_step(tiny_config, fake_batch):
   mu = optax.tree_utils.tree_get(sharded.opt_state, 'mu')
   mu = mu['encoder_layers'][0]['feed_forward']['w1']['kernel']
   assert mu.sharding.spec == w1.sharding.spec  # Adam moments follow their parameter
+
+
+def test_the_marian_options_train_sharded_as_on_one_device(tiny_config, fake_batch):
+  """Attention and logits biases (placed by their logical axes), swish, no embedding
+  scale: 8 devices on every mesh axis equal 1, and every bias is trained."""
+  config = tiny_config(adam_eps=NOISE_EPS)
+  config.model.update(**model_options.MARIAN)
+  _, single, m1 = steps_on((1, 1, 1), config, fake_batch, devices=jax.devices()[:1])
+  _, sharded, m8 = steps_on((2, 2, 2), config, fake_batch)
+  np.testing.assert_allclose(float(m1['loss']), float(m8['loss']), rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(single.params), jax.tree.leaves(sharded.params)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=5e-5)
+  attention = sharded.params['decoder_layers'][0]['cross_attention']
+  assert attention['query']['bias'].sharding.spec == jax.sharding.PartitionSpec('tensor', None)
+  for bias in (sharded.params['logits_bias'], attention['query']['bias'],
+               attention['output']['bias']):
+    assert np.any(np.asarray(bias) != 0)  # started at zero
 
 
 @pytest.mark.parametrize('mesh_sizes, accum', [((4, 2, 1), 1), ((2, 2, 2), 2)],
@@ -140,10 +159,14 @@ def _plain_rdrop_loss(model, batch, label_smoothing, alpha, rngs):
   return 0.5 * jnp.sum(ce * weights) + alpha / 4 * jnp.sum(kl * once)
 
 
-def test_rdrop_loss_and_gradient_equal_a_plain_implementation(tiny_config, fake_batch):
+@pytest.mark.parametrize('options', [{}, model_options.MARIAN], ids=['paper', 'marian'])
+def test_rdrop_loss_and_gradient_equal_a_plain_implementation(tiny_config, fake_batch, options):
+  """With the Marian options too: the fused loss's gradient reaches the logits bias as
+  autodiff of the model's own logits does."""
   from flax import nnx
   from transformer_jax.steps import rdrop_sums
   config = tiny_config(rdrop_alpha=3.0)
+  config.model.update(**options)
   setup = build(config, sharding.make_mesh(config.mesh, jax.devices()[:1]))
   params = init_state(setup).params
   batch = {k: jnp.asarray(v) for k, v in fake_batch(config).items()}

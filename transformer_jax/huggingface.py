@@ -43,6 +43,7 @@ def library():
   except ImportError:
     raise UserError("Hugging Face models need Transformers and PyTorch: "
                     "pip install -e '.[export]'.") from None
+  transformers.utils.logging.disable_progress_bar()  # our commands print one line each
   return transformers
 
 

@@ -162,7 +162,12 @@ def write_workdir(workdir: str, config: ConfigDict, vocab: MarianVocabulary,
                   ours: dict[str, np.ndarray]) -> None:
   """The vocabulary, then the checkpoint at step 0 (its record holds the vocabulary)."""
   vocab_path = os.path.join(workdir, tokenizer_lib.VOCAB_FILE)
-  files.write_atomically(vocab_path, vocab.serialized())
+
+  def write(first: bool) -> None:  # process 0; the others read it to fingerprint the save
+    if first:
+      files.path(workdir).mkdir(parents=True, exist_ok=True)
+      files.write_atomically(vocab_path, vocab.serialized())
+  distributed.once('write the imported vocabulary', write, timeout_s=600)
   setup = build(config, sharding.make_mesh(config.mesh))
   place = lambda path, spec: jax.device_put(
       ours['/'.join(str(getattr(k, 'key', k)) for k in path)], spec.sharding)
@@ -192,8 +197,6 @@ def main(argv):
   state = marian_weights(directory)
   config = config_for(hf, state, _json(directory, 'tokenizer_config.json', required=False))
   ours = huggingface.our_weights(state, config.model, np.asarray(vocab.marian_ids))
-  if distributed.is_writer():
-    files.path(workdir).mkdir(parents=True, exist_ok=True)
   write_workdir(workdir, config, vocab, ours)
   m = config.model
   distributed.say(f'imported {directory} into {workdir} (step 0): {m.num_encoder_layers}+'

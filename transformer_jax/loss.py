@@ -48,39 +48,49 @@ def _terms(logits, targets, label_smoothing):
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
 def projected_cross_entropy(x: jax.Array, kernel: jax.Array, targets: jax.Array,
                             label_smoothing: float, layout: str = 'dv',
-                            matmul_dtype: str | None = None, shardings=None):
-  """`cross_entropy(x @ kernel)` for hidden states x [N, D] and the pre-softmax kernel
-  ([D, V] for layout 'dv', [V, D] for 'vd'), with a gradient that touches the [N, V]
-  logits once. Products take operands in `matmul_dtype` when given (precision.py).
-  `shardings` (sharding.token_shardings) keeps the gradient's tokens where they are."""
-  return cross_entropy(output_logits(x, kernel, layout, matmul_dtype), targets, label_smoothing)
+                            matmul_dtype: str | None = None, shardings=None, bias=None):
+  """`cross_entropy(x @ kernel + bias)` for hidden states x [N, D] and the pre-softmax
+  kernel ([D, V] for layout 'dv', [V, D] for 'vd'; `bias` [V] fp32 or None), with a
+  gradient that touches the [N, V] logits once. Products take operands in `matmul_dtype`
+  when given (precision.py). `shardings` (sharding.token_shardings) keeps the gradient's
+  tokens where they are."""
+  return cross_entropy(output_logits(x, kernel, layout, matmul_dtype, bias), targets,
+                       label_smoothing)
 
 
-def output_logits(x, kernel, layout, matmul_dtype):
+def output_logits(x, kernel, layout, matmul_dtype, bias=None):
   """fp32 logits [N, V] of hidden states x [N, D] (the softmax and loss run in fp32)."""
-  return _product(x, kernel, layout, matmul_dtype).astype(jnp.float32)
+  return _product(x, kernel, layout, matmul_dtype, bias).astype(jnp.float32)
 
 
-def _product(x, kernel, layout, matmul_dtype):
+def _product(x, kernel, layout, matmul_dtype, bias=None):
   """The logits in the product's own dtype (bf16 in a bf16 model: its fp32 logits hold
-  the same values)."""
-  return precision.einsum(f'nd,{layout}->nv', x, kernel, matmul_dtype)
+  the same values); fp32 with a bias, added after the product as the model adds it."""
+  logits = precision.einsum(f'nd,{layout}->nv', x, kernel, matmul_dtype)
+  return logits if bias is None else logits.astype(jnp.float32) + bias
 
 
-def _forward(x, kernel, targets, label_smoothing, layout, matmul_dtype, shardings):
+def _forward(x, kernel, targets, label_smoothing, layout, matmul_dtype, shardings, bias):
   del shardings
-  logits = _product(x, kernel, layout, matmul_dtype)
+  logits = _product(x, kernel, layout, matmul_dtype, bias)
   *outputs, lse = _terms(logits, targets, label_smoothing)
-  return tuple(outputs), (x, kernel, targets, logits, lse)
+  return tuple(outputs), (x, kernel, targets, logits, lse, bias)
 
 
 def _backward(label_smoothing, layout, matmul_dtype, shardings, residuals, cotangents):
-  x, kernel, targets, logits, lse = residuals
+  x, kernel, targets, logits, lse, bias = residuals
   logits = logits.astype(jnp.float32)
   g_loss, g_nll, _ = cotangents
   d_logits = _cross_entropy_grad(logits, lse, targets, g_loss, g_nll, label_smoothing)
   return (*_project_back(x, kernel, d_logits.astype(x.dtype), layout, matmul_dtype,
-                         shardings), None)
+                         shardings), None, _bias_grad(d_logits, bias))
+
+
+def _bias_grad(d_logits, bias):
+  """d loss / d bias: the fp32 logits' gradient summed over tokens (None without one)."""
+  if bias is None:
+    return None
+  return jnp.sum(d_logits.reshape(-1, d_logits.shape[-1]), axis=0).astype(bias.dtype)
 
 
 def _cross_entropy_grad(logits, lse, targets, g_loss, g_nll, label_smoothing):
@@ -113,7 +123,7 @@ projected_cross_entropy.defvjp(_forward, _backward)
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
 def projected_rdrop(x: jax.Array, kernel: jax.Array, targets: jax.Array,
                     label_smoothing: float, layout: str = 'dv',
-                    matmul_dtype: str | None = None, shardings=None):
+                    matmul_dtype: str | None = None, shardings=None, bias=None):
   """R-Drop's terms fused with the pre-softmax linear. x [B, 2, T, D] holds each row's two
   dropout passes on axis 1, targets [B, 2, T]. Returns `projected_cross_entropy`'s (loss,
   nll, correct) per token [B, 2, T] and the symmetric KL between the passes' distributions
@@ -124,21 +134,22 @@ def projected_rdrop(x: jax.Array, kernel: jax.Array, targets: jax.Array,
   Autodiff of the KL on separately projected logits cost a second output projection, its
   backward, and several [tokens, vocab] arrays: R-Drop's step was 2.2-3.3x a plain one."""
   return _rdrop_forward(x, kernel, targets, label_smoothing, layout, matmul_dtype,
-                        shardings)[0]
+                        shardings, bias)[0]
 
 
-def _rdrop_forward(x, kernel, targets, label_smoothing, layout, matmul_dtype, shardings):
+def _rdrop_forward(x, kernel, targets, label_smoothing, layout, matmul_dtype, shardings,
+                   bias):
   del shardings
-  logits = _product(x.reshape(-1, x.shape[-1]), kernel, layout, matmul_dtype)
+  logits = _product(x.reshape(-1, x.shape[-1]), kernel, layout, matmul_dtype, bias)
   logits = logits.reshape(*x.shape[:-1], -1)
   *outputs, lse = _terms(logits, targets, label_smoothing)
   logp = logits.astype(jnp.float32) - lse[..., None]
   kl = jnp.sum((jnp.exp(logp[:, 0]) - jnp.exp(logp[:, 1])) * (logp[:, 0] - logp[:, 1]), -1)
-  return (*outputs, kl), (x, kernel, targets, logits, lse)
+  return (*outputs, kl), (x, kernel, targets, logits, lse, bias)
 
 
 def _rdrop_backward(label_smoothing, layout, matmul_dtype, shardings, residuals, cotangents):
-  x, kernel, targets, logits, lse = residuals
+  x, kernel, targets, logits, lse, bias = residuals
   logits = logits.astype(jnp.float32)
   g_loss, g_nll, _, g_kl = cotangents
   p = jnp.exp(logits - lse[..., None])
@@ -151,7 +162,7 @@ def _rdrop_backward(label_smoothing, layout, matmul_dtype, shardings, residuals,
   d_x, d_kernel = _project_back(x.reshape(-1, x.shape[-1]), kernel,
                                 d_logits.reshape(-1, logits.shape[-1]).astype(x.dtype),
                                 layout, matmul_dtype, shardings)
-  return d_x.reshape(x.shape), d_kernel, None
+  return d_x.reshape(x.shape), d_kernel, None, _bias_grad(d_logits, bias)
 
 
 projected_rdrop.defvjp(_rdrop_forward, _rdrop_backward)

@@ -403,13 +403,16 @@ class Transformer(nnx.Module):
       return self.target_embedding.table.embedding[...].astype(self.dtype), 'vd'
     return self.output_projection.kernel[...].astype(self.dtype), 'dv'
 
+  def output_bias(self) -> jax.Array | None:
+    """The pre-softmax linear's bias (`logits_bias`), fp32, or None."""
+    return None if self.logits_bias is None else self.logits_bias[...].astype(jnp.float32)
+
   def output_logits(self, x):
     kernel, layout = self.output_kernel()
     logits = precision.einsum(f'bld,{layout}->blv', x, kernel, self.matmul_dtype)
     logits = logits.astype(jnp.float32)  # the softmax and loss run in fp32
-    if self.logits_bias is not None:
-      logits = logits + self.logits_bias[...].astype(jnp.float32)
-    return logits
+    bias = self.output_bias()
+    return logits if bias is None else logits + bias
 
   def __call__(self, source, target_input, *, source_positions=None, source_segments=None,
                target_positions=None, target_segments=None, rngs=None, logits=True):

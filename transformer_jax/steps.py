@@ -46,7 +46,7 @@ def token_sums(model: Transformer, batch: dict, label_smoothing: float, rngs=Non
   kernel, layout = model.output_kernel()
   loss, nll, correct = loss_lib.projected_cross_entropy(
       states.reshape(targets.shape[0], -1), kernel, targets, label_smoothing, layout,
-      model.matmul_dtype, shardings)
+      model.matmul_dtype, shardings, model.output_bias())
   weights = (targets != PAD_ID).astype(jnp.float32)
   return {'loss': jnp.sum(loss * weights), 'nll': jnp.sum(nll * weights),
           'correct': jnp.sum(correct * weights), 'tokens': jnp.sum(weights)}
@@ -70,7 +70,7 @@ def rdrop_sums(model: Transformer, batch: dict, label_smoothing: float, alpha: f
   kernel, layout = model.output_kernel()
   loss, nll, correct, kl = loss_lib.projected_rdrop(
       states.reshape(*pairs, -1), kernel, targets, label_smoothing, layout, model.matmul_dtype,
-      shardings)
+      shardings, model.output_bias())
   weights = (targets != PAD_ID).astype(jnp.float32)
   once = (batch['target'] != PAD_ID).astype(jnp.float32)
   mean_of_passes = lambda x: 0.5 * jnp.sum(x * weights)  # noqa: E731

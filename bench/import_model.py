@@ -57,8 +57,9 @@ def build(directory: pathlib.Path) -> None:
   model = transformers.MarianMTModel(config)
   with torch.no_grad():
     for name, p in model.named_parameters():
-      if name.endswith('.bias') or name == 'final_logits_bias':
+      if name.endswith('.bias'):
         p.normal_(0, 0.02)
+    model.final_logits_bias.normal_(0, 0.02)  # a buffer, not a parameter
   model.save_pretrained(str(directory))
 
 

@@ -170,8 +170,9 @@ def write_workdir(workdir: str, config: ConfigDict, vocab: MarianVocabulary,
   distributed.once('write the imported vocabulary', write, timeout_s=600)
   setup = build(config, sharding.make_mesh(config.mesh))
   place = lambda path, spec: jax.device_put(
-      ours['/'.join(str(getattr(k, 'key', k)) for k in path)], spec.sharding)
+      ours.pop('/'.join(str(getattr(k, 'key', k)) for k in path)), spec.sharding)
   params = jax.tree_util.tree_map_with_path(place, setup.abstract_state.params)
+  # (`ours` is emptied as it is placed: host copies go before the optimizer state comes.)
   checkpoints = checkpoint_lib.Checkpoints(workdir, config, async_save=False, writer=True)
   try:
     checkpoints.save(0, state_around(setup, params), None, vocab_path, force=True)
@@ -197,6 +198,7 @@ def main(argv):
   state = marian_weights(directory)
   config = config_for(hf, state, _json(directory, 'tokenizer_config.json', required=False))
   ours = huggingface.our_weights(state, config.model, np.asarray(vocab.marian_ids))
+  del state  # Transformers' copy
   write_workdir(workdir, config, vocab, ours)
   m = config.model
   distributed.say(f'imported {directory} into {workdir} (step 0): {m.num_encoder_layers}+'

@@ -23,8 +23,8 @@ from transformer_jax.data.tokenizer import EOS_ID, PAD_ID
 from transformer_jax.model import shift_right
 
 
-def _import(command, directory, workdir):
-  result = command(import_model, f'--input={directory}', f'--workdir={workdir}')
+def _import(command, directory, workdir, *flags):
+  result = command(import_model, f'--input={directory}', f'--workdir={workdir}', *flags)
   assert result.code == 0, result.err
   return inference.restore(str(workdir))
 
@@ -69,6 +69,7 @@ def test_a_random_opus_mt_model_scores_and_tokenizes_as_in_transformers(
   directory.mkdir()
   opus_mt.build(directory, share=share, tie=tie, activation=activation)
   restored = _import(command, directory, tmp_path / 'imported')
+  assert (restored.config.data.source_lang, restored.config.data.target_lang) == ('en', 'de')
   m = restored.config.model
   assert (m.activation, m.share_embeddings, m.tie_output_embedding, m.attention_bias,
           m.logits_bias, m.layer_norm_epsilon) == (activation, share, tie, True, True, 1e-5)
@@ -189,8 +190,11 @@ def test_ours_exported_and_imported_is_the_same_model_bitwise(trained, command, 
   out = tmp_path / 'hf'
   assert command(export, f'--workdir={workdir}', '--format=huggingface',
                  f'--output={out}').code == 0
-  back = _import(command, out, tmp_path / 'back')
   original = inference.restore(str(workdir))
+  data = original.config.data
+  back = _import(command, out, tmp_path / 'back', f'--langs={data.target_lang}-{data.source_lang}')
+  assert (back.config.data.source_lang, back.config.data.target_lang) == (
+      data.target_lang, data.source_lang)  # as --langs says (the tokenizer names none)
   params = lambda r: jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(r.model, nnx.Param)))
   a, b = params(original), params(back)
   assert jax.tree.structure(a) == jax.tree.structure(b)

@@ -194,10 +194,15 @@ def our_weights(state: dict[str, np.ndarray], cfg: ConfigDict,
       continue
     if name not in state:
       raise UserError(f'The model lacks {name}: not a MarianMTModel of this config.')
-    value = _from_marian(np.asarray(state[name], np.float32), layout, shape, inverse, ids)
-    if value.shape != tuple(shape):
-      raise UserError(f'{name} has shape {state[name].shape}, not what config.json says.')
-    ours[path] = value
+    try:
+      ours[path] = _from_marian(np.asarray(state[name], np.float32), layout, shape,
+                                inverse, ids)
+    except (ValueError, IndexError):
+      raise UserError(f'{name} has shape {tuple(state[name].shape)}, not what config.json '
+                      'says.') from None
+    if ours[path].shape != tuple(shape):
+      raise UserError(f'{name} has shape {tuple(state[name].shape)}, not what config.json '
+                      'says.')
   return ours
 
 

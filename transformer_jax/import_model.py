@@ -95,9 +95,9 @@ def vocabulary(directory: str, hf: dict) -> MarianVocabulary:
                       f'config.json {name}_token_id={hf.get(f"{name}_token_id")}: not one model.')
   if special['unk'] not in vocab or sorted(vocab.values()) != list(range(len(vocab))):
     raise UserError('vocab.json must number its pieces 0..N-1 and hold the unk piece.')
-  if len(vocab) != hf['vocab_size']:
+  if len(vocab) != hf.get('vocab_size'):
     raise UserError(f'vocab.json has {len(vocab)} pieces, config.json vocab_size='
-                    f'{hf["vocab_size"]}; not one model.')
+                    f'{hf.get("vocab_size")}; not one model.')
   read = lambda name: files.path(os.path.join(directory, name)).read_bytes()
   try:
     return MarianVocabulary.build(read('source.spm'), read('target.spm'), vocab, special)

@@ -92,6 +92,16 @@ def test_a_random_opus_mt_model_scores_and_tokenizes_as_in_transformers(
                              _ours_log_probs(restored.model, source, target)[mask], atol=1e-4)
 
 
+def _imported_as_a_command(directory, repo, tmp_path_factory):
+  """`python -m transformer_jax.import_model` of `directory` into a new workdir."""
+  imported = tmp_path_factory.mktemp('imported') / 'workdir'
+  result = local_pod.run(['transformer_jax.import_model', f'--input={directory}',
+                          f'--workdir={imported}'], processes=1, devices=1, cwd=repo,
+                         log_dir=str(tmp_path_factory.mktemp('logs')))[0]
+  assert result.code == 0, result.err[-2000:]
+  return imported
+
+
 @pytest.fixture(scope='module')
 def opus(trained, repo, tmp_path_factory):
   """(an OPUS-MT-layout directory made from the 300-step model, the workdir imported from
@@ -99,11 +109,7 @@ def opus(trained, repo, tmp_path_factory):
   workdir, _ = trained
   directory = tmp_path_factory.mktemp('opus')
   opus_mt.from_trained(inference.restore(str(workdir)), directory)
-  imported = tmp_path_factory.mktemp('imported') / 'workdir'
-  result = local_pod.run(['transformer_jax.import_model', f'--input={directory}',
-                          f'--workdir={imported}'], processes=1, devices=1, cwd=repo,
-                         log_dir=str(tmp_path_factory.mktemp('logs')))[0]
-  assert result.code == 0, result.err[-2000:]
+  imported = _imported_as_a_command(directory, repo, tmp_path_factory)
   lines = [p[0] for p in synthetic.splits(train_size=10, eval_size=64)['test']]
   return directory, imported, lines
 
@@ -288,12 +294,7 @@ def random_opus(repo, tmp_path_factory):
   """(a random OPUS-MT-layout directory, the workdir imported from it)."""
   directory = tmp_path_factory.mktemp('random_opus')
   opus_mt.build(directory)
-  imported = tmp_path_factory.mktemp('imported_random') / 'workdir'
-  result = local_pod.run(['transformer_jax.import_model', f'--input={directory}',
-                          f'--workdir={imported}'], processes=1, devices=1, cwd=repo,
-                         log_dir=str(tmp_path_factory.mktemp('logs')))[0]
-  assert result.code == 0, result.err[-2000:]
-  return directory, imported
+  return directory, _imported_as_a_command(directory, repo, tmp_path_factory)
 
 
 @pytest.mark.slow

@@ -280,6 +280,40 @@ def test_subword_samples_come_from_each_sides_model(random_opus):
   assert vocab.encode(text[1], 'target') != vocab.encode(text[1], 'source')
 
 
+def test_the_training_store_tokenizes_as_marian_does(random_opus, tmp_path):
+  """A corpus whose sources open with a target-language token, through the data
+  pipeline's token store with the imported vocabulary: each side's ids are
+  MarianTokenizer's (source and target models), EOS appended."""
+  from transformer_jax import config as config_lib
+  from transformer_jax.data import datasets, pipeline, store as store_lib
+  directory, imported = random_opus
+  pairs = opus_mt.pairs(40, seed=21)
+  sources = [f'{opus_mt.LANGUAGE_TOKENS[i % 2]} {s}' for i, (s, _) in enumerate(pairs)]
+  targets = [t for _, t in pairs]
+  corpus = tmp_path / 'corpus'
+  corpus.mkdir()
+  (corpus / 'train.en').write_text(''.join(f'{s}\n' for s in sources))
+  (corpus / 'train.de').write_text(''.join(f'{t}\n' for t in targets))
+  config = inference.restore(str(imported)).config
+  config.data.update(name='parallel_text', data_dir=str(corpus), tfds_dir=str(tmp_path / 'tfds'),
+                     vocab_path=str(imported / 'vocab.model'))
+  config = config_lib.validate(config)
+  tokenizer = pipeline.get_tokenizer(config, str(tmp_path))
+  datasets.builder(config.data)  # the TFDS build of the corpus
+  source = datasets.data_source(config.data, 'train')
+  store_lib.build(source, config.data, tokenizer, str(tmp_path / 'store'), shards=2)
+  store = store_lib.TokenStore(str(tmp_path / 'store'))
+  examples = list(pipeline.read(source, range(len(source))))
+  marian = transformers.AutoTokenizer.from_pretrained(str(directory))
+  ids = np.asarray(tokenizer.marian_ids)
+  for field, lang, encode in (('source', 'en', lambda x: marian(x)['input_ids']),
+                              ('target', 'de', lambda x: marian(text_target=x)['input_ids'])):
+    texts = [ex[lang].decode() for ex in examples]
+    stored = [list(ids[t]) for t in store.tokens(np.arange(len(source)), field)]
+    assert stored == encode(texts), field
+  assert sorted(ex['en'].decode() for ex in examples) == sorted(sources)
+
+
 def _mean_loss(restored, pairs) -> float:
   tokenizer = restored.tokenizer
   source = _padded([s + [EOS_ID] for s in tokenizer.encode_batch([p[0] for p in pairs])])

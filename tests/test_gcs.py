@@ -183,3 +183,22 @@ def test_a_file_in_a_bucket_is_translated_in_windows_into_the_bucket(
   streamed = translate(stdin=''.join(line + '\n' for line in lines))
   assert epath.Path(output).read_text() == streamed.stdout
   assert not epath.Path(output + '.parts').exists()
+
+
+def test_an_opus_mt_model_is_imported_into_a_bucket_and_translates(gcs_env, repo, tmp_path):
+  """The README's fine-tuning recipe starts with `import_model --workdir=gs://...`: the
+  imported checkpoint and Marian vocabulary in the bucket translate as a local import
+  of the same directory does."""
+  import opus_mt
+  env, _ = gcs_env
+  directory = tmp_path / 'hf'
+  directory.mkdir()
+  opus_mt.build(directory)
+  runs = (f'gs://{BUCKET}/opus', str(tmp_path / 'local'))
+  for workdir in runs:
+    result = subprocess.run([sys.executable, '-m', 'transformer_jax.import_model',
+                             f'--input={directory}', f'--workdir={workdir}'], cwd=repo,
+                            env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-2000:]
+  translations = [_translate(repo, env, workdir) for workdir in runs]
+  assert translations[0] == translations[1] and translations[0].strip()

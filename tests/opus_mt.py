@@ -28,9 +28,10 @@ def _spm(sentences, vocab_size: int) -> bytes:
   return model.getvalue()
 
 
-def build(directory, *, share=True, tie=True, activation='swish', scale=True,
-          vocab_size=120, seed=0, eos_bias=2.0):
-  """Write the directory; returns its MarianConfig."""
+def write_tokenizer(directory, vocab_size=120) -> int:
+  """source.spm, target.spm (each trained on its side of the synthetic corpus), vocab.json
+  (Marian's numbering, two language tokens) and the MarianTokenizer's config; returns the
+  number of pieces."""
   text = pairs()
   models = {'source.spm': _spm([p[0] for p in text], vocab_size // 2),
             'target.spm': _spm([p[1] for p in text], vocab_size // 2)}
@@ -50,7 +51,13 @@ def build(directory, *, share=True, tie=True, activation='swish', scale=True,
       str(directory / 'source.spm'), str(directory / 'target.spm'),
       str(directory / 'vocab.json'), source_lang='en', target_lang='de')
   tokenizer.save_pretrained(str(directory))
-  v = len(vocab)
+  return len(vocab)
+
+
+def build(directory, *, share=True, tie=True, activation='swish', scale=True, seed=0,
+          eos_bias=2.0):
+  """Write the directory (tokenizer and a random model); returns its MarianConfig."""
+  v = write_tokenizer(directory)
   config = transformers.MarianConfig(
       vocab_size=v, decoder_vocab_size=v, d_model=32, encoder_layers=2, decoder_layers=2,
       encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64,

@@ -254,32 +254,6 @@ def test_an_imported_model_goes_to_ctranslate2_through_transformers(command, tmp
   assert not out.exists()
 
 
-def test_a_damaged_marian_vocabulary_is_one_line(tmp_path, opus):
-  """A vocab.model cut short stops `translate`'s restore with the fix, not a traceback."""
-  _, imported, _ = opus
-  from transformer_jax.data import tokenizer as tokenizer_lib
-  from transformer_jax.errors import UserError
-  data = (imported / tokenizer_lib.VOCAB_FILE).read_bytes()
-  broken = tmp_path / 'vocab.model'
-  broken.write_bytes(data[:len(data) // 2])
-  with pytest.raises(UserError, match='damaged Marian vocabulary.*import the model again'):
-    tokenizer_lib.load(str(broken), len(json.loads(
-        (opus[0] / 'vocab.json').read_text())))
-
-
-def test_subword_samples_come_from_each_sides_model(random_opus):
-  """Subword regularization with a Marian vocabulary: reproducible by seed, each side
-  sampled from its own SentencePiece model (the best split is among the samples)."""
-  _, imported = random_opus
-  vocab = inference.restore(str(imported)).tokenizer
-  text = opus_mt.pairs(1, seed=3)[0]
-  for side, line in zip(('source', 'target'), text):
-    draws = [tuple(vocab.sample_batch([line], 0.1, seed, side)[0]) for seed in range(40)]
-    assert vocab.sample_batch([line], 0.1, 7, side)[0] == list(draws[7])
-    assert len(set(draws)) > 1 and tuple(vocab.encode(line, side)) in draws
-  assert vocab.encode(text[1], 'target') != vocab.encode(text[1], 'source')
-
-
 def test_the_training_store_tokenizes_as_marian_does(random_opus, tmp_path):
   """A corpus whose sources open with a target-language token, through the data
   pipeline's token store with the imported vocabulary: each side's ids are

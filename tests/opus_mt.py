@@ -54,8 +54,7 @@ def write_tokenizer(directory, vocab_size=120) -> int:
   return len(vocab)
 
 
-def build(directory, *, share=True, tie=True, activation='swish', scale=True, seed=0,
-          eos_bias=2.0):
+def build(directory, *, share=True, tie=True, activation='swish', scale=True, seed=0):
   """Write the directory (tokenizer and a random model); returns its MarianConfig."""
   v = write_tokenizer(directory)
   config = transformers.MarianConfig(
@@ -67,13 +66,13 @@ def build(directory, *, share=True, tie=True, activation='swish', scale=True, se
       eos_token_id=0, forced_eos_token_id=0, bad_words_ids=[[v - 1]], dropout=0.1)
   torch.manual_seed(seed)
   model = transformers.MarianMTModel(config).eval()
-  with torch.no_grad():  # weights large enough for decisive (untied) next-token choices
+  with torch.no_grad():  # far from Transformers' tiny init: every weight's error would show
     for name, p in model.named_parameters():
       if 'layer_norm' in name and name.endswith('weight'):
         p.copy_(1 + 0.2 * torch.randn_like(p))
       elif 'embed_positions' not in name:
         p.copy_((0.3 if p.dim() > 1 else 0.2) * torch.randn_like(p))
-    model.final_logits_bias[0, 0] += eos_bias  # sentences end, at varied lengths
+    model.final_logits_bias.normal_(0, 0.2)  # a buffer, not a parameter
   model.save_pretrained(str(directory))
   return config
 

@@ -57,22 +57,23 @@ def _padded(rows: list[list[int]]) -> np.ndarray:
   return out
 
 
-@pytest.mark.parametrize('share, tie, activation', [
-    (True, True, 'swish'), (False, True, 'gelu'), (False, False, 'relu')],
-    ids=['shared-swish', 'separate-gelu', 'untied-relu'])
+@pytest.mark.parametrize('share, tie, activation, scale', [
+    (True, True, 'swish', True), (False, True, 'gelu', True), (False, False, 'relu', False)],
+    ids=['shared-swish', 'separate-gelu', 'untied-relu-unscaled'])
 def test_a_random_opus_mt_model_scores_and_tokenizes_as_in_transformers(
-    command, tmp_path, share, tie, activation):
+    command, tmp_path, share, tie, activation, scale):
   """64 sentence pairs, some sources opening with a target-language token: our ids are
   MarianTokenizer's (source and target side, each by its own SentencePiece model), and
   each target token's log-probability is Transformers' within 1e-4."""
   directory = tmp_path / 'hf'
   directory.mkdir()
-  opus_mt.build(directory, share=share, tie=tie, activation=activation)
+  opus_mt.build(directory, share=share, tie=tie, activation=activation, scale=scale)
   restored = _import(command, directory, tmp_path / 'imported')
   assert (restored.config.data.source_lang, restored.config.data.target_lang) == ('en', 'de')
   m = restored.config.model
-  assert (m.activation, m.share_embeddings, m.tie_output_embedding, m.attention_bias,
-          m.logits_bias, m.layer_norm_epsilon) == (activation, share, tie, True, True, 1e-5)
+  assert (m.activation, m.share_embeddings, m.tie_output_embedding, m.scale_embedding,
+          m.attention_bias, m.logits_bias, m.layer_norm_epsilon) == (
+              activation, share, tie, scale, True, True, 1e-5)
   pairs = opus_mt.pairs(64, seed=5)
   sources = [f'{opus_mt.LANGUAGE_TOKENS[i % 3]} {s}' if i % 3 < 2 else s
              for i, (s, _) in enumerate(pairs)]
@@ -222,7 +223,10 @@ def test_ours_exported_and_imported_is_the_same_model_bitwise(trained, command, 
     (lambda c, d: (d / 'target_vocab.json').write_text('{}'), 'separate source and target'),
     (lambda c, d: (d / 'target.spm').unlink(), 'lacks target.spm'),
     (lambda c, d: (d / 'source.spm').write_bytes(b'not a model'), 'is not a SentencePiece'),
-], ids=['other-model', 'activation', 'heads', 'separate-vocabs', 'no-spm', 'bad-spm'])
+    (lambda c, d: c.update(encoder_ffn_dim=32, decoder_ffn_dim=32),
+     'Transformers cannot load the weights'),
+], ids=['other-model', 'activation', 'heads', 'separate-vocabs', 'no-spm', 'bad-spm',
+        'weights-of-another-shape'])
 def test_what_our_model_cannot_be_is_refused_in_one_line(command, tmp_path, change, message):
   directory = tmp_path / 'hf'
   directory.mkdir()
@@ -303,6 +307,24 @@ def random_opus(repo, tmp_path_factory):
   directory = tmp_path_factory.mktemp('random_opus')
   opus_mt.build(directory)
   return directory, _imported_as_a_command(directory, repo, tmp_path_factory)
+
+
+@pytest.mark.slow
+def test_two_processes_import_the_same_workdir(repo, random_opus, tmp_path):
+  """On a pod slice every worker runs the command: 2 processes x 2 devices write one
+  workdir, the same checkpoint and vocabulary as one process wrote, bit for bit."""
+  directory, imported = random_opus
+  workdir = tmp_path / 'pod'
+  results = local_pod.run(['transformer_jax.import_model', f'--input={directory}',
+                           f'--workdir={workdir}'], processes=2, devices=2, cwd=repo,
+                          log_dir=str(tmp_path / 'logs'))
+  for r in results:
+    assert r.code == 0, r.err[-3000:]
+  assert (workdir / 'vocab.model').read_bytes() == (imported / 'vocab.model').read_bytes()
+  params = lambda w: jax.tree.leaves(nnx.to_pure_dict(nnx.state(
+      inference.restore(str(w)).model, nnx.Param)))
+  for a, b in zip(params(workdir), params(imported), strict=True):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 @pytest.mark.slow

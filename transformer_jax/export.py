@@ -136,27 +136,27 @@ def _check_request(output: str) -> None:
 
 def main(argv):
   del argv
-  output = inference_flags.OUTPUT.value
+  output, fmt = inference_flags.OUTPUT.value, _format()
   _check_request(output)
-  if _format() == 'huggingface':
+  if fmt == 'huggingface':
     huggingface.library()
   else:
     serving.engine()
   restored = inference_flags.restore()
-  if _format() == 'huggingface':  # refusals before OUT exists
+  if fmt == 'huggingface':  # refusals before OUT exists
     huggingface.check_exportable(restored.config.model)
   else:
     serving.check_exportable(restored.config.model, restored.tokenizer)
   workdir = cli.required_workdir()
   os.makedirs(output, exist_ok=True)
-  export(restored, _format(), output, _QUANTIZATION.value, _POSITIONS.value)
+  export(restored, fmt, output, _QUANTIZATION.value, _POSITIONS.value)
   with open(os.path.join(output, 'transformer_jax_config.json'), 'w') as f:
     json.dump(restored.config.to_dict(), f, indent=1)
   records = recorded_scores(workdir, restored.step, inference_flags.AVERAGED.value)
   with open(os.path.join(output, 'README.md'), 'w') as f:
-    f.write(readme(restored, workdir, _format(), _QUANTIZATION.value, records))
-  print(f'exported step {restored.step} of {workdir} to {output} ({_format()}, '
-        f'{_QUANTIZATION.value if _format() == "ctranslate2" else "float32"})')
+    f.write(readme(restored, workdir, fmt, _QUANTIZATION.value, records))
+  print(f'exported step {restored.step} of {workdir} to {output} ({fmt}, '
+        f'{_QUANTIZATION.value if fmt == "ctranslate2" else "float32"})')
 
 
 if __name__ == '__main__':

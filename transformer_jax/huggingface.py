@@ -32,8 +32,6 @@ from transformer_jax.errors import UserError
 from transformer_jax.serving import weights
 
 LAYER_NORM_EPSILON = 1e-5  # Marian's (torch.nn.LayerNorm's default); not configurable
-ACTIVATIONS = {'relu': 'relu', 'swish': 'swish', 'gelu': 'gelu'}  # ours -> Transformers'
-ACTIVATION_ALIASES = {'silu': 'swish'}  # Transformers' other name of the same function
 
 
 def library():
@@ -74,7 +72,8 @@ def marian_config(cfg: ConfigDict, ids: np.ndarray, max_positions: int):
       encoder_layers=cfg.num_encoder_layers, decoder_layers=cfg.num_decoder_layers,
       encoder_attention_heads=cfg.num_heads, decoder_attention_heads=cfg.num_heads,
       encoder_ffn_dim=cfg.d_ff, decoder_ffn_dim=cfg.d_ff,
-      activation_function=ACTIVATIONS[cfg.activation], dropout=cfg.dropout_rate,
+      activation_function=cfg.activation,  # Transformers' names for ours (ACT2FN)
+      dropout=cfg.dropout_rate,
       attention_dropout=cfg.attention_dropout_rate, activation_dropout=0.0,
       scale_embedding=cfg.scale_embedding, max_position_embeddings=max_positions,
       share_encoder_decoder_embeddings=cfg.share_embeddings,
@@ -84,11 +83,11 @@ def marian_config(cfg: ConfigDict, ids: np.ndarray, max_positions: int):
 
 
 # ----------------------------------------------------------------------------- the table
-# Each row: (Marian's name, our parameter's path or None (Marian's is zeros), how the
-# two are laid out, our shape). Layouts: 'in'/'out': a linear whose input/output is the
-# model dimension (torch's are [out, in]); 'bias': as is; 'model': a vector over the
-# model dimension; 'embedding' [V, D], 'projection' (ours [D, V]), 'logits' (Marian's
-# [1, V]): rows by id.
+# Each row: (Marian's name, our parameter's path, how the two are laid out, our shape,
+# Marian's shape where the path is None: ours has no such parameter, Marian's is zeros).
+# Layouts: 'in'/'out': a linear whose input/output is the model dimension (torch's are
+# [out, in]); 'bias': as is; 'model': a vector over the model dimension; 'embedding'
+# [V, D], 'projection' (ours [D, V]), 'logits' (Marian's [1, V]): rows by id.
 
 
 def _table(cfg: ConfigDict) -> list[tuple]:
@@ -96,40 +95,39 @@ def _table(cfg: ConfigDict) -> list[tuple]:
   k = d // h
   rows = []
 
-  def bias(name, path, shape, zeros):
-    rows.append((name, path if cfg.attention_bias else None, 'bias', shape, zeros))
+  def row(name, path, layout, shape, marian_shape=None):
+    rows.append((name, path, layout, shape, marian_shape))
 
   def attention(name, prefix):
+    optional = lambda path: path if cfg.attention_bias else None  # noqa: E731
     for ours, theirs in (('query', 'q_proj'), ('key', 'k_proj'), ('value', 'v_proj')):
-      rows.append((f'{name}.{theirs}.weight', f'{prefix}/{ours}/kernel', 'in', (d, h, k), 0))
-      bias(f'{name}.{theirs}.bias', f'{prefix}/{ours}/bias', (h, k), (d,))
-    rows.append((f'{name}.out_proj.weight', f'{prefix}/output/kernel', 'out', (h, k, d), 0))
-    rows.append((f'{name}.out_proj.bias', f'{prefix}/output/bias' if cfg.attention_bias
-                 else None, 'model', (d,), (d,)))
+      row(f'{name}.{theirs}.weight', f'{prefix}/{ours}/kernel', 'in', (d, h, k))
+      row(f'{name}.{theirs}.bias', optional(f'{prefix}/{ours}/bias'), 'bias', (h, k), (d,))
+    row(f'{name}.out_proj.weight', f'{prefix}/output/kernel', 'out', (h, k, d))
+    row(f'{name}.out_proj.bias', optional(f'{prefix}/output/bias'), 'model', (d,), (d,))
 
   def norm(name, prefix):
-    rows.append((f'{name}.weight', f'{prefix}/scale', 'model', (d,), 0))
-    rows.append((f'{name}.bias', f'{prefix}/bias', 'model', (d,), 0))
+    row(f'{name}.weight', f'{prefix}/scale', 'model', (d,))
+    row(f'{name}.bias', f'{prefix}/bias', 'model', (d,))
 
   def feed_forward(name, prefix):
-    rows.append((f'{name}.fc1.weight', f'{prefix}/feed_forward/w1/kernel', 'in', (d, f), 0))
-    rows.append((f'{name}.fc1.bias', f'{prefix}/feed_forward/w1/bias', 'bias', (f,), 0))
-    rows.append((f'{name}.fc2.weight', f'{prefix}/feed_forward/w2/kernel', 'out', (f, d), 0))
-    rows.append((f'{name}.fc2.bias', f'{prefix}/feed_forward/w2/bias', 'model', (d,), 0))
+    row(f'{name}.fc1.weight', f'{prefix}/feed_forward/w1/kernel', 'in', (d, f))
+    row(f'{name}.fc1.bias', f'{prefix}/feed_forward/w1/bias', 'bias', (f,))
+    row(f'{name}.fc2.weight', f'{prefix}/feed_forward/w2/kernel', 'out', (f, d))
+    row(f'{name}.fc2.bias', f'{prefix}/feed_forward/w2/bias', 'model', (d,))
     norm(f'{name}.final_layer_norm', f'{prefix}/feed_forward_block/norm')
 
   source = 'source_embedding/table/embedding'
   target = source if cfg.share_embeddings else 'target_embedding/table/embedding'
-  rows.append(('model.encoder.embed_tokens.weight', source, 'embedding', (v, d), 0))
-  rows.append(('model.decoder.embed_tokens.weight', target, 'embedding', (v, d), 0))
+  row('model.encoder.embed_tokens.weight', source, 'embedding', (v, d))
+  row('model.decoder.embed_tokens.weight', target, 'embedding', (v, d))
   if cfg.share_embeddings:
-    rows.append(('model.shared.weight', source, 'embedding', (v, d), 0))
+    row('model.shared.weight', source, 'embedding', (v, d))
   if cfg.tie_output_embedding:
-    rows.append(('lm_head.weight', target, 'embedding', (v, d), 0))
+    row('lm_head.weight', target, 'embedding', (v, d))
   else:
-    rows.append(('lm_head.weight', 'output_projection/kernel', 'projection', (d, v), 0))
-  rows.append(('final_logits_bias', 'logits_bias' if cfg.logits_bias else None, 'logits',
-               (v,), (1, v)))
+    row('lm_head.weight', 'output_projection/kernel', 'projection', (d, v))
+  row('final_logits_bias', 'logits_bias' if cfg.logits_bias else None, 'logits', (v,), (1, v))
   for i in range(cfg.num_encoder_layers):
     name, prefix = f'model.encoder.layers.{i}', f'encoder_layers/{i}'
     attention(f'{name}.self_attn', f'{prefix}/self_attention')
@@ -154,10 +152,12 @@ def _to_marian(x: np.ndarray, layout: str, order, ids) -> np.ndarray:
     return x.reshape(-1)
   if layout == 'model':
     return x[order]
-  rows = x if layout == 'embedding' else x.T if layout == 'projection' else x[:, None]
-  out = np.empty_like(rows)
-  out[ids] = rows[:, order] if layout != 'logits' else rows
-  return out if layout != 'logits' else out.T
+  out = np.empty_like(x if layout != 'projection' else x.T)
+  if layout == 'logits':  # [V] -> [1, V]
+    out[ids] = x
+    return out[None]
+  out[ids] = (x if layout == 'embedding' else x.T)[:, order]
+  return out
 
 
 def _from_marian(x: np.ndarray, layout: str, shape, inverse, ids) -> np.ndarray:
@@ -179,8 +179,8 @@ def marian_state(model, cfg: ConfigDict, ids: np.ndarray) -> dict[str, np.ndarra
   """Our parameters under Marian's names and layouts."""
   w, order = weights(model), channel_order(cfg.d_model)
   return {name: np.ascontiguousarray(_to_marian(w[path], layout, order, ids))
-          if path else np.zeros(zeros, np.float32)
-          for name, path, layout, _, zeros in _table(cfg)}
+          if path else np.zeros(marian_shape, np.float32)
+          for name, path, layout, _, marian_shape in _table(cfg)}
 
 
 def our_weights(state: dict[str, np.ndarray], cfg: ConfigDict,
@@ -197,12 +197,11 @@ def our_weights(state: dict[str, np.ndarray], cfg: ConfigDict,
     try:
       ours[path] = _from_marian(np.asarray(state[name], np.float32), layout, shape,
                                 inverse, ids)
+      if ours[path].shape != tuple(shape):
+        raise ValueError
     except (ValueError, IndexError):
       raise UserError(f'{name} has shape {tuple(state[name].shape)}, not what config.json '
                       'says.') from None
-    if ours[path].shape != tuple(shape):
-      raise UserError(f'{name} has shape {tuple(state[name].shape)}, not what config.json '
-                      'says.')
   return ours
 
 

@@ -29,6 +29,8 @@ from transformer_jax.steps import build, state_around
 
 FORMATS = ('huggingface',)
 TOKENIZER_FILES = ('source.spm', 'target.spm', 'vocab.json')
+# Transformers' other name of one of ours (its names of relu, gelu and swish are ours).
+ACTIVATION_ALIASES = {'silu': 'swish'}
 SAME = (('encoder_attention_heads', 'decoder_attention_heads'),  # one value of ours each
         ('encoder_ffn_dim', 'decoder_ffn_dim'))
 
@@ -57,10 +59,10 @@ def model_config(hf: dict) -> ConfigDict:
     raise UserError(f'config.json: decoder_start_token_id={get("decoder_start_token_id")} '
                     f'is not pad_token_id={get("pad_token_id")}; our decoder starts from pad.')
   activation = get('activation_function')
-  activation = huggingface.ACTIVATION_ALIASES.get(activation, activation)
-  if activation not in huggingface.ACTIVATIONS:
+  activation = ACTIVATION_ALIASES.get(activation, activation)
+  if activation not in config_lib.ACTIVATIONS:
     raise UserError(f'config.json: activation_function={get("activation_function")!r} is '
-                    f'not one of model.activation\'s: {", ".join(huggingface.ACTIVATIONS)}.')
+                    f'not one of model.activation\'s: {", ".join(config_lib.ACTIVATIONS)}.')
   m = config_lib.defaults().model
   m.update(vocab_size=get('vocab_size'), d_model=get('d_model'),
            num_heads=get('encoder_attention_heads'), d_ff=get('encoder_ffn_dim'),
@@ -192,6 +194,8 @@ def main(argv):
   if files.path(workdir).exists() and any(files.path(workdir).iterdir()):
     raise UserError(f'--workdir={workdir} exists and is not empty; give a new one '
                     '(nothing was written).')
+  # Several processes (a pod slice's workers): all have looked before process 0 writes.
+  distributed.barrier('look at the workdir before the import', timeout_s=600)
   hf = _json(directory, 'config.json')
   model_config(hf)  # refusals before the weights are read
   vocab = vocabulary(directory, hf)

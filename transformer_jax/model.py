@@ -119,9 +119,10 @@ softmax.defvjp(_softmax_forward, _softmax_backward)
 class MultiHeadAttention(nnx.Module):
   """Section 3.2.2: h parallel scaled dot-product attentions over learned projections.
 
-  Projections have no bias, as in tensor2tensor, unless `attention_bias` (Marian). Keys and values are projected by
-  `project_kv` separately from the attention itself, so incremental decoding can cache
-  them (self-attention) or compute them once per sentence (encoder-decoder attention).
+  Projections have no bias, as in tensor2tensor, unless `attention_bias` (Marian's have).
+  Keys and values are projected by `project_kv` separately from the attention itself, so
+  incremental decoding can cache them (self-attention) or compute them once per sentence
+  (encoder-decoder attention).
   """
 
   def __init__(self, cfg: ConfigDict, *, rngs: nnx.Rngs):
@@ -129,9 +130,13 @@ class MultiHeadAttention(nnx.Module):
     dt = _dtypes(cfg, 'einsum_op')
     self.matmul_dtype = _matmul_dtype(cfg)
     proj_in = _init(_xavier(in_axis=0, out_axis=(1, 2)), EMBED, HEADS, KV)
-    bias = lambda *axes: dict(bias_shape=None) if not cfg.attention_bias else dict(
-        bias_shape=tuple({HEADS: h, KV: d // h, EMBED: d}[a] for a in axes),
-        bias_init=_init(nnx.initializers.zeros_init(), *axes))
+    sizes = {HEADS: h, KV: d // h, EMBED: d}
+
+    def bias(*axes):  # nnx.Einsum's bias arguments: a bias over the output's `axes`
+      if not cfg.attention_bias:
+        return {}
+      return dict(bias_shape=tuple(sizes[a] for a in axes),
+                  bias_init=_init(nnx.initializers.zeros_init(), *axes))
 
     def projection():  # to head-major [B, H, L, K]
       return nnx.Einsum('bld,dhk->bhlk', (d, h, d // h), kernel_init=proj_in,

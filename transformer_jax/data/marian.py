@@ -16,7 +16,7 @@ from typing import Iterable
 
 import sentencepiece as spm
 
-from transformer_jax.data.tokenizer import EOS_ID, PAD_ID, UNK_ID
+from transformer_jax.data.tokenizer import EOS_ID, PAD_ID, UNK_ID, Tokenizer, content
 from transformer_jax.errors import UserError
 
 HEADER = b'transformer_jax marian vocabulary 1\n'
@@ -28,13 +28,15 @@ def is_marian(data: bytes) -> bool:
 
 
 def our_order(vocab: dict[str, int], pad: str, eos: str, unk: str) -> list[int]:
-  """Marian ids in our order: pad, eos, unk, then every other piece by its Marian id."""
-  special = [vocab[pad], vocab[eos], vocab[unk]]
-  return special + sorted(set(vocab.values()) - set(special))
+  """Marian ids in our order: pad, eos, unk at our PAD_ID, EOS_ID, UNK_ID (the first
+  three), then every other piece by its Marian id."""
+  special = {PAD_ID: vocab[pad], EOS_ID: vocab[eos], UNK_ID: vocab[unk]}
+  first = [special[i] for i in range(len(special))]
+  return first + sorted(set(vocab.values()) - set(first))
 
 
-class MarianVocabulary:
-  """Text <-> our ids through Marian's models; the interface of `tokenizer.Tokenizer`.
+class MarianVocabulary(Tokenizer):
+  """Text <-> our ids through Marian's models, in `Tokenizer`'s interface.
 
   Sources are split by the source model, targets by the target model; a multilingual
   model's target-language token (`>>deu<<`) opening a line is kept whole, as
@@ -44,16 +46,14 @@ class MarianVocabulary:
     self.path, self.lowercase, self._data = path, lowercase, data
     try:
       spec = json.loads(data[len(HEADER):])
-      self._sp = {side: spm.SentencePieceProcessor(
+      self._sides = {side: spm.SentencePieceProcessor(
           model_proto=base64.b64decode(spec[f'{side}_spm'])) for side in SIDES}
       self.marian_ids = list(spec['marian_ids'])
       self.pieces = list(spec['pieces'])  # ours: pieces[i] is our id i
-      self.special = dict(spec['special'])  # pad/eos/unk -> its piece
     except (ValueError, KeyError, TypeError, RuntimeError) as e:
       raise UserError(f'{path} is a damaged Marian vocabulary ({type(e).__name__}); import '
                       'the model again (python -m transformer_jax.import_model).') from None
     self._ids = {piece: i for i, piece in enumerate(self.pieces)}
-    self._never_written = {PAD_ID, EOS_ID, UNK_ID}
 
   @classmethod
   def build(cls, source_spm: bytes, target_spm: bytes, vocab: dict[str, int],
@@ -64,15 +64,14 @@ class MarianVocabulary:
     by_id = {i: piece for piece, i in vocab.items()}
     spec = {'source_spm': base64.b64encode(source_spm).decode(),
             'target_spm': base64.b64encode(target_spm).decode(),
-            'pieces': [by_id[i] for i in marian_ids], 'marian_ids': marian_ids,
-            'special': special}
+            'pieces': [by_id[i] for i in marian_ids], 'marian_ids': marian_ids}
     return cls(HEADER + json.dumps(spec, ensure_ascii=False).encode(), path)
 
   def serialized(self) -> bytes:
     return self._data
 
   def spm_model(self, side: str) -> bytes:
-    return self._sp[side].serialized_model_proto()
+    return self._sides[side].serialized_model_proto()
 
   @property
   def vocab_size(self) -> int:
@@ -81,46 +80,32 @@ class MarianVocabulary:
   def piece(self, i: int) -> str:
     return self.pieces[i]
 
+  def has_reserved_ids(self) -> bool:
+    return True  # `our_order` numbers them so
+
   def marian_vocab(self) -> dict[str, int]:
     """`vocab.json`: each piece's Marian id."""
     return {piece: self.marian_ids[i] for i, piece in enumerate(self.pieces)}
 
-  def _normalized(self, texts: list[str]) -> list[str]:
-    return [t.lower() for t in texts] if self.lowercase else texts
-
-  def _numbered(self, code: list[str], pieces: list[str]) -> list[int]:
-    return [self._ids.get(p, UNK_ID) for p in code + pieces]
-
-  def encode(self, text: str, side: str = 'source') -> list[int]:
-    return self.encode_batch([text], side)[0]
-
-  def encode_batch(self, texts: list[str], side: str = 'source') -> list[list[int]]:
+  def encode_batch(self, texts: list[str], side: str = 'source',
+                   **sampling) -> list[list[int]]:
     split = [_language_code(t) for t in self._normalized(texts)]
-    pieces = self._sp[side].encode([text for _, text in split], out_type=str)
-    return [self._numbered(code, p) for (code, _), p in zip(split, pieces)]
+    pieces = self._sides[side].encode([text for _, text in split], out_type=str, **sampling)
+    return [[self._ids.get(p, UNK_ID) for p in code + found]
+            for (code, _), found in zip(split, pieces)]
 
   def sample_batch(self, texts: list[str], alpha: float, seed: int,
                    side: str = 'source') -> list[list[int]]:
-    """One sampled segmentation per text (subword regularization), as
-    `Tokenizer.sample_batch`."""
+    """One sampled segmentation per text, as `Tokenizer.sample_batch`, by the side's model."""
     spm.set_random_generator_seed(seed)
-    split = [_language_code(t) for t in self._normalized(texts)]
-    pieces = self._sp[side].encode([text for _, text in split], out_type=str,
-                                   enable_sampling=True, nbest_size=-1, alpha=alpha,
-                                   num_threads=1)
-    return [self._numbered(code, p) for (code, _), p in zip(split, pieces)]
+    return self.encode_batch(texts, side, enable_sampling=True, nbest_size=-1, alpha=alpha,
+                             num_threads=1)
 
   def decode(self, ids: Iterable[int]) -> str:
     """Ids up to the first EOS, pad and unk dropped (as `skip_special_tokens`), back to
     text by the target model."""
-    pieces = []
-    for i in ids:
-      i = int(i)
-      if i == EOS_ID:
-        break
-      if i not in self._never_written:
-        pieces.append(self.pieces[i])
-    return self._sp['target'].decode_pieces(pieces).replace('\u2581', ' ').strip()
+    pieces = [self.pieces[i] for i in content(ids, (PAD_ID, EOS_ID, UNK_ID))]
+    return self._sides['target'].decode_pieces(pieces).replace('\u2581', ' ').strip()
 
 
 def _language_code(text: str) -> tuple[list[str], str]:

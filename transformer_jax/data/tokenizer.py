@@ -69,14 +69,22 @@ class Tokenizer:
 
   def decode(self, ids: Iterable[int]) -> str:
     """Ids up to the first EOS, padding dropped, back to detokenized text."""
-    out = []
-    for i in ids:
-      i = int(i)
-      if i == EOS_ID:
-        break
-      if i != PAD_ID:
-        out.append(i)
-    return self._sp.decode(out)
+    return self._sp.decode(content(ids, (PAD_ID,)))
+
+  def has_reserved_ids(self) -> bool:
+    """Whether the model numbers pad and eos as our pipeline and model do."""
+    return (self._sp.pad_id(), self._sp.eos_id()) == (PAD_ID, EOS_ID)
+
+
+def content(ids: Iterable[int], dropped) -> list[int]:
+  """The ids before the first EOS, those in `dropped` left out."""
+  out = []
+  for i in map(int, ids):
+    if i == EOS_ID:
+      break
+    if i not in dropped:
+      out.append(i)
+  return out
 
 
 def train(sentences: Iterable[str], vocab_size: int, path: str,
@@ -123,8 +131,7 @@ def load(path: str, vocab_size: int, lowercase: bool = False) -> Tokenizer:
         f'The vocabulary {path} has {tokenizer.vocab_size} pieces but the config says '
         f'model.vocab_size={vocab_size}. Use --config.model.vocab_size='
         f'{tokenizer.vocab_size} to keep this vocabulary, or a new workdir to train one.')
-  if isinstance(tokenizer, Tokenizer) and (
-      tokenizer._sp.pad_id(), tokenizer._sp.eos_id()) != (PAD_ID, EOS_ID):
+  if not tokenizer.has_reserved_ids():
     raise UserError(f'The vocabulary {path} does not use pad={PAD_ID}, eos={EOS_ID}; '
                     'train it with transformer_jax (or those ids).')
   return tokenizer
